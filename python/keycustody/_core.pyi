@@ -1,0 +1,110 @@
+"""Stub of the Rust extension ``keycustody._core`` (AES-256-GCM records, keys held in Rust)."""
+
+from collections.abc import Mapping, Sequence
+
+from typing_extensions import Buffer
+
+HEADER_LEN: int
+TAG_LEN: int
+SCOPE_ID_LEN: int
+
+class KeyHandle:
+    """An opaque 32- or 64-byte secret key held in Rust and zeroized when dropped."""
+
+    @staticmethod
+    def generate(size: int = 64) -> KeyHandle:
+        """A fresh key from the OS CSPRNG: 64 bytes for scope keys, 32 for KEKs."""
+
+    @staticmethod
+    def from_secret(secret: Buffer) -> KeyHandle:
+        """Copies 32 or 64 bytes into a handle; the caller wipes its own buffer."""
+
+    def export_secret(self) -> bytearray:
+        """The key bytes, for a KMS SDK that needs them. Wipe the bytearray after use."""
+
+    def rotated(self) -> KeyHandle:
+        """A new scope key version: fresh wrapping half, same name-index half."""
+
+    def wrap(self, child: KeyHandle, aad: Buffer) -> bytes:
+        """Wraps ``child`` with AES-256-GCM under this key, bound to ``aad``."""
+
+    def unwrap(self, wrapped: Buffer, aad: Buffer) -> KeyHandle:
+        """Unwraps a key made by :meth:`wrap`.
+
+        Raises:
+            IntegrityError: the wrapped key or ``aad`` does not match.
+        """
+
+    def name_index(self, name: Buffer) -> bytes:
+        """HMAC-SHA-256 blind index of ``name`` under the name-index half."""
+
+    @property
+    def size(self) -> int:
+        """Key length in bytes."""
+
+def aes256gcm_seal(key: Buffer, nonce: Buffer, aad: Buffer, plaintext: Buffer) -> bytes:
+    """Raw AES-256-GCM: returns ``ciphertext || tag``. Only 12-byte nonces are accepted.
+
+    Raises:
+        InvalidInputError: wrong key or nonce size.
+    """
+
+def aes256gcm_open(key: Buffer, nonce: Buffer, aad: Buffer, ciphertext: Buffer) -> bytes:
+    """Raw AES-256-GCM decryption of ``ciphertext || tag``.
+
+    Raises:
+        IntegrityError: the tag does not verify.
+        InvalidInputError: wrong key or nonce size.
+    """
+
+def seal_blobs(
+    key: KeyHandle, scope_id: Buffer, version: int, names: Sequence[Buffer], datas: Sequence[Buffer]
+) -> list[bytes]:
+    """Seals each ``(name, data)`` into a self-contained ``header || ciphertext || tag`` blob."""
+
+def open_blobs(
+    scope_id: Buffer, keys: Mapping[int, KeyHandle], names: Sequence[Buffer], blobs: Sequence[Buffer]
+) -> list[bytes]:
+    """Opens blobs from :func:`seal_blobs`; ``keys`` maps scope key versions to handles.
+
+    Raises:
+        IntegrityError: a blob does not authenticate (``.index`` names its position).
+    """
+
+def seal_records(
+    key: KeyHandle, scope_id: Buffer, version: int, names: Sequence[Buffer], datas: Sequence[Buffer]
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Seals records for storage; returns ``(headers, encrypted_names, bodies)``."""
+
+def open_records(
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    names: Sequence[Buffer],
+    headers: Sequence[Buffer],
+    bodies: Sequence[Buffer],
+) -> list[bytes]:
+    """Opens stored records, checking each name against its header's blind index.
+
+    Raises:
+        IntegrityError: a record does not authenticate (``.index`` names its position).
+    """
+
+def open_names(
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    headers: Sequence[Buffer],
+    name_cts: Sequence[Buffer],
+) -> list[bytes]:
+    """Decrypts stored names and checks each against its header's blind index."""
+
+def rewrap_headers(
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    new_key: KeyHandle,
+    new_version: int,
+    headers: Sequence[Buffer],
+) -> list[bytes]:
+    """Rewraps records' DEKs under ``new_key``; payload ciphertexts stay valid."""
+
+def header_key_version(header: Buffer) -> int:
+    """The scope key version a header names (not authenticated on its own)."""

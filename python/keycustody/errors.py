@@ -1,0 +1,73 @@
+"""The whole exception hierarchy of keycustody (the Rust core raises these too).
+
+Messages never contain key bytes, plaintext, record names or associated data.
+"""
+
+from __future__ import annotations
+
+
+class KeyCustodyError(Exception):
+    """Base class of every error keycustody raises."""
+
+
+class InvalidInputError(KeyCustodyError, ValueError):
+    """An argument has the wrong type, size or value."""
+
+
+class ConfigError(KeyCustodyError):
+    """The vault, a provider or a key id is misconfigured."""
+
+
+class NotFoundError(KeyCustodyError, KeyError):
+    """The scope, record or key does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(KeyCustodyError):
+    """Tampered or misplaced ciphertext, header, wrapped key or associated data."""
+
+
+class KmsError(KeyCustodyError):
+    """The KMS provider failed (after retries where retrying makes sense)."""
+
+
+class KmsUnavailableError(KmsError):
+    """The KMS could not be reached or is throttling; the operation may be retried."""
+
+
+class UnsupportedKeyIdError(KmsError, ConfigError):
+    """No configured provider handles this key id's prefix."""
+
+
+class KeyRevokedError(KeyCustodyError):
+    """The scope is suspended or its KEK is disabled: nothing may be encrypted or decrypted."""
+
+
+class ShreddedError(KeyCustodyError):
+    """The key was destroyed (crypto-shredded); the data can never be read again."""
+
+
+class StorageError(KeyCustodyError):
+    """The database or blob store failed; nothing was half-written."""
+
+
+class AuditError(KeyCustodyError):
+    """The audit trail could not be written or does not verify."""
+
+
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "IntegrityError",
+    "InvalidInputError",
+    "KeyCustodyError",
+    "KeyRevokedError",
+    "KmsError",
+    "KmsUnavailableError",
+    "NotFoundError",
+    "ShreddedError",
+    "StorageError",
+    "UnsupportedKeyIdError",
+]

@@ -1,0 +1,366 @@
+//! Record format v1: a fixed 176-byte header followed by `ciphertext || tag`.
+//!
+//! ```text
+//! off len field
+//!   0   2 magic "KC"
+//!   2   1 format version (1)
+//!   3   1 suite id (1: AES-256-GCM, per-record DEK, HKDF-SHA-256 key commitment)
+//!   4  16 scope id
+//!  20   4 scope key version (big endian)
+//!  24  16 record id (random)
+//!  40  32 name index: HMAC-SHA-256 of the name under the scope's index key
+//!  72  60 wrapped DEK: nonce (12) || AES-256-GCM_scopekey(DEK) (32) || tag (16)
+//! 132  12 data nonce
+//! 144  32 key commitment
+//! ```
+//!
+//! invariant(dek-bound): the DEK is wrapped with AAD = header[0..72], so a wrapped DEK opens only
+//! for this scope, key version, record id and name.
+//! invariant(rewrap-stable): the payload AAD is header[0..20] || header[24..72]: everything but
+//! the key version and the wrapped DEK, so a rewrap replaces those 64 bytes and leaves the
+//! ciphertext untouched, while the payload stays bound to its scope, record id and name.
+//! invariant(committed): opening checks the commitment (constant time) before the tag, so a
+//! ciphertext opens under exactly one DEK.
+//! The record's name is encrypted under the same data key with the data nonce's first bit
+//! flipped (never equal to the data nonce; the key is used for these two messages only).
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::aead::{open_into, seal_into, GCM_NONCE_LEN, KEY_LEN, TAG_LEN};
+use crate::error::{invalid, CoreError, Result};
+use crate::kdf::derive_record_keys;
+use crate::key::SecretKey;
+use crate::random::fill_random;
+
+/// Header magic.
+pub const MAGIC: &[u8; 2] = b"KC";
+/// Record format version written by this library.
+pub const FORMAT_VERSION: u8 = 1;
+/// Suite 1: AES-256-GCM with a per-record DEK and HKDF-SHA-256 key commitment.
+pub const SUITE_AES256GCM_HKDF_SHA256: u8 = 1;
+/// Length of a scope id.
+pub const SCOPE_ID_LEN: usize = 16;
+/// Length of a record id.
+pub const RECORD_ID_LEN: usize = 16;
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 176;
+
+const SCOPE_ID: std::ops::Range<usize> = 4..20;
+const KEY_VERSION: std::ops::Range<usize> = 20..24;
+const RECORD_ID: std::ops::Range<usize> = 24..40;
+const NAME_INDEX: std::ops::Range<usize> = 40..72;
+const DEK_AAD_END: usize = 72;
+const WRAP_NONCE: std::ops::Range<usize> = 72..84;
+const WRAPPED_DEK: std::ops::Range<usize> = 84..132;
+const DATA_NONCE: std::ops::Range<usize> = 132..144;
+const COMMITMENT: std::ops::Range<usize> = 144..176;
+const DATA_AAD_LEN: usize = 20 + (DEK_AAD_END - RECORD_ID.start);
+
+/// Fresh random bytes one record consumes: record id, DEK, wrap nonce, data nonce.
+const RANDOM_PER_RECORD: usize = RECORD_ID_LEN + KEY_LEN + 2 * GCM_NONCE_LEN;
+/// Work per parallel task, so that small records are batched and large ones spread.
+const TASK_BYTES: usize = 256 * 1024;
+const MAX_TASK_RECORDS: usize = 256;
+/// Below this many payload bytes a batch runs on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// Total stored length of a record with a `plaintext_len`-byte payload.
+pub fn sealed_len(plaintext_len: usize) -> usize {
+    HEADER_LEN + plaintext_len + TAG_LEN
+}
+
+/// The scope key version named by a header (not authenticated by itself).
+pub fn header_key_version(header: &[u8]) -> Result<u32> {
+    if header.len() < HEADER_LEN || &header[..2] != MAGIC {
+        return Err(CoreError::Integrity);
+    }
+    Ok(u32::from_be_bytes(header[KEY_VERSION].try_into().expect("4 bytes")))
+}
+
+/// The record id stored in a header.
+pub fn header_record_id(header: &[u8]) -> Result<[u8; RECORD_ID_LEN]> {
+    if header.len() < HEADER_LEN || &header[..2] != MAGIC {
+        return Err(CoreError::Integrity);
+    }
+    Ok(header[RECORD_ID].try_into().expect("16 bytes"))
+}
+
+/// The scope key a record is sealed under.
+pub struct SealKey<'a> {
+    /// Active scope key.
+    pub key: &'a SecretKey,
+    /// Scope id written into the header.
+    pub scope_id: [u8; SCOPE_ID_LEN],
+    /// Version of `key`.
+    pub version: u32,
+}
+
+/// The scope keys a batch may be opened with, by version.
+pub struct OpenKeys<'a> {
+    /// Scope id every header must carry.
+    pub scope_id: [u8; SCOPE_ID_LEN],
+    /// `(version, key)` pairs; a scope has few versions, so a linear search is fastest.
+    pub keys: &'a [(u32, &'a SecretKey)],
+}
+
+impl OpenKeys<'_> {
+    fn for_header(&self, header: &[u8]) -> Result<&SecretKey> {
+        check_header(header, &self.scope_id)?;
+        let version = header_key_version(header)?;
+        self.keys
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, k)| *k)
+            .ok_or(CoreError::MissingKeyVersion(version))
+    }
+}
+
+/// One record to seal: its name and payload in, its header, body and (optionally) encrypted
+/// name out. `body` is `data.len() + 16` bytes, `name_ct` is `name.len() + 16` bytes.
+pub struct SealJob<'a> {
+    /// Record name (UTF-8 bytes).
+    pub name: &'a [u8],
+    /// Payload.
+    pub data: &'a [u8],
+    /// Output: the 176-byte header.
+    pub header: &'a mut [u8],
+    /// Output: `ciphertext || tag`.
+    pub body: &'a mut [u8],
+    /// Output: the encrypted name, when the caller stores names.
+    pub name_ct: Option<&'a mut [u8]>,
+}
+
+/// One record to open. With `name`, the header's name index must match it.
+pub struct OpenJob<'a> {
+    /// The name the caller asked for, checked against the blind index.
+    pub name: Option<&'a [u8]>,
+    /// The 176-byte header.
+    pub header: &'a [u8],
+    /// `ciphertext || tag` (the payload, or the encrypted name for [`open_name`]).
+    pub body: &'a [u8],
+    /// Output: the plaintext, `body.len() - 16` bytes.
+    pub out: &'a mut [u8],
+}
+
+fn check_header(header: &[u8], scope_id: &[u8; SCOPE_ID_LEN]) -> Result<()> {
+    if header.len() != HEADER_LEN
+        || &header[..2] != MAGIC
+        || header[2] != FORMAT_VERSION
+        || header[3] != SUITE_AES256GCM_HKDF_SHA256
+        || verify_slices_are_equal(&header[SCOPE_ID], scope_id).is_err()
+    {
+        return Err(CoreError::Integrity);
+    }
+    Ok(())
+}
+
+fn data_aad(header: &[u8]) -> [u8; DATA_AAD_LEN] {
+    let mut aad = [0u8; DATA_AAD_LEN];
+    aad[..20].copy_from_slice(&header[..20]);
+    aad[20..].copy_from_slice(&header[RECORD_ID.start..DEK_AAD_END]);
+    aad
+}
+
+fn name_nonce(header: &[u8]) -> [u8; GCM_NONCE_LEN] {
+    let mut nonce: [u8; GCM_NONCE_LEN] = header[DATA_NONCE].try_into().expect("12 bytes");
+    nonce[0] ^= 0x80;
+    nonce
+}
+
+fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<()> {
+    let (record_id, rest) = random.split_at(RECORD_ID_LEN);
+    let (dek, nonces) = rest.split_at(KEY_LEN);
+    let (wrap_nonce, data_nonce) = nonces.split_at(GCM_NONCE_LEN);
+    let h = &mut *job.header;
+    if h.len() != HEADER_LEN {
+        return Err(invalid("header buffer has the wrong length"));
+    }
+    h[..2].copy_from_slice(MAGIC);
+    h[2] = FORMAT_VERSION;
+    h[3] = SUITE_AES256GCM_HKDF_SHA256;
+    h[SCOPE_ID].copy_from_slice(&key.scope_id);
+    h[KEY_VERSION].copy_from_slice(&key.version.to_be_bytes());
+    h[RECORD_ID].copy_from_slice(record_id);
+    h[NAME_INDEX].copy_from_slice(&key.key.name_index(job.name)?);
+    h[WRAP_NONCE].copy_from_slice(wrap_nonce);
+    let (aad, tail) = h.split_at_mut(DEK_AAD_END);
+    seal_into(key.key.aead(), wrap_nonce, aad, dek, &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN])?;
+    h[DATA_NONCE].copy_from_slice(data_nonce);
+    let (data_key, commitment) = derive_record_keys(dek, record_id)?;
+    h[COMMITMENT].copy_from_slice(&commitment);
+    seal_into(&data_key, data_nonce, &data_aad(h), job.data, job.body)?;
+    if let Some(name_ct) = job.name_ct.as_deref_mut() {
+        seal_into(&data_key, &name_nonce(h), record_id, job.name, name_ct)?;
+    }
+    Ok(())
+}
+
+/// Unwraps the DEK and checks the key commitment; returns the data key.
+fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<aws_lc_rs::aead::LessSafeKey> {
+    let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+    open_into(key.aead(), &header[WRAP_NONCE], &header[..DEK_AAD_END], &header[WRAPPED_DEK], &mut dek[..])?;
+    let (data_key, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
+    verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
+    Ok(data_key)
+}
+
+fn check_name(key: &SecretKey, header: &[u8], name: &[u8]) -> Result<()> {
+    verify_slices_are_equal(&key.name_index(name)?, &header[NAME_INDEX]).map_err(|_| CoreError::Integrity)
+}
+
+fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
+    let key = keys.for_header(job.header)?;
+    if let Some(name) = job.name {
+        check_name(key, job.header, name)?;
+    }
+    let data_key = open_data_key(key, job.header)?;
+    open_into(&data_key, &job.header[DATA_NONCE], &data_aad(job.header), job.body, job.out)
+}
+
+/// Opens an encrypted name (as written by a [`SealJob`] with `name_ct`) and checks that it
+/// matches the header's blind index.
+pub fn open_name(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
+    let key = keys.for_header(job.header)?;
+    let data_key = open_data_key(key, job.header)?;
+    open_into(&data_key, &name_nonce(job.header), &job.header[RECORD_ID], job.body, job.out)?;
+    check_name(key, job.header, job.out).inspect_err(|_| job.out.fill(0))
+}
+
+/// Moves a record's DEK from one scope key version to another without touching its payload:
+/// unwraps under `from`, checks the commitment, rewraps under `to` into `out` (176 bytes).
+pub fn rewrap_header(from: &OpenKeys<'_>, to: &SealKey<'_>, header: &[u8], out: &mut [u8]) -> Result<()> {
+    let key = from.for_header(header)?;
+    if out.len() != HEADER_LEN || to.scope_id != from.scope_id {
+        return Err(invalid("rewrap stays within one scope and writes a 176-byte header"));
+    }
+    let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+    open_into(key.aead(), &header[WRAP_NONCE], &header[..DEK_AAD_END], &header[WRAPPED_DEK], &mut dek[..])?;
+    let (_, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
+    verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
+    out.copy_from_slice(header);
+    out[KEY_VERSION].copy_from_slice(&to.version.to_be_bytes());
+    fill_random(&mut out[WRAP_NONCE])?;
+    let (aad, tail) = out.split_at_mut(DEK_AAD_END);
+    let nonce: [u8; GCM_NONCE_LEN] = tail[..GCM_NONCE_LEN].try_into().expect("12 bytes");
+    seal_into(to.key.aead(), &nonce, aad, &dek[..], &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN])
+}
+
+fn task_len(total_bytes: usize, records: usize) -> usize {
+    let avg = total_bytes / records.max(1) + 1;
+    (TASK_BYTES / avg).clamp(1, MAX_TASK_RECORDS)
+}
+
+fn seal_task(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
+    // invariant(fresh-dek): one getrandom call yields every record's id, DEK and nonces.
+    let mut random = Zeroizing::new(vec![0u8; RANDOM_PER_RECORD * jobs.len()]);
+    fill_random(&mut random)?;
+    for (job, rnd) in jobs.iter_mut().zip(random.chunks_exact(RANDOM_PER_RECORD)) {
+        seal_one(key, job, rnd)?;
+    }
+    Ok(())
+}
+
+/// Seals a batch of records, in parallel across cores when it is large enough.
+/// On error the outputs are partly written and must be discarded.
+pub fn seal_batch(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
+    let total: usize = jobs.iter().map(|j| j.data.len()).sum();
+    if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
+        return jobs.chunks_mut(MAX_TASK_RECORDS).try_for_each(|chunk| seal_task(key, chunk));
+    }
+    let per_task = task_len(total, jobs.len());
+    jobs.par_chunks_mut(per_task).try_for_each(|chunk| seal_task(key, chunk))
+}
+
+/// Opens a batch of records; fails on the first record that does not authenticate.
+/// Returns the index of the failing record with the error.
+pub fn open_batch(keys: &OpenKeys<'_>, jobs: &mut [OpenJob<'_>]) -> std::result::Result<(), (usize, CoreError)> {
+    run_indexed(jobs, |job| open_one(keys, job))
+}
+
+/// Opens a batch of encrypted names (see [`open_name`]).
+pub fn open_name_batch(keys: &OpenKeys<'_>, jobs: &mut [OpenJob<'_>]) -> std::result::Result<(), (usize, CoreError)> {
+    run_indexed(jobs, |job| open_name(keys, job))
+}
+
+fn run_indexed<F>(jobs: &mut [OpenJob<'_>], f: F) -> std::result::Result<(), (usize, CoreError)>
+where
+    F: Fn(&mut OpenJob<'_>) -> Result<()> + Sync,
+{
+    let total: usize = jobs.iter().map(|j| j.body.len()).sum();
+    let run = |(i, job): (usize, &mut OpenJob<'_>)| f(job).map_err(|e| (i, e));
+    if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
+        return jobs.iter_mut().enumerate().try_for_each(run);
+    }
+    let per_task = task_len(total, jobs.len());
+    jobs.par_iter_mut().enumerate().with_min_len(per_task).try_for_each(run)
+}
+
+/// Seals one record into a self-contained blob: `header || ciphertext || tag`.
+pub fn seal_blob(key: &SealKey<'_>, name: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+    let mut blob = vec![0u8; sealed_len(data.len())];
+    let (header, body) = blob.split_at_mut(HEADER_LEN);
+    seal_batch(key, &mut [SealJob { name, data, header, body, name_ct: None }])?;
+    Ok(blob)
+}
+
+/// Opens a blob made by [`seal_blob`] under the given name.
+pub fn open_blob(keys: &OpenKeys<'_>, name: &[u8], blob: &[u8]) -> Result<Vec<u8>> {
+    if blob.len() < HEADER_LEN + TAG_LEN {
+        return Err(CoreError::Integrity);
+    }
+    let (header, body) = blob.split_at(HEADER_LEN);
+    let mut out = vec![0u8; body.len() - TAG_LEN];
+    open_batch(keys, &mut [OpenJob { name: Some(name), header, body, out: &mut out }]).map_err(|(_, e)| e)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (SecretKey, [u8; 16]) {
+        (SecretKey::generate(64).unwrap(), [9u8; 16])
+    }
+
+    #[test]
+    fn round_trip_and_every_bit_flip_fails() {
+        let (key, scope_id) = setup();
+        let seal = SealKey { key: &key, scope_id, version: 1 };
+        let blob = seal_blob(&seal, b"a.py", b"hello world, this is a record").unwrap();
+        let pairs = [(1u32, &key)];
+        let keys = OpenKeys { scope_id, keys: &pairs };
+        assert_eq!(open_blob(&keys, b"a.py", &blob).unwrap(), b"hello world, this is a record");
+        assert!(open_blob(&keys, b"b.py", &blob).is_err());
+        for i in 0..blob.len() * 8 {
+            let mut bad = blob.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(open_blob(&keys, b"a.py", &bad).is_err(), "flip of bit {i} accepted");
+        }
+        for n in 0..blob.len() {
+            assert!(open_blob(&keys, b"a.py", &blob[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn rewrap_keeps_the_payload() {
+        let (k1, scope_id) = setup();
+        let k2 = k1.rotated().unwrap();
+        let blob = seal_blob(&SealKey { key: &k1, scope_id, version: 1 }, b"n", b"payload").unwrap();
+        let old = [(1u32, &k1)];
+        let mut header = vec![0u8; HEADER_LEN];
+        rewrap_header(
+            &OpenKeys { scope_id, keys: &old },
+            &SealKey { key: &k2, scope_id, version: 2 },
+            &blob[..HEADER_LEN],
+            &mut header,
+        )
+        .unwrap();
+        let mut moved = header.clone();
+        moved.extend_from_slice(&blob[HEADER_LEN..]);
+        let new = [(2u32, &k2)];
+        assert_eq!(open_blob(&OpenKeys { scope_id, keys: &new }, b"n", &moved).unwrap(), b"payload");
+        assert!(open_blob(&OpenKeys { scope_id, keys: &old }, b"n", &moved).is_err());
+    }
+}

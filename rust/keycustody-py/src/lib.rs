@@ -1,0 +1,33 @@
+//! keycustody._core: the PyO3 extension. It only converts; the work is in keycustody-core.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod aead;
+mod buffers;
+mod errors;
+mod gil;
+mod keys;
+mod records;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _core {
+    #[pymodule_export]
+    use super::aead::{aes256gcm_open, aes256gcm_seal};
+    #[pymodule_export]
+    use super::keys::KeyHandle;
+    #[pymodule_export]
+    use super::records::{
+        header_key_version, open_blobs, open_names, open_records, rewrap_headers, seal_blobs, seal_records,
+    };
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("HEADER_LEN", keycustody_core::record::HEADER_LEN)?;
+        m.add("TAG_LEN", keycustody_core::aead::TAG_LEN)?;
+        m.add("SCOPE_ID_LEN", keycustody_core::record::SCOPE_ID_LEN)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! Batch seal/open of v1 records: one Python call per batch, GIL released, parallel in Rust.
+
+use keycustody_core::aead::TAG_LEN;
+use keycustody_core::record::{
+    self, OpenJob, OpenKeys, SealJob, SealKey, HEADER_LEN, SCOPE_ID_LEN,
+};
+use keycustody_core::{CoreError, SecretKey};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::buffers::{FreshBytes, Input};
+use crate::errors::{batch_error, Error};
+use crate::gil::run_detached;
+use crate::keys::KeyHandle;
+
+type Lists<'py> = (Vec<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>);
+
+fn scope_id(raw: &[u8]) -> PyResult<[u8; SCOPE_ID_LEN]> {
+    raw.try_into()
+        .map_err(|_| PyValueError::new_err(format!("scope_id must be {SCOPE_ID_LEN} bytes")))
+}
+
+fn same_len(a: usize, b: usize, what: &str) -> PyResult<()> {
+    if a != b {
+        return Err(PyValueError::new_err(format!("{what}: got {a} and {b} items")));
+    }
+    Ok(())
+}
+
+fn body_len(len: usize) -> PyResult<usize> {
+    len.checked_sub(TAG_LEN)
+        .ok_or_else(|| batch_error_free(CoreError::Integrity))
+}
+
+fn batch_error_free(e: CoreError) -> PyErr {
+    Error(e).into()
+}
+
+/// Keys by version, borrowed from frozen handles that the dict keeps alive.
+fn key_table<'py>(keys: &Bound<'py, PyDict>) -> PyResult<Vec<(u32, Bound<'py, KeyHandle>)>> {
+    keys.iter()
+        .map(|(v, k)| Ok((v.extract::<u32>()?, k.cast_into::<KeyHandle>()?)))
+        .collect()
+}
+
+fn borrow_keys<'a>(table: &'a [(u32, Bound<'_, KeyHandle>)]) -> Vec<(u32, &'a SecretKey)> {
+    table.iter().map(|(v, k)| (*v, &k.get().key)).collect()
+}
+
+fn seal<'py>(
+    py: Python<'py>,
+    key: &KeyHandle,
+    scope: &[u8],
+    version: u32,
+    names: &[Input],
+    datas: &[Input],
+    with_names: bool,
+) -> PyResult<Lists<'py>> {
+    same_len(names.len(), datas.len(), "names and datas differ in length")?;
+    let seal_key = SealKey { key: &key.key, scope_id: scope_id(scope)?, version };
+    let mut headers = FreshBytes::alloc(py, names.iter().map(|_| HEADER_LEN))?;
+    let mut bodies = FreshBytes::alloc(py, datas.iter().map(|d| d.len() + TAG_LEN))?;
+    let name_lens = names.iter().map(|n| if with_names { n.len() + TAG_LEN } else { 0 });
+    let mut name_cts = FreshBytes::alloc(py, name_lens)?;
+    let total: usize = datas.iter().map(|d| d.len()).sum();
+    let mut jobs: Vec<SealJob<'_>> = names
+        .iter()
+        .zip(datas)
+        .zip(headers.buffers().into_iter().zip(bodies.buffers()).zip(name_cts.buffers()))
+        .map(|((name, data), ((header, body), name_ct))| SealJob {
+            name,
+            data,
+            header,
+            body,
+            name_ct: with_names.then_some(name_ct),
+        })
+        .collect();
+    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(|e| batch_error_free(e))?;
+    drop(jobs);
+    Ok((headers.into_vec(), name_cts.into_vec(), bodies.into_vec()))
+}
+
+/// Seals records into self-contained blobs (`header || ciphertext || tag`), one per name.
+#[pyfunction]
+pub fn seal_blobs<'py>(
+    py: Python<'py>,
+    key: &KeyHandle,
+    scope_id: Input,
+    version: u32,
+    names: Vec<Input>,
+    datas: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let seal_key = SealKey { key: &key.key, scope_id: self::scope_id(&scope_id)?, version };
+    same_len(names.len(), datas.len(), "names and datas differ in length")?;
+    let mut blobs = FreshBytes::alloc(py, datas.iter().map(|d| record::sealed_len(d.len())))?;
+    let total: usize = datas.iter().map(|d| d.len()).sum();
+    let mut jobs: Vec<SealJob<'_>> = names
+        .iter()
+        .zip(&datas)
+        .zip(blobs.buffers())
+        .map(|((name, data), blob)| {
+            let (header, body) = blob.split_at_mut(HEADER_LEN);
+            SealJob { name, data, header, body, name_ct: None }
+        })
+        .collect();
+    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(batch_error_free)?;
+    drop(jobs);
+    Ok(blobs.into_vec())
+}
+
+/// Opens blobs made by `seal_blobs`; `keys` maps scope key version to handle.
+#[pyfunction]
+pub fn open_blobs<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    names: Vec<Input>,
+    blobs: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    same_len(names.len(), blobs.len(), "names and blobs differ in length")?;
+    let table = key_table(keys)?;
+    let pairs = borrow_keys(&table);
+    let open_keys = OpenKeys { scope_id: self::scope_id(&scope_id)?, keys: &pairs };
+    let mut lens = Vec::with_capacity(blobs.len());
+    for (i, blob) in blobs.iter().enumerate() {
+        match blob.len().checked_sub(HEADER_LEN + TAG_LEN) {
+            Some(n) => lens.push(n),
+            None => return Err(batch_error(py, i, CoreError::Integrity)),
+        }
+    }
+    let mut outs = FreshBytes::alloc(py, lens)?;
+    let total: usize = blobs.iter().map(|b| b.len()).sum();
+    let mut jobs: Vec<OpenJob<'_>> = names
+        .iter()
+        .zip(&blobs)
+        .zip(outs.buffers())
+        .map(|((name, blob), out)| {
+            let (header, body) = blob.split_at(HEADER_LEN);
+            OpenJob { name: Some(name), header, body, out }
+        })
+        .collect();
+    run_detached(py, total, || record::open_batch(&open_keys, &mut jobs))
+        .map_err(|(i, e)| batch_error(py, i, e))?;
+    drop(jobs);
+    Ok(outs.into_vec())
+}
+
+/// Seals records for storage: returns `(headers, encrypted_names, bodies)`.
+#[pyfunction]
+pub fn seal_records<'py>(
+    py: Python<'py>,
+    key: &KeyHandle,
+    scope_id: Input,
+    version: u32,
+    names: Vec<Input>,
+    datas: Vec<Input>,
+) -> PyResult<Lists<'py>> {
+    seal(py, key, &scope_id, version, &names, &datas, true)
+}
+
+fn open_detached<'py>(
+    py: Python<'py>,
+    scope_id: &[u8],
+    keys: &Bound<'py, PyDict>,
+    names: Option<&[Input]>,
+    headers: &[Input],
+    bodies: &[Input],
+    run: fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    same_len(headers.len(), bodies.len(), "headers and bodies differ in length")?;
+    if let Some(names) = names {
+        same_len(names.len(), headers.len(), "names and headers differ in length")?;
+    }
+    let table = key_table(keys)?;
+    let pairs = borrow_keys(&table);
+    let open_keys = OpenKeys { scope_id: self::scope_id(scope_id)?, keys: &pairs };
+    let mut lens = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.iter().enumerate() {
+        lens.push(body_len(body.len()).map_err(|_| batch_error(py, i, CoreError::Integrity))?);
+    }
+    let mut outs = FreshBytes::alloc(py, lens)?;
+    let total: usize = bodies.iter().map(|b| b.len()).sum();
+    let mut jobs: Vec<OpenJob<'_>> = headers
+        .iter()
+        .zip(bodies)
+        .zip(outs.buffers())
+        .enumerate()
+        .map(|(i, ((header, body), out))| OpenJob { name: names.map(|n| &*n[i]), header, body, out })
+        .collect();
+    run_detached(py, total, || run(&open_keys, &mut jobs)).map_err(|(i, e)| batch_error(py, i, e))?;
+    drop(jobs);
+    Ok(outs.into_vec())
+}
+
+/// Opens stored records; each header's name index must match the name asked for.
+#[pyfunction]
+pub fn open_records<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    names: Vec<Input>,
+    headers: Vec<Input>,
+    bodies: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    open_detached(py, &scope_id, keys, Some(&names), &headers, &bodies, record::open_batch)
+}
+
+/// Decrypts stored names and checks each against its header's blind index.
+#[pyfunction]
+pub fn open_names<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    headers: Vec<Input>,
+    name_cts: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    open_detached(py, &scope_id, keys, None, &headers, &name_cts, record::open_name_batch)
+}
+
+/// Moves records' DEKs to scope key `new_version` without touching payloads; returns new headers.
+#[pyfunction]
+pub fn rewrap_headers<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    new_key: &KeyHandle,
+    new_version: u32,
+    headers: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let table = key_table(keys)?;
+    let pairs = borrow_keys(&table);
+    let sid = self::scope_id(&scope_id)?;
+    let from = OpenKeys { scope_id: sid, keys: &pairs };
+    let to = SealKey { key: &new_key.key, scope_id: sid, version: new_version };
+    let mut outs = FreshBytes::alloc(py, headers.iter().map(|_| HEADER_LEN))?;
+    let mut bufs = outs.buffers();
+    let result = run_detached(py, headers.len() * HEADER_LEN, || {
+        headers
+            .iter()
+            .zip(bufs.iter_mut())
+            .enumerate()
+            .try_for_each(|(i, (h, out))| record::rewrap_header(&from, &to, h, out).map_err(|e| (i, e)))
+    });
+    result.map_err(|(i, e)| batch_error(py, i, e))?;
+    drop(bufs);
+    Ok(outs.into_vec())
+}
+
+/// The scope key version a header names (unauthenticated; used to pick keys before opening).
+#[pyfunction]
+pub fn header_key_version(header: Input) -> PyResult<u32> {
+    record::header_key_version(&header).map_err(batch_error_free)
+}
