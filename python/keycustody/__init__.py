@@ -1,1 +1,49 @@
+"""keycustody: envelope-encryption storage for agent context under customer-held keys.
 
+Every record gets a fresh data key (made and wiped in Rust), wrapped by a scope key, wrapped by
+the customer's KEK in their KMS.
+"""
+
+from keycustody.errors import (
+    AuditError,
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    KeyCustodyError,
+    KeyRevokedError,
+    KmsError,
+    KmsUnavailableError,
+    NotFoundError,
+    ShreddedError,
+    StorageError,
+    UnsupportedKeyIdError,
+)
+from keycustody.kms import KmsProvider, LocalKMS
+from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
+from keycustody.vault import Scope, Vault
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "EncryptionContext",
+    "IntegrityError",
+    "InvalidInputError",
+    "KeyCustodyError",
+    "KeyId",
+    "KeyRevokedError",
+    "KmsError",
+    "KmsProvider",
+    "KmsUnavailableError",
+    "LocalKMS",
+    "NotFoundError",
+    "RecordInfo",
+    "Scope",
+    "ShreddedError",
+    "StorageError",
+    "UnsupportedKeyIdError",
+    "Vault",
+    "WrappedKey",
+    "__version__",
+]

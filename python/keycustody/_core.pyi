@@ -58,12 +58,19 @@ def aes256gcm_open(key: Buffer, nonce: Buffer, aad: Buffer, ciphertext: Buffer) 
     """
 
 def seal_blobs(
-    key: KeyHandle, scope_id: Buffer, version: int, names: Sequence[Buffer], datas: Sequence[Buffer]
+    key: KeyHandle,
+    scope_id: Buffer,
+    version: int,
+    names: Sequence[Buffer],
+    datas: Sequence[Buffer],
 ) -> list[bytes]:
     """Seals each ``(name, data)`` into a self-contained ``header || ciphertext || tag`` blob."""
 
 def open_blobs(
-    scope_id: Buffer, keys: Mapping[int, KeyHandle], names: Sequence[Buffer], blobs: Sequence[Buffer]
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    names: Sequence[Buffer],
+    blobs: Sequence[Buffer],
 ) -> list[bytes]:
     """Opens blobs from :func:`seal_blobs`; ``keys`` maps scope key versions to handles.
 
@@ -72,7 +79,11 @@ def open_blobs(
     """
 
 def seal_records(
-    key: KeyHandle, scope_id: Buffer, version: int, names: Sequence[Buffer], datas: Sequence[Buffer]
+    key: KeyHandle,
+    scope_id: Buffer,
+    version: int,
+    names: Sequence[Buffer],
+    datas: Sequence[Buffer],
 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """Seals records for storage; returns ``(headers, encrypted_names, bodies)``."""
 

@@ -18,7 +18,10 @@ pub const MAX_PLAINTEXT_LEN: u64 = (1 << 36) - 32;
 /// Builds an AES-256-GCM key (its schedule is computed once and reused).
 pub fn gcm_key(key: &[u8]) -> Result<LessSafeKey> {
     if key.len() != KEY_LEN {
-        return Err(invalid(format!("AES-256-GCM needs a {KEY_LEN}-byte key, got {} bytes", key.len())));
+        return Err(invalid(format!(
+            "AES-256-GCM needs a {KEY_LEN}-byte key, got {} bytes",
+            key.len()
+        )));
     }
     let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| invalid("invalid AES-256 key"))?;
     Ok(LessSafeKey::new(unbound))
@@ -34,12 +37,20 @@ fn gcm_nonce(nonce: &[u8]) -> Result<Nonce> {
 }
 
 /// Encrypts `plaintext` into `out` (`plaintext.len() + TAG_LEN` bytes: ciphertext then tag).
-pub fn seal_into(key: &LessSafeKey, nonce: &[u8], aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn seal_into(
+    key: &LessSafeKey,
+    nonce: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     if out.len() != plaintext.len() + TAG_LEN {
         return Err(invalid("output buffer has the wrong length"));
     }
     if plaintext.len() as u64 > MAX_PLAINTEXT_LEN {
-        return Err(invalid("plaintext exceeds the AES-GCM limit of 2^36 - 32 bytes"));
+        return Err(invalid(
+            "plaintext exceeds the AES-GCM limit of 2^36 - 32 bytes",
+        ));
     }
     let (ct, tag) = out.split_at_mut(plaintext.len());
     key.seal_out_of_place_scatter(gcm_nonce(nonce)?, Aad::from(aad), plaintext, ct, &[], tag)
@@ -49,7 +60,13 @@ pub fn seal_into(key: &LessSafeKey, nonce: &[u8], aad: &[u8], plaintext: &[u8], 
 /// Decrypts `ciphertext || tag` into `out` (`ciphertext.len() - TAG_LEN` bytes).
 ///
 /// On failure `out` is zeroed, so no unauthenticated plaintext is left behind.
-pub fn open_into(key: &LessSafeKey, nonce: &[u8], aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn open_into(
+    key: &LessSafeKey,
+    nonce: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     if sealed.len() < TAG_LEN {
         return Err(CoreError::Integrity);
     }
@@ -58,10 +75,11 @@ pub fn open_into(key: &LessSafeKey, nonce: &[u8], aad: &[u8], sealed: &[u8], out
         return Err(invalid("output buffer has the wrong length"));
     }
     let nonce = gcm_nonce(nonce)?;
-    key.open_separate_gather(nonce, Aad::from(aad), ct, tag, out).map_err(|_| {
-        out.fill(0);
-        CoreError::Integrity
-    })
+    key.open_separate_gather(nonce, Aad::from(aad), ct, tag, out)
+        .map_err(|_| {
+            out.fill(0);
+            CoreError::Integrity
+        })
 }
 
 /// One-shot AES-256-GCM encryption: returns `ciphertext || tag`.

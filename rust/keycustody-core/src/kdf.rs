@@ -27,7 +27,10 @@ impl KeyType for Len {
 }
 
 /// Derives the record's AES-256-GCM data key and its 32-byte key commitment from the DEK.
-pub fn derive_record_keys(dek: &[u8], record_id: &[u8]) -> Result<(LessSafeKey, [u8; COMMITMENT_LEN])> {
+pub fn derive_record_keys(
+    dek: &[u8],
+    record_id: &[u8],
+) -> Result<(LessSafeKey, [u8; COMMITMENT_LEN])> {
     let prk = Prk::new_less_safe(HKDF_SHA256, dek);
     let mut okm = Zeroizing::new([0u8; KEY_LEN + COMMITMENT_LEN]);
     prk.expand(&[LABEL, record_id], Len(okm.len()))

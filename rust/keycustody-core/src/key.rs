@@ -6,6 +6,7 @@
 //! Wrapped form: `nonce (12) || AES-256-GCM(ciphertext || tag)`, with caller-chosen AAD.
 
 use aws_lc_rs::aead::LessSafeKey;
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
 
@@ -39,7 +40,11 @@ impl SecretKey {
         let aead = gcm_key(&material[..KEY_LEN])?;
         let index = (material.len() == SCOPE_KEY_LEN)
             .then(|| hmac::Key::new(hmac::HMAC_SHA256, &material[KEY_LEN..]));
-        Ok(Self { material, aead, index })
+        Ok(Self {
+            material,
+            aead,
+            index,
+        })
     }
 
     /// A fresh key of `len` bytes (32 or 64) from the operating system's CSPRNG.
@@ -52,7 +57,9 @@ impl SecretKey {
     /// A new scope key version: fresh wrapping half, the same name-index half.
     pub fn rotated(&self) -> Result<Self> {
         if self.index.is_none() {
-            return Err(invalid("only scope keys (64 bytes) can be rotated this way"));
+            return Err(invalid(
+                "only scope keys (64 bytes) can be rotated this way",
+            ));
         }
         let mut material = Zeroizing::new(vec![0u8; SCOPE_KEY_LEN]);
         fill_random(&mut material[..KEY_LEN])?;
@@ -81,11 +88,22 @@ impl SecretKey {
 
     /// Keyed blind index of a record name: HMAC-SHA-256 under the name-index half.
     pub fn name_index(&self, name: &[u8]) -> Result<[u8; 32]> {
-        let key = self.index.as_ref().ok_or_else(|| invalid("this key has no name-index half"))?;
+        let key = self
+            .index
+            .as_ref()
+            .ok_or_else(|| invalid("this key has no name-index half"))?;
         let tag = hmac::sign(key, name);
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    /// Whether both keys share one name-index half (versions of the same scope), in constant time.
+    pub fn same_index(&self, other: &SecretKey) -> bool {
+        self.index.is_some()
+            && other.index.is_some()
+            && verify_slices_are_equal(&self.material[KEY_LEN..], &other.material[KEY_LEN..])
+                .is_ok()
     }
 
     /// Wraps `child` under this key with `aad`: `nonce || ciphertext || tag`.
@@ -99,7 +117,9 @@ impl SecretKey {
 
     /// Unwraps a key produced by [`SecretKey::wrap`] with the same `aad`.
     pub fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey> {
-        if wrapped.len() != KEY_LEN + WRAP_OVERHEAD && wrapped.len() != SCOPE_KEY_LEN + WRAP_OVERHEAD {
+        if wrapped.len() != KEY_LEN + WRAP_OVERHEAD
+            && wrapped.len() != SCOPE_KEY_LEN + WRAP_OVERHEAD
+        {
             return Err(CoreError::Integrity);
         }
         let (nonce, sealed) = wrapped.split_at(GCM_NONCE_LEN);
@@ -120,7 +140,10 @@ mod tests {
         let wrapped = kek.wrap(&child, b"ctx").unwrap();
         let back = kek.unwrap(&wrapped, b"ctx").unwrap();
         assert_eq!(back.expose_secret(), child.expose_secret());
-        assert!(matches!(kek.unwrap(&wrapped, b"other"), Err(CoreError::Integrity)));
+        assert!(matches!(
+            kek.unwrap(&wrapped, b"other"),
+            Err(CoreError::Integrity)
+        ));
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub fn header_key_version(header: &[u8]) -> Result<u32> {
     if header.len() < HEADER_LEN || &header[..2] != MAGIC {
         return Err(CoreError::Integrity);
     }
-    Ok(u32::from_be_bytes(header[KEY_VERSION].try_into().expect("4 bytes")))
+    Ok(u32::from_be_bytes(
+        header[KEY_VERSION].try_into().expect("4 bytes"),
+    ))
 }
 
 /// The record id stored in a header.
@@ -186,7 +188,13 @@ fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<(
     h[NAME_INDEX].copy_from_slice(&key.key.name_index(job.name)?);
     h[WRAP_NONCE].copy_from_slice(wrap_nonce);
     let (aad, tail) = h.split_at_mut(DEK_AAD_END);
-    seal_into(key.key.aead(), wrap_nonce, aad, dek, &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN])?;
+    seal_into(
+        key.key.aead(),
+        wrap_nonce,
+        aad,
+        dek,
+        &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN],
+    )?;
     h[DATA_NONCE].copy_from_slice(data_nonce);
     let (data_key, commitment) = derive_record_keys(dek, record_id)?;
     h[COMMITMENT].copy_from_slice(&commitment);
@@ -200,14 +208,21 @@ fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<(
 /// Unwraps the DEK and checks the key commitment; returns the data key.
 fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<aws_lc_rs::aead::LessSafeKey> {
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
-    open_into(key.aead(), &header[WRAP_NONCE], &header[..DEK_AAD_END], &header[WRAPPED_DEK], &mut dek[..])?;
+    open_into(
+        key.aead(),
+        &header[WRAP_NONCE],
+        &header[..DEK_AAD_END],
+        &header[WRAPPED_DEK],
+        &mut dek[..],
+    )?;
     let (data_key, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
     verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
     Ok(data_key)
 }
 
 fn check_name(key: &SecretKey, header: &[u8], name: &[u8]) -> Result<()> {
-    verify_slices_are_equal(&key.name_index(name)?, &header[NAME_INDEX]).map_err(|_| CoreError::Integrity)
+    verify_slices_are_equal(&key.name_index(name)?, &header[NAME_INDEX])
+        .map_err(|_| CoreError::Integrity)
 }
 
 fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
@@ -216,7 +231,13 @@ fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
         check_name(key, job.header, name)?;
     }
     let data_key = open_data_key(key, job.header)?;
-    open_into(&data_key, &job.header[DATA_NONCE], &data_aad(job.header), job.body, job.out)
+    open_into(
+        &data_key,
+        &job.header[DATA_NONCE],
+        &data_aad(job.header),
+        job.body,
+        job.out,
+    )
 }
 
 /// Opens an encrypted name (as written by a [`SealJob`] with `name_ct`) and checks that it
@@ -224,19 +245,43 @@ fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
 pub fn open_name(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
     let key = keys.for_header(job.header)?;
     let data_key = open_data_key(key, job.header)?;
-    open_into(&data_key, &name_nonce(job.header), &job.header[RECORD_ID], job.body, job.out)?;
+    open_into(
+        &data_key,
+        &name_nonce(job.header),
+        &job.header[RECORD_ID],
+        job.body,
+        job.out,
+    )?;
     check_name(key, job.header, job.out).inspect_err(|_| job.out.fill(0))
 }
 
 /// Moves a record's DEK from one scope key version to another without touching its payload:
 /// unwraps under `from`, checks the commitment, rewraps under `to` into `out` (176 bytes).
-pub fn rewrap_header(from: &OpenKeys<'_>, to: &SealKey<'_>, header: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn rewrap_header(
+    from: &OpenKeys<'_>,
+    to: &SealKey<'_>,
+    header: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let key = from.for_header(header)?;
     if out.len() != HEADER_LEN || to.scope_id != from.scope_id {
-        return Err(invalid("rewrap stays within one scope and writes a 176-byte header"));
+        return Err(invalid(
+            "rewrap stays within one scope and writes a 176-byte header",
+        ));
+    }
+    // A key with another name-index half is not a version of this scope: records rewrapped
+    // to it could never be found or opened again.
+    if !key.same_index(to.key) {
+        return Err(invalid("the new key is not a version of this scope's key"));
     }
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
-    open_into(key.aead(), &header[WRAP_NONCE], &header[..DEK_AAD_END], &header[WRAPPED_DEK], &mut dek[..])?;
+    open_into(
+        key.aead(),
+        &header[WRAP_NONCE],
+        &header[..DEK_AAD_END],
+        &header[WRAPPED_DEK],
+        &mut dek[..],
+    )?;
     let (_, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
     verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
     out.copy_from_slice(header);
@@ -244,7 +289,13 @@ pub fn rewrap_header(from: &OpenKeys<'_>, to: &SealKey<'_>, header: &[u8], out: 
     fill_random(&mut out[WRAP_NONCE])?;
     let (aad, tail) = out.split_at_mut(DEK_AAD_END);
     let nonce: [u8; GCM_NONCE_LEN] = tail[..GCM_NONCE_LEN].try_into().expect("12 bytes");
-    seal_into(to.key.aead(), &nonce, aad, &dek[..], &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN])
+    seal_into(
+        to.key.aead(),
+        &nonce,
+        aad,
+        &dek[..],
+        &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN],
+    )
 }
 
 fn task_len(total_bytes: usize, records: usize) -> usize {
@@ -267,20 +318,29 @@ fn seal_task(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
 pub fn seal_batch(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
     let total: usize = jobs.iter().map(|j| j.data.len()).sum();
     if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
-        return jobs.chunks_mut(MAX_TASK_RECORDS).try_for_each(|chunk| seal_task(key, chunk));
+        return jobs
+            .chunks_mut(MAX_TASK_RECORDS)
+            .try_for_each(|chunk| seal_task(key, chunk));
     }
     let per_task = task_len(total, jobs.len());
-    jobs.par_chunks_mut(per_task).try_for_each(|chunk| seal_task(key, chunk))
+    jobs.par_chunks_mut(per_task)
+        .try_for_each(|chunk| seal_task(key, chunk))
 }
 
 /// Opens a batch of records; fails on the first record that does not authenticate.
 /// Returns the index of the failing record with the error.
-pub fn open_batch(keys: &OpenKeys<'_>, jobs: &mut [OpenJob<'_>]) -> std::result::Result<(), (usize, CoreError)> {
+pub fn open_batch(
+    keys: &OpenKeys<'_>,
+    jobs: &mut [OpenJob<'_>],
+) -> std::result::Result<(), (usize, CoreError)> {
     run_indexed(jobs, |job| open_one(keys, job))
 }
 
 /// Opens a batch of encrypted names (see [`open_name`]).
-pub fn open_name_batch(keys: &OpenKeys<'_>, jobs: &mut [OpenJob<'_>]) -> std::result::Result<(), (usize, CoreError)> {
+pub fn open_name_batch(
+    keys: &OpenKeys<'_>,
+    jobs: &mut [OpenJob<'_>],
+) -> std::result::Result<(), (usize, CoreError)> {
     run_indexed(jobs, |job| open_name(keys, job))
 }
 
@@ -290,18 +350,36 @@ where
 {
     let total: usize = jobs.iter().map(|j| j.body.len()).sum();
     let run = |(i, job): (usize, &mut OpenJob<'_>)| f(job).map_err(|e| (i, e));
-    if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
-        return jobs.iter_mut().enumerate().try_for_each(run);
+    let result = if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
+        jobs.iter_mut().enumerate().try_for_each(run)
+    } else {
+        let per_task = task_len(total, jobs.len());
+        jobs.par_iter_mut()
+            .enumerate()
+            .with_min_len(per_task)
+            .try_for_each(run)
+    };
+    if result.is_err() {
+        // The batch is discarded: leave no plaintext of the records that did open behind.
+        jobs.iter_mut().for_each(|j| j.out.fill(0));
     }
-    let per_task = task_len(total, jobs.len());
-    jobs.par_iter_mut().enumerate().with_min_len(per_task).try_for_each(run)
+    result
 }
 
 /// Seals one record into a self-contained blob: `header || ciphertext || tag`.
 pub fn seal_blob(key: &SealKey<'_>, name: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     let mut blob = vec![0u8; sealed_len(data.len())];
     let (header, body) = blob.split_at_mut(HEADER_LEN);
-    seal_batch(key, &mut [SealJob { name, data, header, body, name_ct: None }])?;
+    seal_batch(
+        key,
+        &mut [SealJob {
+            name,
+            data,
+            header,
+            body,
+            name_ct: None,
+        }],
+    )?;
     Ok(blob)
 }
 
@@ -312,7 +390,16 @@ pub fn open_blob(keys: &OpenKeys<'_>, name: &[u8], blob: &[u8]) -> Result<Vec<u8
     }
     let (header, body) = blob.split_at(HEADER_LEN);
     let mut out = vec![0u8; body.len() - TAG_LEN];
-    open_batch(keys, &mut [OpenJob { name: Some(name), header, body, out: &mut out }]).map_err(|(_, e)| e)?;
+    open_batch(
+        keys,
+        &mut [OpenJob {
+            name: Some(name),
+            header,
+            body,
+            out: &mut out,
+        }],
+    )
+    .map_err(|(_, e)| e)?;
     Ok(out)
 }
 
@@ -327,16 +414,29 @@ mod tests {
     #[test]
     fn round_trip_and_every_bit_flip_fails() {
         let (key, scope_id) = setup();
-        let seal = SealKey { key: &key, scope_id, version: 1 };
+        let seal = SealKey {
+            key: &key,
+            scope_id,
+            version: 1,
+        };
         let blob = seal_blob(&seal, b"a.py", b"hello world, this is a record").unwrap();
         let pairs = [(1u32, &key)];
-        let keys = OpenKeys { scope_id, keys: &pairs };
-        assert_eq!(open_blob(&keys, b"a.py", &blob).unwrap(), b"hello world, this is a record");
+        let keys = OpenKeys {
+            scope_id,
+            keys: &pairs,
+        };
+        assert_eq!(
+            open_blob(&keys, b"a.py", &blob).unwrap(),
+            b"hello world, this is a record"
+        );
         assert!(open_blob(&keys, b"b.py", &blob).is_err());
         for i in 0..blob.len() * 8 {
             let mut bad = blob.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(open_blob(&keys, b"a.py", &bad).is_err(), "flip of bit {i} accepted");
+            assert!(
+                open_blob(&keys, b"a.py", &bad).is_err(),
+                "flip of bit {i} accepted"
+            );
         }
         for n in 0..blob.len() {
             assert!(open_blob(&keys, b"a.py", &blob[..n]).is_err());
@@ -347,12 +447,28 @@ mod tests {
     fn rewrap_keeps_the_payload() {
         let (k1, scope_id) = setup();
         let k2 = k1.rotated().unwrap();
-        let blob = seal_blob(&SealKey { key: &k1, scope_id, version: 1 }, b"n", b"payload").unwrap();
+        let blob = seal_blob(
+            &SealKey {
+                key: &k1,
+                scope_id,
+                version: 1,
+            },
+            b"n",
+            b"payload",
+        )
+        .unwrap();
         let old = [(1u32, &k1)];
         let mut header = vec![0u8; HEADER_LEN];
         rewrap_header(
-            &OpenKeys { scope_id, keys: &old },
-            &SealKey { key: &k2, scope_id, version: 2 },
+            &OpenKeys {
+                scope_id,
+                keys: &old,
+            },
+            &SealKey {
+                key: &k2,
+                scope_id,
+                version: 2,
+            },
             &blob[..HEADER_LEN],
             &mut header,
         )
@@ -360,7 +476,26 @@ mod tests {
         let mut moved = header.clone();
         moved.extend_from_slice(&blob[HEADER_LEN..]);
         let new = [(2u32, &k2)];
-        assert_eq!(open_blob(&OpenKeys { scope_id, keys: &new }, b"n", &moved).unwrap(), b"payload");
-        assert!(open_blob(&OpenKeys { scope_id, keys: &old }, b"n", &moved).is_err());
+        assert_eq!(
+            open_blob(
+                &OpenKeys {
+                    scope_id,
+                    keys: &new
+                },
+                b"n",
+                &moved
+            )
+            .unwrap(),
+            b"payload"
+        );
+        assert!(open_blob(
+            &OpenKeys {
+                scope_id,
+                keys: &old
+            },
+            b"n",
+            &moved
+        )
+        .is_err());
     }
 }

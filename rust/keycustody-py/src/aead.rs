@@ -17,7 +17,9 @@ pub fn aes256gcm_seal<'py>(
     aad: Input,
     plaintext: Input,
 ) -> PyResultCore<Bound<'py, PyBytes>> {
-    let out = run_detached(py, plaintext.len(), || aead::aes256gcm_seal(&key, &nonce, &aad, &plaintext))?;
+    let out = run_detached(py, plaintext.len(), || {
+        aead::aes256gcm_seal(&key, &nonce, &aad, &plaintext)
+    })?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -30,6 +32,8 @@ pub fn aes256gcm_open<'py>(
     aad: Input,
     ciphertext: Input,
 ) -> PyResultCore<Bound<'py, PyBytes>> {
-    let out = run_detached(py, ciphertext.len(), || aead::aes256gcm_open(&key, &nonce, &aad, &ciphertext))?;
+    let out = run_detached(py, ciphertext.len(), || {
+        aead::aes256gcm_open(&key, &nonce, &aad, &ciphertext)
+    })?;
     Ok(PyBytes::new(py, &out))
 }

@@ -1,7 +1,7 @@
 //! When to release the GIL: only for work large enough to pay for it (as pyca does).
 
-use pyo3::prelude::*;
 use pyo3::marker::Ungil;
+use pyo3::prelude::*;
 
 /// Inputs smaller than this run attached: detaching costs more than the work.
 pub const DETACH_THRESHOLD: usize = 2048;

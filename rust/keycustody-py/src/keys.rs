@@ -19,13 +19,17 @@ impl KeyHandle {
     #[staticmethod]
     #[pyo3(signature = (size = 64))]
     fn generate(size: usize) -> PyResultCore<Self> {
-        Ok(Self { key: SecretKey::generate(size)? })
+        Ok(Self {
+            key: SecretKey::generate(size)?,
+        })
     }
 
     /// Takes a copy of `secret` (32 or 64 bytes); the caller wipes its own buffer.
     #[staticmethod]
     fn from_secret(secret: Input) -> PyResultCore<Self> {
-        Ok(Self { key: SecretKey::from_bytes(&secret)? })
+        Ok(Self {
+            key: SecretKey::from_bytes(&secret)?,
+        })
     }
 
     /// The key bytes in a new bytearray, for a KMS SDK that needs them; wipe it after use.
@@ -35,17 +39,26 @@ impl KeyHandle {
 
     /// A new scope key version: fresh wrapping half, same name-index half.
     fn rotated(&self) -> PyResultCore<Self> {
-        Ok(Self { key: self.key.rotated()? })
+        Ok(Self {
+            key: self.key.rotated()?,
+        })
     }
 
     /// Wraps `child` under this key, bound to `aad`.
-    fn wrap<'py>(&self, py: Python<'py>, child: &KeyHandle, aad: Input) -> PyResultCore<Bound<'py, PyBytes>> {
+    fn wrap<'py>(
+        &self,
+        py: Python<'py>,
+        child: &KeyHandle,
+        aad: Input,
+    ) -> PyResultCore<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(py, &self.key.wrap(&child.key, &aad)?))
     }
 
     /// Unwraps a key made by `wrap` with the same `aad`; IntegrityError otherwise.
     fn unwrap(&self, wrapped: Input, aad: Input) -> PyResultCore<Self> {
-        Ok(Self { key: self.key.unwrap(&wrapped, &aad)? })
+        Ok(Self {
+            key: self.key.unwrap(&wrapped, &aad)?,
+        })
     }
 
     /// Keyed blind index (HMAC-SHA-256) of a name under the name-index half.

@@ -18,7 +18,8 @@ mod _core {
     use super::keys::KeyHandle;
     #[pymodule_export]
     use super::records::{
-        header_key_version, open_blobs, open_names, open_records, rewrap_headers, seal_blobs, seal_records,
+        header_key_version, open_blobs, open_names, open_records, rewrap_headers, seal_blobs,
+        seal_records,
     };
 
     use pyo3::prelude::*;

@@ -5,37 +5,47 @@ use keycustody_core::record::{
     self, OpenJob, OpenKeys, SealJob, SealKey, HEADER_LEN, SCOPE_ID_LEN,
 };
 use keycustody_core::{CoreError, SecretKey};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::buffers::{FreshBytes, Input};
-use crate::errors::{batch_error, Error};
+use crate::errors::{batch_error, Error, InvalidInputError};
 use crate::gil::run_detached;
 use crate::keys::KeyHandle;
 
-type Lists<'py> = (Vec<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>);
+type Lists<'py> = (
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+);
 
 fn scope_id(raw: &[u8]) -> PyResult<[u8; SCOPE_ID_LEN]> {
     raw.try_into()
-        .map_err(|_| PyValueError::new_err(format!("scope_id must be {SCOPE_ID_LEN} bytes")))
+        .map_err(|_| InvalidInputError::new_err(format!("scope_id must be {SCOPE_ID_LEN} bytes")))
+}
+
+fn key_version(v: i64) -> PyResult<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| InvalidInputError::new_err("a key version is an integer from 1 to 2^32 - 1"))
 }
 
 fn same_len(a: usize, b: usize, what: &str) -> PyResult<()> {
     if a != b {
-        return Err(PyValueError::new_err(format!("{what}: got {a} and {b} items")));
+        return Err(InvalidInputError::new_err(format!(
+            "{what}: got {a} and {b} items"
+        )));
     }
     Ok(())
 }
 
-fn body_len(len: usize) -> PyResult<usize> {
-    len.checked_sub(TAG_LEN)
-        .ok_or_else(|| batch_error_free(CoreError::Integrity))
-}
-
-fn batch_error_free(e: CoreError) -> PyErr {
+fn core_error(e: CoreError) -> PyErr {
     Error(e).into()
 }
+
+/// A core batch opener: stops at the first record that fails, with its position.
+type BatchOpen = fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>;
 
 /// Keys by version, borrowed from frozen handles that the dict keeps alive.
 fn key_table<'py>(keys: &Bound<'py, PyDict>) -> PyResult<Vec<(u32, Bound<'py, KeyHandle>)>> {
@@ -52,22 +62,34 @@ fn seal<'py>(
     py: Python<'py>,
     key: &KeyHandle,
     scope: &[u8],
-    version: u32,
+    version: i64,
     names: &[Input],
     datas: &[Input],
     with_names: bool,
 ) -> PyResult<Lists<'py>> {
     same_len(names.len(), datas.len(), "names and datas differ in length")?;
-    let seal_key = SealKey { key: &key.key, scope_id: scope_id(scope)?, version };
+    let seal_key = SealKey {
+        key: &key.key,
+        scope_id: scope_id(scope)?,
+        version: key_version(version)?,
+    };
     let mut headers = FreshBytes::alloc(py, names.iter().map(|_| HEADER_LEN))?;
     let mut bodies = FreshBytes::alloc(py, datas.iter().map(|d| d.len() + TAG_LEN))?;
-    let name_lens = names.iter().map(|n| if with_names { n.len() + TAG_LEN } else { 0 });
+    let name_lens = names
+        .iter()
+        .map(|n| if with_names { n.len() + TAG_LEN } else { 0 });
     let mut name_cts = FreshBytes::alloc(py, name_lens)?;
     let total: usize = datas.iter().map(|d| d.len()).sum();
     let mut jobs: Vec<SealJob<'_>> = names
         .iter()
         .zip(datas)
-        .zip(headers.buffers().into_iter().zip(bodies.buffers()).zip(name_cts.buffers()))
+        .zip(
+            headers
+                .buffers()
+                .into_iter()
+                .zip(bodies.buffers())
+                .zip(name_cts.buffers()),
+        )
         .map(|((name, data), ((header, body), name_ct))| SealJob {
             name,
             data,
@@ -76,7 +98,7 @@ fn seal<'py>(
             name_ct: with_names.then_some(name_ct),
         })
         .collect();
-    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(|e| batch_error_free(e))?;
+    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(core_error)?;
     drop(jobs);
     Ok((headers.into_vec(), name_cts.into_vec(), bodies.into_vec()))
 }
@@ -87,11 +109,15 @@ pub fn seal_blobs<'py>(
     py: Python<'py>,
     key: &KeyHandle,
     scope_id: Input,
-    version: u32,
+    version: i64,
     names: Vec<Input>,
     datas: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let seal_key = SealKey { key: &key.key, scope_id: self::scope_id(&scope_id)?, version };
+    let seal_key = SealKey {
+        key: &key.key,
+        scope_id: self::scope_id(&scope_id)?,
+        version: key_version(version)?,
+    };
     same_len(names.len(), datas.len(), "names and datas differ in length")?;
     let mut blobs = FreshBytes::alloc(py, datas.iter().map(|d| record::sealed_len(d.len())))?;
     let total: usize = datas.iter().map(|d| d.len()).sum();
@@ -101,10 +127,16 @@ pub fn seal_blobs<'py>(
         .zip(blobs.buffers())
         .map(|((name, data), blob)| {
             let (header, body) = blob.split_at_mut(HEADER_LEN);
-            SealJob { name, data, header, body, name_ct: None }
+            SealJob {
+                name,
+                data,
+                header,
+                body,
+                name_ct: None,
+            }
         })
         .collect();
-    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(batch_error_free)?;
+    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(core_error)?;
     drop(jobs);
     Ok(blobs.into_vec())
 }
@@ -121,7 +153,10 @@ pub fn open_blobs<'py>(
     same_len(names.len(), blobs.len(), "names and blobs differ in length")?;
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);
-    let open_keys = OpenKeys { scope_id: self::scope_id(&scope_id)?, keys: &pairs };
+    let open_keys = OpenKeys {
+        scope_id: self::scope_id(&scope_id)?,
+        keys: &pairs,
+    };
     let mut lens = Vec::with_capacity(blobs.len());
     for (i, blob) in blobs.iter().enumerate() {
         match blob.len().checked_sub(HEADER_LEN + TAG_LEN) {
@@ -137,7 +172,12 @@ pub fn open_blobs<'py>(
         .zip(outs.buffers())
         .map(|((name, blob), out)| {
             let (header, body) = blob.split_at(HEADER_LEN);
-            OpenJob { name: Some(name), header, body, out }
+            OpenJob {
+                name: Some(name),
+                header,
+                body,
+                out,
+            }
         })
         .collect();
     run_detached(py, total, || record::open_batch(&open_keys, &mut jobs))
@@ -152,7 +192,7 @@ pub fn seal_records<'py>(
     py: Python<'py>,
     key: &KeyHandle,
     scope_id: Input,
-    version: u32,
+    version: i64,
     names: Vec<Input>,
     datas: Vec<Input>,
 ) -> PyResult<Lists<'py>> {
@@ -166,18 +206,30 @@ fn open_detached<'py>(
     names: Option<&[Input]>,
     headers: &[Input],
     bodies: &[Input],
-    run: fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>,
+    run: BatchOpen,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    same_len(headers.len(), bodies.len(), "headers and bodies differ in length")?;
+    same_len(
+        headers.len(),
+        bodies.len(),
+        "headers and bodies differ in length",
+    )?;
     if let Some(names) = names {
-        same_len(names.len(), headers.len(), "names and headers differ in length")?;
+        same_len(
+            names.len(),
+            headers.len(),
+            "names and headers differ in length",
+        )?;
     }
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);
-    let open_keys = OpenKeys { scope_id: self::scope_id(scope_id)?, keys: &pairs };
+    let open_keys = OpenKeys {
+        scope_id: self::scope_id(scope_id)?,
+        keys: &pairs,
+    };
     let mut lens = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
-        lens.push(body_len(body.len()).map_err(|_| batch_error(py, i, CoreError::Integrity))?);
+        let len = body.len().checked_sub(TAG_LEN);
+        lens.push(len.ok_or_else(|| batch_error(py, i, CoreError::Integrity))?);
     }
     let mut outs = FreshBytes::alloc(py, lens)?;
     let total: usize = bodies.iter().map(|b| b.len()).sum();
@@ -186,9 +238,15 @@ fn open_detached<'py>(
         .zip(bodies)
         .zip(outs.buffers())
         .enumerate()
-        .map(|(i, ((header, body), out))| OpenJob { name: names.map(|n| &*n[i]), header, body, out })
+        .map(|(i, ((header, body), out))| OpenJob {
+            name: names.map(|n| &*n[i]),
+            header,
+            body,
+            out,
+        })
         .collect();
-    run_detached(py, total, || run(&open_keys, &mut jobs)).map_err(|(i, e)| batch_error(py, i, e))?;
+    run_detached(py, total, || run(&open_keys, &mut jobs))
+        .map_err(|(i, e)| batch_error(py, i, e))?;
     drop(jobs);
     Ok(outs.into_vec())
 }
@@ -203,7 +261,15 @@ pub fn open_records<'py>(
     headers: Vec<Input>,
     bodies: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    open_detached(py, &scope_id, keys, Some(&names), &headers, &bodies, record::open_batch)
+    open_detached(
+        py,
+        &scope_id,
+        keys,
+        Some(&names),
+        &headers,
+        &bodies,
+        record::open_batch,
+    )
 }
 
 /// Decrypts stored names and checks each against its header's blind index.
@@ -215,7 +281,15 @@ pub fn open_names<'py>(
     headers: Vec<Input>,
     name_cts: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    open_detached(py, &scope_id, keys, None, &headers, &name_cts, record::open_name_batch)
+    open_detached(
+        py,
+        &scope_id,
+        keys,
+        None,
+        &headers,
+        &name_cts,
+        record::open_name_batch,
+    )
 }
 
 /// Moves records' DEKs to scope key `new_version` without touching payloads; returns new headers.
@@ -225,14 +299,21 @@ pub fn rewrap_headers<'py>(
     scope_id: Input,
     keys: &Bound<'py, PyDict>,
     new_key: &KeyHandle,
-    new_version: u32,
+    new_version: i64,
     headers: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);
     let sid = self::scope_id(&scope_id)?;
-    let from = OpenKeys { scope_id: sid, keys: &pairs };
-    let to = SealKey { key: &new_key.key, scope_id: sid, version: new_version };
+    let from = OpenKeys {
+        scope_id: sid,
+        keys: &pairs,
+    };
+    let to = SealKey {
+        key: &new_key.key,
+        scope_id: sid,
+        version: key_version(new_version)?,
+    };
     let mut outs = FreshBytes::alloc(py, headers.iter().map(|_| HEADER_LEN))?;
     let mut bufs = outs.buffers();
     let result = run_detached(py, headers.len() * HEADER_LEN, || {
@@ -240,7 +321,9 @@ pub fn rewrap_headers<'py>(
             .iter()
             .zip(bufs.iter_mut())
             .enumerate()
-            .try_for_each(|(i, (h, out))| record::rewrap_header(&from, &to, h, out).map_err(|e| (i, e)))
+            .try_for_each(|(i, (h, out))| {
+                record::rewrap_header(&from, &to, h, out).map_err(|e| (i, e))
+            })
     });
     result.map_err(|(i, e)| batch_error(py, i, e))?;
     drop(bufs);
@@ -250,5 +333,5 @@ pub fn rewrap_headers<'py>(
 /// The scope key version a header names (unauthenticated; used to pick keys before opening).
 #[pyfunction]
 pub fn header_key_version(header: Input) -> PyResult<u32> {
-    record::header_key_version(&header).map_err(batch_error_free)
+    record::header_key_version(&header).map_err(core_error)
 }

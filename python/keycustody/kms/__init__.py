@@ -1,0 +1,7 @@
+"""KMS providers: where customer-held KEKs live."""
+
+from keycustody.kms.base import KmsProvider
+from keycustody.kms.local import LocalKMS
+from keycustody.kms.registry import ProviderRegistry
+
+__all__ = ["KmsProvider", "LocalKMS", "ProviderRegistry"]

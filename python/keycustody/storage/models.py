@@ -1,0 +1,105 @@
+"""Database schema (SQLAlchemy 2.0 typed models). Alembic migrations mirror it.
+
+No plaintext names, payloads or keys are stored: names are encrypted and found through a
+keyed blind index, payloads are AES-256-GCM ciphertext, scope keys are stored wrapped, in a
+table of their own so that scrubbing destroyed key material is cheap.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention and our column type map."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        bytes: LargeBinary,
+    }
+
+
+class VaultMeta(Base):
+    """Facts about the vault itself (its id, schema notes)."""
+
+    __tablename__ = "vault_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class ScopeRow(Base):
+    """A node of the scope tree; a top-level scope is a tenant and names its KEK."""
+
+    __tablename__ = "scopes"
+
+    id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    parent_id: Mapped[bytes | None] = mapped_column(ForeignKey("scopes.id"), index=True)
+    kek_id: Mapped[str | None] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16))
+    active_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    state_changed_at: Mapped[datetime]
+
+
+class ScopeKeyRow(Base):
+    """One version of a scope key, wrapped by the KEK (tenants) or the parent's scope key."""
+
+    __tablename__ = "scope_keys"
+
+    scope_id: Mapped[bytes] = mapped_column(ForeignKey("scopes.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    wrapped: Mapped[bytes | None]
+    kek_id: Mapped[str | None] = mapped_column(String(1024))
+    kek_version: Mapped[str | None] = mapped_column(String(256))
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    state_changed_at: Mapped[datetime]
+
+
+class RecordRow(Base):
+    """A stored record: v1 header, encrypted name and payload ciphertext."""
+
+    __tablename__ = "records"
+    __table_args__ = (
+        UniqueConstraint("scope_id", "name_index"),
+        ForeignKeyConstraint(
+            ["scope_id", "key_version"], ["scope_keys.scope_id", "scope_keys.version"]
+        ),
+        Index("ix_records_scope_version", "scope_id", "key_version"),
+    )
+
+    record_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    scope_id: Mapped[bytes] = mapped_column(LargeBinary(16))
+    name_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    key_version: Mapped[int] = mapped_column(Integer)
+    header: Mapped[bytes]
+    name_ct: Mapped[bytes]
+    body: Mapped[bytes]
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]

@@ -1,0 +1,43 @@
+"""Value types shared across keycustody: key ids, wrapped keys, record descriptions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NewType
+
+KeyId = NewType("KeyId", str)
+"""A KEK id with its provider prefix: ``local:NAME``, ``aws:ARN``, ``azure:URL``, ``pkcs11:L``."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionContext:
+    """Non-secret facts a wrapped key is bound to (vault, scope, version): the KMS's AAD."""
+
+    items: Mapping[str, str]
+
+    def to_aad(self) -> bytes:
+        """Canonical bytes of the context (sorted JSON), used as associated data."""
+        return json.dumps(dict(self.items), sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A scope key wrapped by a KEK: which KEK, which of its versions, and the ciphertext."""
+
+    key_id: KeyId
+    key_version: str
+    ciphertext: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInfo:
+    """What a stored record is, without its contents."""
+
+    name: str
+    record_id: str
+    size: int
+    key_version: int
+    created_at: datetime | None = None

@@ -1,0 +1,672 @@
+"""Vault and Scope: the public API. They own transactions and orchestrate keys and storage.
+
+Every stored byte is encrypted under a key chain that ends in the customer's KEK:
+KEK (KMS) -> scope key version (wrapped in ``scope_keys``) -> per-record DEK (made, used and
+wiped in Rust; stored wrapped in the record header). Names are stored encrypted and looked up
+through a keyed blind index.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import secrets
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from itertools import islice
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from keycustody import _core
+from keycustody.errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    KeyCustodyError,
+    NotFoundError,
+    StorageError,
+)
+from keycustody.keys.cache import KeyCache
+from keycustody.keys.hierarchy import ACTIVE, KeyHierarchy, ScopeRef, load_scope
+from keycustody.kms.base import KmsProvider
+from keycustody.kms.registry import ProviderRegistry
+from keycustody.storage import schema
+from keycustody.storage.engine import WRITE, make_engine
+from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, VaultMeta
+from keycustody.types import RecordInfo
+
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+MAX_NAME_BYTES = 4096
+MAX_RECORD_BYTES = 512 * 1024 * 1024
+"""Largest payload stored inline (SQLite's own limit is 1e9 bytes per value)."""
+BATCH_RECORDS = 1000
+BATCH_BYTES = 64 * 1024 * 1024
+_SELECT_CHUNK = 500
+
+Data = bytes | bytearray | memoryview
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _encode_name(name: object) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidInputError(f"a record name must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidInputError("a record name must not be empty")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            "a record name must be valid Unicode (no lone surrogates)"
+        ) from None
+    if len(raw) > MAX_NAME_BYTES:
+        raise InvalidInputError(f"a record name is at most {MAX_NAME_BYTES} bytes of UTF-8")
+    if "\x00" in name:
+        raise InvalidInputError("a record name must not contain NUL characters")
+    return raw
+
+
+def _check_data(data: object, max_bytes: int) -> Data:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidInputError(
+            f"record data must be bytes, bytearray or memoryview, got {type(data).__name__}"
+        )
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_bytes:
+        raise InvalidInputError(
+            f"record of {size} bytes exceeds the limit of {max_bytes} bytes per record"
+        )
+    return data
+
+
+def _check_path(path: object) -> str:
+    if not isinstance(path, str) or not path:
+        raise InvalidInputError("a scope path must be a non-empty str like 'acme/repos/api'")
+    segments = path.split("/")
+    if len(segments) > 16 or not all(_SEGMENT.fullmatch(s) for s in segments):
+        raise InvalidInputError(
+            f"invalid scope path {path!r}: use up to 16 '/'-separated segments of "
+            "A-Z a-z 0-9 . _ @ + - (each starting with a letter or digit)"
+        )
+    return path
+
+
+class _StoredRow(Protocol):
+    record_id: bytes
+    name_index: bytes
+    key_version: int
+    header: bytes
+
+
+def _utc(ts: datetime) -> datetime:
+    # SQLite stores no zone; every timestamp we write is UTC.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _check_row(row: _StoredRow) -> None:
+    """The lookup columns of a record row must agree with its authenticated header."""
+    header: bytes = row.header
+    if (
+        len(header) != _core.HEADER_LEN
+        or header[24:40] != row.record_id
+        or header[40:72] != row.name_index
+        or _core.header_key_version(header) != row.key_version
+    ):
+        raise IntegrityError("a stored record's columns do not match its header")
+
+
+def _size(data: Data) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
+class Vault:
+    """An envelope-encrypted store of records under customer-held keys.
+
+    Open it with :meth:`Vault.open`; use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: ProviderRegistry,
+        *,
+        cache_ttl: float,
+        max_key_uses: int,
+        actor: str,
+        max_record_bytes: int,
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._registry = registry
+        self.actor = actor
+        self.max_record_bytes = max_record_bytes
+        self.id = self._vault_id()
+        self._keys = KeyHierarchy(self.id, registry, KeyCache(cache_ttl, max_key_uses))
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        kms: KmsProvider | Iterable[KmsProvider],
+        cache_ttl: float = 300.0,
+        max_key_uses: int = 1_000_000,
+        actor: str | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> Vault:
+        """Opens (creating if needed) the vault stored at ``url``.
+
+        Args:
+            url: SQLAlchemy URL, e.g. ``sqlite:///ctx.db``.
+            kms: One KMS provider or several; key ids route to them by prefix.
+            cache_ttl: Seconds an unwrapped scope key stays cached (0: no cache).
+            max_key_uses: Lookups a cached key serves before it is unwrapped again.
+            actor: Who acts, for the audit trail (default ``user@host``).
+            max_record_bytes: Largest payload accepted per record.
+
+        Raises:
+            ConfigError: bad URL, backend or providers.
+            StorageError: the database cannot be opened or migrated.
+        """
+        registry = ProviderRegistry(kms)
+        engine = make_engine(url)
+        try:
+            schema.upgrade(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StorageError(f"cannot open or migrate the database: {exc}") from exc
+        return cls(
+            engine,
+            registry,
+            cache_ttl=cache_ttl,
+            max_key_uses=max_key_uses,
+            actor=actor or _default_actor(),
+            max_record_bytes=max_record_bytes,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Vault {self.id} {self._engine.url.render_as_string(hide_password=True)}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drops cached keys and closes database connections."""
+        self._keys.cache.purge()
+        self._engine.dispose()
+
+    @property
+    def kms_calls(self) -> int:
+        """KMS wrap/unwrap calls this vault has made so far."""
+        return self._registry.calls
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _read(self) -> Session:
+        return self._sessions()
+
+    def _write(self) -> Session:
+        return self._sessions(bind=self._engine.execution_options(**WRITE))
+
+    def _vault_id(self) -> str:
+        try:
+            with self._write() as s, s.begin():
+                row = s.get(VaultMeta, "vault_id")
+                if row is None:
+                    row = VaultMeta(key="vault_id", value=secrets.token_hex(16))
+                    s.add(row)
+                return row.value
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot read the vault id: {exc}") from exc
+
+    # -- scopes -------------------------------------------------------------------------
+
+    def scope(self, path: str, *, kek: str | None = None, create: bool = False) -> Scope:
+        """The scope at ``path`` (``acme``, ``acme/subjects/alice``).
+
+        Args:
+            path: '/'-separated scope path; the first segment is the tenant.
+            kek: For a new tenant, the KEK id that protects it (default: the first provider's
+                default key). Only top-level scopes name a KEK.
+            create: Create the scope (and missing ancestors) if it does not exist.
+
+        Raises:
+            NotFoundError: the scope does not exist and ``create`` is false.
+            ConfigError: ``kek`` given for a child scope or differs from the tenant's KEK.
+        """
+        path = _check_path(path)
+        if kek is not None:
+            if "/" in path:
+                raise ConfigError("only top-level scopes (tenants) name a KEK; omit kek=")
+            self._registry.provider(kek)
+        try:
+            with self._read() as s:
+                ref = load_scope(s, path)
+        except NotFoundError:
+            if not create:
+                raise
+            ref = self._create_path(path, kek)
+        if kek is not None and ref.kek_id != kek:
+            raise ConfigError(
+                f"tenant {path!r} is protected by {ref.kek_id!r}, not {kek!r}; "
+                "use vault.rotate_kek to move it"
+            )
+        return Scope(self, ref)
+
+    def _create_path(self, path: str, kek: str | None) -> ScopeRef:
+        segments = path.split("/")
+        parent: ScopeRef | None = None
+        for depth in range(1, len(segments) + 1):
+            prefix = "/".join(segments[:depth])
+            try:
+                with self._read() as s:
+                    parent = load_scope(s, prefix)
+                continue
+            except NotFoundError:
+                pass
+            parent = self._create_scope(prefix, parent, kek if depth == 1 else None)
+        if parent is None:
+            raise InvalidInputError("empty scope path")
+        return parent
+
+    def _create_scope(self, path: str, parent: ScopeRef | None, kek: str | None) -> ScopeRef:
+        scope_id = secrets.token_bytes(_core.SCOPE_ID_LEN)
+        kek_id = (kek or self._registry.default_key_id()) if parent is None else None
+        key = _core.KeyHandle.generate()
+        now = _now()
+        try:
+            # The KMS wrap happens before the write transaction: no lock held across a KMS call.
+            with self._read() as s:
+                wrapped = self._keys.wrap_new(s, scope_id, parent, kek_id, 1, key)
+            with self._write() as s, s.begin():
+                s.add(
+                    ScopeRow(
+                        id=scope_id,
+                        path=path,
+                        parent_id=parent.id if parent else None,
+                        kek_id=kek_id,
+                        state=ACTIVE,
+                        active_version=1,
+                        created_at=now,
+                        state_changed_at=now,
+                    )
+                )
+                s.flush()
+                s.add(
+                    ScopeKeyRow(
+                        scope_id=scope_id,
+                        version=1,
+                        state=ACTIVE,
+                        created_at=now,
+                        state_changed_at=now,
+                        **wrapped,
+                    )
+                )
+        except DbIntegrityError:
+            # Another process created it first: use theirs.
+            with self._read() as s:
+                return load_scope(s, path)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot create scope {path!r}: {exc}") from exc
+        self._keys.cache.put(scope_id, 1, key)
+        return ScopeRef(scope_id, path, parent.id if parent else None, kek_id, ACTIVE, 1)
+
+    def scopes(self) -> list[str]:
+        """Paths of every scope, sorted."""
+        with self._read() as s:
+            return sorted(s.scalars(select(ScopeRow.path)))
+
+
+class Scope:
+    """A node of the scope tree: where records are put, read, listed and deleted."""
+
+    def __init__(self, vault: Vault, ref: ScopeRef) -> None:
+        self._vault = vault
+        self._ref = ref
+
+    def __repr__(self) -> str:
+        return f"<Scope {self._ref.path!r}>"
+
+    @property
+    def path(self) -> str:
+        """The scope's path."""
+        return self._ref.path
+
+    @property
+    def id(self) -> str:
+        """The scope's id (hex)."""
+        return self._ref.id.hex()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _fresh(self, s: Session) -> ScopeRef:
+        row = s.get(ScopeRow, self._ref.id)
+        if row is None:
+            raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
+        self._ref = ScopeRef.of(row)
+        return self._ref
+
+    def _active_key(self, s: Session) -> tuple[int, _core.KeyHandle]:
+        ref = self._fresh(s)
+        return ref.active_version, self._vault._keys.key(s, ref, ref.active_version)
+
+    def _keys_for(self, s: Session, headers: Sequence[bytes]) -> dict[int, _core.KeyHandle]:
+        versions = set()
+        for header in headers:
+            try:
+                versions.add(_core.header_key_version(header))
+            except IntegrityError:
+                raise IntegrityError("a stored record header is malformed") from None
+        return self._vault._keys.keys(s, self._ref, versions)
+
+    # -- encryption only (caller stores the blobs) --------------------------------------
+
+    def seal(self, name: str, data: Data) -> bytes:
+        """Encrypts one record into a self-contained blob (v1 header + ciphertext).
+
+        The blob opens only in this scope and only under ``name``.
+        """
+        return self.seal_many([(name, data)])[0]
+
+    def seal_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
+        """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
+        names, datas = self._prepare(items)
+        with self._vault._read() as s:
+            version, key = self._active_key(s)
+        return _core.seal_blobs(key, self._ref.id, version, names, datas)
+
+    def open(self, name: str, blob: Data) -> bytes:
+        """Decrypts a blob made by :meth:`seal` under the same name.
+
+        Raises:
+            IntegrityError: the blob was altered, or belongs to another name or scope.
+        """
+        return self.open_many([(name, blob)])[0]
+
+    def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
+        """Decrypts blobs; same order as ``items``."""
+        names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
+        headers = [bytes(b[: _core.HEADER_LEN]) for b in blobs]
+        with self._vault._read() as s:
+            self._fresh(s)
+            keys = self._keys_for(s, headers)
+        return _core.open_blobs(self._ref.id, keys, names, blobs)
+
+    def _prepare(
+        self, items: Iterable[tuple[str, Data]], max_bytes: int | None = None
+    ) -> tuple[list[bytes], list[Data]]:
+        limit = self._vault.max_record_bytes if max_bytes is None else max_bytes
+        names: list[bytes] = []
+        datas: list[Data] = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidInputError("items must be (name, data) pairs")
+            names.append(_encode_name(item[0]))
+            datas.append(_check_data(item[1], limit))
+        return names, datas
+
+    # -- storage ------------------------------------------------------------------------
+
+    def put(self, name: str, data: Data) -> RecordInfo:
+        """Stores one record, replacing (and destroying the DEK of) any record of that name."""
+        return self.put_many([(name, data)])[0]
+
+    def put_many(
+        self, items: Iterable[tuple[str, Data]], *, commit_every: int | None = None
+    ) -> list[RecordInfo]:
+        """Stores records; all in one transaction unless ``commit_every`` is given.
+
+        Records are sealed in Rust a batch at a time (GIL released, across cores) and inserted
+        with one executemany per batch. A record whose name exists replaces it.
+
+        Args:
+            items: ``(name, data)`` pairs; any iterable, consumed batch by batch.
+            commit_every: Commit after this many records (for very large ingests); a failure
+                then keeps the batches already committed, each record whole.
+
+        Raises:
+            InvalidInputError: a name or payload is invalid; nothing of the failed
+                transaction is written.
+        """
+        if commit_every is not None and commit_every < 1:
+            raise InvalidInputError("commit_every must be a positive number of records")
+        infos: list[RecordInfo] = []
+        iterator = iter(items)
+        try:
+            while True:
+                with self._vault._write() as s, s.begin():
+                    version, key = self._active_key(s)
+                    stored = 0
+                    for batch in self._batches(iterator):
+                        infos.extend(self._insert(s, key, version, batch))
+                        stored += len(batch[0])
+                        if commit_every is not None and stored >= commit_every:
+                            break
+                    else:
+                        return infos
+        except KeyCustodyError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"storing records failed after {len(infos)} were committed: {exc}"
+            ) from exc
+
+    def _batches(
+        self, iterator: Iterator[tuple[str, Data]]
+    ) -> Iterator[tuple[list[str], list[bytes], list[Data]]]:
+        limit = self._vault.max_record_bytes
+        while True:
+            names: list[str] = []
+            raw: list[bytes] = []
+            datas: list[Data] = []
+            total = 0
+            for item in islice(iterator, BATCH_RECORDS):
+                if not isinstance(item, tuple) or len(item) != 2:
+                    raise InvalidInputError("items must be (name, data) pairs")
+                raw.append(_encode_name(item[0]))
+                names.append(item[0])
+                data = _check_data(item[1], limit)
+                datas.append(data)
+                total += _size(data)
+                if total >= BATCH_BYTES:
+                    break
+            if not names:
+                return
+            yield names, raw, datas
+
+    def _insert(
+        self,
+        s: Session,
+        key: _core.KeyHandle,
+        version: int,
+        batch: tuple[list[str], list[bytes], list[Data]],
+    ) -> list[RecordInfo]:
+        names, raw, datas = batch
+        headers, name_cts, bodies = _core.seal_records(key, self._ref.id, version, raw, datas)
+        now = _now()
+        rows: list[dict[str, Any]] = [
+            {
+                "record_id": h[24:40],
+                "scope_id": self._ref.id,
+                "name_index": h[40:72],
+                "key_version": version,
+                "header": h,
+                "name_ct": n,
+                "body": b,
+                "size": _size(d),
+                "created_at": now,
+            }
+            for h, n, b, d in zip(headers, name_cts, bodies, datas, strict=True)
+        ]
+        stmt = sqlite_insert(RecordRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[RecordRow.scope_id, RecordRow.name_index],
+            set_={
+                c: stmt.excluded[c]
+                for c in (
+                    "record_id",
+                    "key_version",
+                    "header",
+                    "name_ct",
+                    "body",
+                    "size",
+                    "created_at",
+                )
+            },
+        )
+        s.execute(stmt, rows)
+        return [
+            RecordInfo(name, row["record_id"].hex(), row["size"], version, now)
+            for name, row in zip(names, rows, strict=True)
+        ]
+
+    def get(self, name: str) -> bytes:
+        """The payload of record ``name``.
+
+        Raises:
+            NotFoundError: no such record.
+            IntegrityError: the stored record was altered or misplaced.
+        """
+        return self.get_many([name])[name]
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
+        """Payloads of several records by name.
+
+        Raises:
+            NotFoundError: any name has no record (the error counts how many).
+        """
+        wanted = list(dict.fromkeys(names))
+        raw = [_encode_name(n) for n in wanted]
+        out: dict[str, bytes] = {}
+        with self._vault._read() as s:
+            _, key = self._active_key(s)
+            for start in range(0, len(wanted), _SELECT_CHUNK):
+                chunk = wanted[start : start + _SELECT_CHUNK]
+                chunk_raw = raw[start : start + _SELECT_CHUNK]
+                index = {key.name_index(r): i for i, r in enumerate(chunk_raw)}
+                rows = s.execute(
+                    select(
+                        RecordRow.record_id,
+                        RecordRow.name_index,
+                        RecordRow.key_version,
+                        RecordRow.size,
+                        RecordRow.header,
+                        RecordRow.body,
+                    ).where(
+                        RecordRow.scope_id == self._ref.id, RecordRow.name_index.in_(list(index))
+                    )
+                ).all()
+                if len(rows) != len(chunk):
+                    missing = len(chunk) - len(rows)
+                    if len(wanted) == 1:
+                        raise NotFoundError(f"no record of that name in scope {self.path!r}")
+                    raise NotFoundError(f"{missing} of the requested records do not exist")
+                for r in rows:
+                    _check_row(r)
+                    if r.size != len(r.body) - _core.TAG_LEN:
+                        raise IntegrityError(
+                            "a stored record's size does not match its ciphertext"
+                        )
+                order = [index[r.name_index] for r in rows]
+                headers = [r.header for r in rows]
+                keys = self._keys_for(s, headers)
+                try:
+                    plain = _core.open_records(
+                        self._ref.id,
+                        keys,
+                        [chunk_raw[i] for i in order],
+                        headers,
+                        [r.body for r in rows],
+                    )
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        "a stored record failed authentication: it was altered or does not "
+                        "belong to this name and scope"
+                    ) from exc
+                for i, data in zip(order, plain, strict=True):
+                    out[chunk[i]] = data
+        return out
+
+    def delete(self, name: str) -> None:
+        """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.
+
+        Raises:
+            NotFoundError: no such record.
+        """
+        raw = _encode_name(name)
+        with self._vault._write() as s, s.begin():
+            _, key = self._active_key(s)
+            result = s.execute(
+                delete(RecordRow).where(
+                    RecordRow.scope_id == self._ref.id, RecordRow.name_index == key.name_index(raw)
+                )
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFoundError(f"no record of that name in scope {self.path!r}")
+
+    def list(self, prefix: str = "") -> list[RecordInfo]:
+        """Records whose names start with ``prefix``, sorted by name.
+
+        Names are stored encrypted, so listing decrypts them (in Rust, batched).
+        """
+        if not isinstance(prefix, str):
+            raise InvalidInputError("prefix must be a str")
+        infos: list[RecordInfo] = []
+        with self._vault._read() as s:
+            self._fresh(s)
+            result = s.execute(
+                select(
+                    RecordRow.record_id,
+                    RecordRow.name_index,
+                    RecordRow.header,
+                    RecordRow.name_ct,
+                    RecordRow.size,
+                    RecordRow.key_version,
+                    RecordRow.created_at,
+                ).where(RecordRow.scope_id == self._ref.id)
+            )
+            for rows in result.partitions(BATCH_RECORDS):
+                headers = [r.header for r in rows]
+                keys = self._keys_for(s, headers)
+                try:
+                    names = _core.open_names(
+                        self._ref.id, keys, headers, [r.name_ct for r in rows]
+                    )
+                except IntegrityError as exc:
+                    raise IntegrityError("a stored record name failed authentication") from exc
+                for r, raw in zip(rows, names, strict=True):
+                    _check_row(r)
+                    name = raw.decode("utf-8")
+                    if name.startswith(prefix):
+                        infos.append(
+                            RecordInfo(
+                                name, r.record_id.hex(), r.size, r.key_version, _utc(r.created_at)
+                            )
+                        )
+        infos.sort(key=lambda i: i.name)
+        return infos

@@ -1,0 +1,473 @@
+"""The Python API end to end on a real SQLite file and a real LocalKMS directory."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import keycustody as kc
+from forensics import checkpoint, database_files, hits
+from keycustody.kms.local import LocalKMS
+from keycustody.types import EncryptionContext, KeyId, WrappedKey
+
+MIB = 1024 * 1024
+
+
+class CountingKMS(LocalKMS):
+    """A real LocalKMS that counts the wraps and unwraps it serves."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.wraps = 0
+        self.unwraps = 0
+
+    def wrap(
+        self, key_id: KeyId, key: kc._core.KeyHandle, context: EncryptionContext
+    ) -> WrappedKey:
+        self.wraps += 1
+        return super().wrap(key_id, key, context)
+
+    def unwrap(self, wrapped: WrappedKey, context: EncryptionContext) -> kc._core.KeyHandle:
+        self.unwraps += 1
+        return super().unwrap(wrapped, context)
+
+
+def raw_db(db_path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection, as a database administrator (or attacker) would use."""
+    return sqlite3.connect(db_path, isolation_level=None)
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("empty.txt", b""),
+        ("a", b"x"),
+        ("src/app.py", b"print('hello')\n"),
+        ("données/日本語/файл 🐍.py", "unicode content ✓".encode()),
+        ("big.bin", os.urandom(20 * MIB)),
+    ],
+    ids=["empty", "one-byte", "small", "unicode-name", "20MiB"],
+)
+def test_put_get_round_trip(acme: kc.Scope, name: str, data: bytes) -> None:
+    info = acme.put(name, data)
+    assert (info.name, info.size, info.key_version) == (name, len(data), 1)
+    assert acme.get(name) == data
+    assert acme.open(name, acme.seal(name, data)) == data
+
+
+def test_buffer_inputs(acme: kc.Scope) -> None:
+    data = os.urandom(5000)
+    acme.put("ba", bytearray(data))
+    acme.put("mv", memoryview(data)[100:])
+    assert acme.get("ba") == data
+    assert acme.get("mv") == data[100:]
+
+
+def _source_tree() -> list[tuple[str, bytes]]:
+    """A real source tree: the json, email and importlib packages of the standard library."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    items = []
+    for package in ("json", "email", "importlib", "asyncio", "unittest", "xml"):
+        for path in sorted((stdlib / package).rglob("*.py")):
+            items.append((path.relative_to(stdlib).as_posix(), path.read_bytes()))
+    return items
+
+
+def test_put_many_get_many_source_tree(acme: kc.Scope) -> None:
+    items = _source_tree()
+    assert len(items) > 100
+    infos = acme.put_many(items)
+    assert [i.name for i in infos] == [n for n, _ in items]
+    got = acme.get_many([n for n, _ in items])
+    assert got == dict(items)
+    listed = acme.list(prefix="json/")
+    assert [i.name for i in listed] == sorted(n for n, _ in items if n.startswith("json/"))
+
+
+@given(
+    name=st.text(min_size=1, max_size=64).filter(lambda s: "\x00" not in s),
+    data=st.binary(max_size=4096),
+)
+def test_round_trip_property(
+    tmp_path_factory: pytest.TempPathFactory, name: str, data: bytes
+) -> None:
+    base = tmp_path_factory.mktemp("prop")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return  # lone surrogates are rejected; tested below
+    with kc.Vault.open(f"sqlite:///{base}/p.db", kms=kc.LocalKMS(base / "keys")) as vault:
+        scope = vault.scope("t", create=True)
+        scope.put(name, data)
+        assert scope.get(name) == data
+        assert scope.open(name, scope.seal(name, data)) == data
+        assert [i.name for i in scope.list()] == [name]
+
+
+def test_seal_many_open_many_keep_order(acme: kc.Scope) -> None:
+    items = [(f"f{i}", os.urandom(i * 37)) for i in range(300)]
+    blobs = acme.seal_many(items)
+    assert acme.open_many(list(zip([n for n, _ in items], blobs, strict=True))) == [
+        d for _, d in items
+    ]
+
+
+# -- tampering and misplacement ---------------------------------------------------------
+
+
+def _flip(conn: sqlite3.Connection, column: str, record_id: bytes, pos: int) -> bytes:
+    (value,) = conn.execute(
+        f"SELECT {column} FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    if isinstance(value, int):
+        conn.execute(
+            f"UPDATE records SET {column} = ? WHERE record_id = ?", (value ^ 1, record_id)
+        )
+        return record_id
+    buf = bytearray(value)
+    buf[pos % len(buf)] ^= 0x01
+    conn.execute(f"UPDATE records SET {column} = ? WHERE record_id = ?", (bytes(buf), record_id))
+    return bytes(buf) if column == "record_id" else record_id
+
+
+@pytest.mark.parametrize(
+    ("column", "positions"),
+    [
+        ("header", range(176)),
+        ("body", [0, 1, 100, 4095, 4096, 4111]),
+        ("name_ct", range(len("secret/file.py") + 16)),
+        ("record_id", range(16)),
+        ("key_version", [0]),
+        ("size", [0]),
+    ],
+)
+def test_flipping_any_stored_byte_is_detected(
+    vault: kc.Vault, acme: kc.Scope, db_path: Path, column: str, positions: range | list[int]
+) -> None:
+    """Every byte of every column that carries crypto material or record facts is checked."""
+    data = os.urandom(4096)
+    rid = bytes.fromhex(acme.put("secret/file.py", data).record_id)
+    conn = raw_db(db_path)
+    for pos in positions:
+        current = _flip(conn, column, rid, pos)
+        with pytest.raises(kc.IntegrityError):
+            if column == "name_ct":
+                acme.list()
+            else:
+                acme.get("secret/file.py")
+        _flip(conn, column, current, pos)  # flip back
+        assert acme.get("secret/file.py") == data
+
+
+def test_flipping_lookup_columns_never_returns_data(acme: kc.Scope, db_path: Path) -> None:
+    """The blind index and scope id are lookup keys: a flip hides the record (NotFound) and
+    list() reports the inconsistency; no path returns wrong data."""
+    rid = bytes.fromhex(acme.put("a.py", b"alpha").record_id)
+    conn = raw_db(db_path)
+    conn.execute("UPDATE records SET name_index = zeroblob(32) WHERE record_id = ?", (rid,))
+    with pytest.raises(kc.NotFoundError):
+        acme.get("a.py")
+    with pytest.raises(kc.IntegrityError):
+        acme.list()
+
+
+def test_swapped_crypto_material_between_records(acme: kc.Scope, db_path: Path) -> None:
+    a = bytes.fromhex(acme.put("a.py", b"alpha").record_id)
+    b = bytes.fromhex(acme.put("b.py", b"bravo").record_id)
+    conn = raw_db(db_path)
+
+    def row(rid: bytes) -> tuple[bytes, bytes]:
+        header, body = conn.execute(
+            "SELECT header, body FROM records WHERE record_id = ?", (rid,)
+        ).fetchone()
+        return header, body
+
+    (header_a, body_a), (header_b, body_b) = row(a), row(b)
+    cases = {
+        "A's header and body in B's row": (header_a, body_a),
+        "A's body under B's header": (header_b, body_a),
+        "A's wrapped DEK in B's header": (
+            header_b[:72] + header_a[72:132] + header_b[132:],
+            body_b,
+        ),
+        "A's DEK, nonce and commitment in B's header": (header_b[:72] + header_a[72:], body_b),
+    }
+    for case, (header, body) in cases.items():
+        conn.execute(
+            "UPDATE records SET header = ?, body = ? WHERE record_id = ?", (header, body, b)
+        )
+        with pytest.raises(kc.IntegrityError):
+            acme.get("b.py")
+        assert acme.get("a.py") == b"alpha", case
+    conn.execute(
+        "UPDATE records SET header = ?, body = ? WHERE record_id = ?", (header_b, body_b, b)
+    )
+    assert acme.get("b.py") == b"bravo"
+
+
+@pytest.mark.parametrize("target", ["sibling", "child", "other-tenant"])
+def test_crypto_material_moved_to_another_scope(
+    vault: kc.Vault, acme: kc.Scope, kms: kc.LocalKMS, db_path: Path, target: str
+) -> None:
+    paths = {"sibling": "acme2", "child": "acme/subjects/alice", "other-tenant": "globex"}
+    other = vault.scope(paths[target], create=True)
+    src = bytes.fromhex(acme.put("a.py", b"alpha").record_id)
+    dst = bytes.fromhex(other.put("a.py", b"other").record_id)
+    conn = raw_db(db_path)
+    header, name_ct, body = conn.execute(
+        "SELECT header, name_ct, body FROM records WHERE record_id = ?", (src,)
+    ).fetchone()
+    conn.execute(
+        "UPDATE records SET header = ?, name_ct = ?, body = ? WHERE record_id = ?",
+        (header, name_ct, body, dst),
+    )
+    with pytest.raises(kc.IntegrityError):
+        other.get("a.py")
+    with pytest.raises(kc.IntegrityError):
+        other.list()
+    # The blob form: a blob sealed in acme does not open in the other scope.
+    with pytest.raises(kc.IntegrityError):
+        other.open("a.py", acme.seal("a.py", b"alpha"))
+
+
+def test_whole_row_moved_to_another_scope(vault: kc.Vault, acme: kc.Scope, db_path: Path) -> None:
+    other = vault.scope("globex", create=True)
+    rid = bytes.fromhex(acme.put("a.py", b"alpha").record_id)
+    conn = raw_db(db_path)
+    conn.execute(
+        "UPDATE records SET scope_id = ? WHERE record_id = ?", (bytes.fromhex(other.id), rid)
+    )
+    with pytest.raises(kc.IntegrityError):
+        other.list()
+    with pytest.raises(kc.NotFoundError):
+        other.get("a.py")
+
+
+def test_tampered_blob_and_wrong_name(acme: kc.Scope) -> None:
+    blob = acme.seal("x.py", b"payload")
+    with pytest.raises(kc.IntegrityError):
+        acme.open("y.py", blob)
+    for i in range(len(blob)):
+        bad = bytearray(blob)
+        bad[i] ^= 0x80
+        with pytest.raises(kc.IntegrityError):
+            acme.open("x.py", bytes(bad))
+    with pytest.raises(kc.IntegrityError):
+        acme.open("x.py", blob[:-1])
+
+
+def test_wrapped_scope_key_tampering_is_detected(
+    vault: kc.Vault, db_url: str, db_path: Path, kms: kc.LocalKMS
+) -> None:
+    acme = vault.scope("acme", create=True)
+    child = vault.scope("acme/repos/api", create=True)
+    child.put("a", b"1")
+    conn = raw_db(db_path)
+    for scope_id, version, wrapped in conn.execute(
+        "SELECT scope_id, version, wrapped FROM scope_keys"
+    ).fetchall():
+        flipped = bytearray(wrapped)
+        flipped[20] ^= 0x01
+        conn.execute(
+            "UPDATE scope_keys SET wrapped = ? WHERE scope_id = ? AND version = ?",
+            (bytes(flipped), scope_id, version),
+        )
+    # A fresh vault has a cold cache: the keys are unwrapped again, and fail.
+    with kc.Vault.open(db_url, kms=kms) as fresh, pytest.raises(kc.IntegrityError):
+        fresh.scope("acme/repos/api").get("a")
+    del acme
+
+
+# -- KMS calls --------------------------------------------------------------------------
+
+
+def test_kms_calls_are_per_key_version_not_per_record(db_url: str, tmp_path: Path) -> None:
+    kms = CountingKMS(tmp_path / "counting-keys")
+    kek = kms.create_key("t")
+    with kc.Vault.open(db_url, kms=kms) as vault:
+        scope = vault.scope("t", kek=kek, create=True)
+        child = vault.scope("t/repos/api", create=True)
+        assert (kms.wraps, kms.unwraps) == (1, 0)
+        before = vault.kms_calls
+        scope.put_many((f"f{i}", b"x" * 100) for i in range(5000))
+        child.put_many((f"f{i}", b"y" * 100) for i in range(5000))
+        assert child.get_many([f"f{i}" for i in range(100)])["f7"] == b"y" * 100
+        assert vault.kms_calls == before
+        assert (kms.wraps, kms.unwraps) == (1, 0)  # warm cache: zero calls for 10,000 records
+    with kc.Vault.open(db_url, kms=kms) as cold:
+        cold.scope("t/repos/api").put_many((f"g{i}", b"z") for i in range(2000))
+        assert kms.unwraps == 1  # cold cache: one unwrap of the tenant key; children in Rust
+        assert cold.kms_calls == 1
+
+
+def test_cache_ttl_zero_unwraps_every_time(db_url: str, tmp_path: Path) -> None:
+    kms = CountingKMS(tmp_path / "k")
+    with kc.Vault.open(db_url, kms=kms, cache_ttl=0) as vault:
+        scope = vault.scope("t", create=True)
+        scope.put("a", b"1")
+        scope.get("a")
+        assert kms.unwraps >= 2
+
+
+# -- processes and threads ---------------------------------------------------------------
+
+
+def test_second_process_reads_the_data(acme: kc.Scope, db_url: str, kms: kc.LocalKMS) -> None:
+    items = {f"dir/f{i}.py": os.urandom(100 + i) for i in range(50)}
+    acme.put_many(items.items())
+    script = (
+        "import sys, keycustody as kc\n"
+        "v = kc.Vault.open(sys.argv[1], kms=kc.LocalKMS(sys.argv[2]))\n"
+        "s = v.scope('acme')\n"
+        "got = s.get_many([i.name for i in s.list()])\n"
+        "sys.stdout.buffer.write(b''.join(got[k] for k in sorted(got)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, db_url, str(kms.path)], capture_output=True, check=True
+    ).stdout
+    assert out == b"".join(items[k] for k in sorted(items))
+
+
+def test_threads_share_a_vault(acme: kc.Scope) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            items = [(f"t{t}/f{i}", os.urandom(2048)) for i in range(200)]
+            acme.put_many(items)
+            assert acme.get_many([n for n, _ in items]) == dict(items)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(acme.list()) == 800
+
+
+# -- replacement, deletion, nothing half-written -----------------------------------------
+
+
+def test_put_replaces_and_destroys_old_dek(acme: kc.Scope, db_path: Path) -> None:
+    first = acme.put("a.py", b"version one")
+    conn = raw_db(db_path)
+    (old_header,) = conn.execute(
+        "SELECT header FROM records WHERE record_id = ?", (bytes.fromhex(first.record_id),)
+    ).fetchone()
+    second = acme.put("a.py", b"version two")
+    assert second.record_id != first.record_id
+    assert acme.get("a.py") == b"version two"
+    assert [i.name for i in acme.list()] == ["a.py"]
+    checkpoint(db_path)
+    wrapped_dek = old_header[72:132]
+    assert hits(database_files(db_path), [wrapped_dek]) == []
+
+
+def test_delete(acme: kc.Scope) -> None:
+    acme.put("a.py", b"a")
+    acme.delete("a.py")
+    with pytest.raises(kc.NotFoundError):
+        acme.get("a.py")
+    with pytest.raises(kc.NotFoundError):
+        acme.delete("a.py")
+
+
+def test_failed_put_many_writes_nothing(acme: kc.Scope, db_path: Path) -> None:
+    items: list[tuple[str, object]] = [(f"f{i}", b"ok") for i in range(2500)]
+    items.append(("bad", "not bytes"))
+    with pytest.raises(kc.InvalidInputError, match="bytes"):
+        acme.put_many(items)  # type: ignore[arg-type]
+    assert raw_db(db_path).execute("SELECT count(*) FROM records").fetchone()[0] == 0
+
+
+def test_size_limit_checked_before_writing(db_url: str, kms: kc.LocalKMS, db_path: Path) -> None:
+    with kc.Vault.open(db_url, kms=kms, max_record_bytes=1000) as vault:
+        scope = vault.scope("t", create=True)
+        scope.put("max", b"x" * 1000)
+        with pytest.raises(kc.InvalidInputError, match="exceeds"):
+            scope.put_many([("ok", b"x"), ("big", b"x" * 1001)])
+        assert [i.name for i in scope.list()] == ["max"]
+
+
+def test_no_plaintext_names_or_payloads_in_the_database(acme: kc.Scope, db_path: Path) -> None:
+    items = [
+        (f"very/secret/name-{i}.py", f"TOP-SECRET-PAYLOAD-{i}-".encode() * 20) for i in range(50)
+    ]
+    acme.put_many(items)
+    found = hits(
+        database_files(db_path), [n.encode() for n, _ in items] + [d[:40] for _, d in items]
+    )
+    assert found == []
+    checkpoint(db_path)
+    assert hits(database_files(db_path), [b"TOP-SECRET", b"very/secret"]) == []
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", 5, None, "a\x00b", "x" * 5000, "\udc80"])
+def test_bad_names_are_clear_errors(acme: kc.Scope, name: object) -> None:
+    with pytest.raises(kc.InvalidInputError):
+        acme.put(name, b"data")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", ["text", 5, None, [1, 2]])
+def test_bad_data_is_a_clear_error(acme: kc.Scope, data: object) -> None:
+    with pytest.raises(kc.InvalidInputError):
+        acme.put("a", data)  # type: ignore[arg-type]
+
+
+def test_scope_errors(vault: kc.Vault, kms: kc.LocalKMS) -> None:
+    with pytest.raises(kc.NotFoundError):
+        vault.scope("nope")
+    with pytest.raises(kc.InvalidInputError):
+        vault.scope("bad//path", create=True)
+    with pytest.raises(kc.InvalidInputError):
+        vault.scope("../etc", create=True)
+    with pytest.raises(kc.ConfigError, match="top-level"):
+        vault.scope("acme/sub", kek="local:x", create=True)
+    with pytest.raises(kc.UnsupportedKeyIdError):
+        vault.scope("acme", kek="gcp:projects/x", create=True)
+    with pytest.raises(kc.NotFoundError, match="create_key"):
+        vault.scope("acme", kek="local:missing", create=True)
+    kek = kms.create_key("k1")
+    vault.scope("acme", kek=kek, create=True)
+    with pytest.raises(kc.ConfigError, match="rotate_kek"):
+        vault.scope("acme", kek=kms.create_key("k2"))
+    assert vault.scopes() == ["acme"]
+    vault.scope("acme/subjects/s1", create=True)
+    assert vault.scopes() == ["acme", "acme/subjects", "acme/subjects/s1"]
+
+
+def test_default_kek_is_created_on_first_use(vault: kc.Vault, kms: kc.LocalKMS) -> None:
+    vault.scope("t", create=True).put("a", b"1")
+    assert kms.list_keys() == ["local:default"]
+
+
+def test_errors_are_keycustody_errors() -> None:
+    for err in (
+        kc.NotFoundError,
+        kc.IntegrityError,
+        kc.ShreddedError,
+        kc.KeyRevokedError,
+        kc.KmsError,
+        kc.ConfigError,
+        kc.InvalidInputError,
+        kc.StorageError,
+    ):
+        assert issubclass(err, kc.KeyCustodyError)
