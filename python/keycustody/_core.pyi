@@ -1,13 +1,31 @@
 """Stub of the Rust extension ``keycustody._core`` (AES-256-GCM records, keys held in Rust)."""
 
 from collections.abc import Mapping, Sequence
+from typing import final
 
 from typing_extensions import Buffer
+
+__all__ = [
+    "HEADER_LEN",
+    "SCOPE_ID_LEN",
+    "TAG_LEN",
+    "KeyHandle",
+    "aes256gcm_open",
+    "aes256gcm_seal",
+    "header_key_version",
+    "open_blobs",
+    "open_names",
+    "open_records",
+    "rewrap_headers",
+    "seal_blobs",
+    "seal_records",
+]
 
 HEADER_LEN: int
 TAG_LEN: int
 SCOPE_ID_LEN: int
 
+@final
 class KeyHandle:
     """An opaque 32- or 64-byte secret key held in Rust and zeroized when dropped."""
 

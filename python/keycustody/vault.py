@@ -13,13 +13,14 @@ import re
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import islice
+from functools import partial
+from itertools import chain, islice
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 from sqlalchemy import Engine, delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +41,7 @@ from keycustody.kms.registry import ProviderRegistry
 from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, VaultMeta
+from keycustody.storage.repository import RecordWriter
 from keycustody.types import RecordInfo
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
@@ -51,6 +53,7 @@ BATCH_BYTES = 64 * 1024 * 1024
 _SELECT_CHUNK = 500
 
 Data = bytes | bytearray | memoryview
+_Batch = tuple[list[str], list[bytes], list[Data]]
 
 
 def _now() -> datetime:
@@ -158,6 +161,7 @@ class Vault:
         self.actor = actor
         self.max_record_bytes = max_record_bytes
         self.id = self._vault_id()
+        self._records = RecordWriter(engine.dialect)
         self._keys = KeyHierarchy(self.id, registry, KeyCache(cache_ttl, max_key_uses))
 
     @classmethod
@@ -441,34 +445,32 @@ class Scope:
     ) -> list[RecordInfo]:
         """Stores records; all in one transaction unless ``commit_every`` is given.
 
-        Records are sealed in Rust a batch at a time (GIL released, across cores) and inserted
-        with one executemany per batch. A record whose name exists replaces it.
+        Records are sealed in Rust a batch at a time (GIL released, across cores) while the
+        previous batch is written with one executemany. A record whose name exists replaces it.
 
         Args:
             items: ``(name, data)`` pairs; any iterable, consumed batch by batch.
-            commit_every: Commit after this many records (for very large ingests); a failure
-                then keeps the batches already committed, each record whole.
+            commit_every: Commit after about this many records (for very large ingests); a
+                failure then keeps the batches already committed, each record whole.
 
         Raises:
             InvalidInputError: a name or payload is invalid; nothing of the failed
                 transaction is written.
+            StorageError: the database failed; the error says how many records were
+                committed before it.
         """
         if commit_every is not None and commit_every < 1:
             raise InvalidInputError("commit_every must be a positive number of records")
         infos: list[RecordInfo] = []
         iterator = iter(items)
         try:
-            while True:
+            while (first := next(iterator, None)) is not None:
+                # One transaction per commit_every records (or for everything).
+                chunk = islice(chain([first], iterator), commit_every)
                 with self._vault._write() as s, s.begin():
                     version, key = self._active_key(s)
-                    stored = 0
-                    for batch in self._batches(iterator):
-                        infos.extend(self._insert(s, key, version, batch))
-                        stored += len(batch[0])
-                        if commit_every is not None and stored >= commit_every:
-                            break
-                    else:
-                        return infos
+                    self._write_pipelined(s, key, version, self._batches(chunk), infos)
+            return infos
         except KeyCustodyError:
             raise
         except SQLAlchemyError as exc:
@@ -476,9 +478,8 @@ class Scope:
                 f"storing records failed after {len(infos)} were committed: {exc}"
             ) from exc
 
-    def _batches(
-        self, iterator: Iterator[tuple[str, Data]]
-    ) -> Iterator[tuple[list[str], list[bytes], list[Data]]]:
+    def _batches(self, iterator: Iterator[tuple[str, Data]]) -> Iterator[_Batch]:
+        """Validates items and groups them by count and bytes."""
         limit = self._vault.max_record_bytes
         while True:
             names: list[str] = []
@@ -499,51 +500,49 @@ class Scope:
                 return
             yield names, raw, datas
 
-    def _insert(
+    def _write_pipelined(
         self,
         s: Session,
         key: _core.KeyHandle,
         version: int,
-        batch: tuple[list[str], list[bytes], list[Data]],
-    ) -> list[RecordInfo]:
-        names, raw, datas = batch
-        headers, name_cts, bodies = _core.seal_records(key, self._ref.id, version, raw, datas)
-        now = _now()
-        rows: list[dict[str, Any]] = [
-            {
-                "record_id": h[24:40],
-                "scope_id": self._ref.id,
-                "name_index": h[40:72],
-                "key_version": version,
-                "header": h,
-                "name_ct": n,
-                "body": b,
-                "size": _size(d),
-                "created_at": now,
-            }
-            for h, n, b, d in zip(headers, name_cts, bodies, datas, strict=True)
-        ]
-        stmt = sqlite_insert(RecordRow)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[RecordRow.scope_id, RecordRow.name_index],
-            set_={
-                c: stmt.excluded[c]
-                for c in (
-                    "record_id",
-                    "key_version",
-                    "header",
-                    "name_ct",
-                    "body",
-                    "size",
-                    "created_at",
+        batches: Iterator[_Batch],
+        infos: list[RecordInfo],
+    ) -> None:
+        """Seals batch k+1 on a worker thread while batch k is written, appending to infos.
+
+        Both halves release the GIL (Rust while sealing, sqlite3 while stepping), so they
+        overlap on two cores.
+        """
+        conn = s.connection()
+        writer = self._vault._records
+        seal = partial(_core.seal_records, key, self._ref.id, version)
+        first = next(batches, None)
+        if first is None:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keycustody-seal") as pool:
+            batch: _Batch | None = first
+            sealing = pool.submit(seal, first[1], first[2])
+            while batch is not None:
+                headers, name_cts, bodies = sealing.result()
+                following = next(batches, None)
+                if following is not None:
+                    sealing = pool.submit(seal, following[1], following[2])
+                now = _now()
+                ts = writer.timestamp(now)
+                names, _, datas = batch
+                sizes = [_size(d) for d in datas]
+                writer.write(
+                    conn,
+                    [
+                        (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts)
+                        for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
+                    ],
                 )
-            },
-        )
-        s.execute(stmt, rows)
-        return [
-            RecordInfo(name, row["record_id"].hex(), row["size"], version, now)
-            for name, row in zip(names, rows, strict=True)
-        ]
+                infos.extend(
+                    RecordInfo(name, h[24:40].hex(), size, version, now)
+                    for name, h, size in zip(names, headers, sizes, strict=True)
+                )
+                batch = following
 
     def get(self, name: str) -> bytes:
         """The payload of record ``name``.

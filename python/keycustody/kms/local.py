@@ -13,10 +13,12 @@ crypto-shredding relies on the KEK being somewhere the database never was.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -170,19 +172,30 @@ class LocalKMS:
         _fsync_dir(self.path)
         return key_id
 
+    @contextlib.contextmanager
+    def _locked(self, key_id: str) -> Iterator[dict[str, Any]]:
+        """Holds the key directory's lock (across processes) around a metadata update."""
+        self._meta(key_id)  # NotFoundError for a missing key, before touching anything
+        fd = os.open(self._key_dir(key_id), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._meta(key_id)
+        finally:
+            os.close(fd)
+
     def rotate_key(self, key_id: str) -> str:
         """Adds a new version and makes it primary; older versions still unwrap.
 
         Returns:
             The new version, as a string.
         """
-        meta = self._meta(key_id)
-        self._check_state(key_id, meta)
-        version = max(int(v) for v in meta["versions"]) + 1
-        self._write_version(self._key_dir(key_id), version)
-        meta["versions"][str(version)] = {"state": "enabled", "created_at": _now()}
-        meta["primary"] = version
-        self._save_meta(key_id, meta)
+        with self._locked(key_id) as meta:
+            self._check_state(key_id, meta)
+            version = max(int(v) for v in meta["versions"]) + 1
+            self._write_version(self._key_dir(key_id), version)
+            meta["versions"][str(version)] = {"state": "enabled", "created_at": _now()}
+            meta["primary"] = version
+            self._save_meta(key_id, meta)
         return str(version)
 
     def disable_key(self, key_id: str) -> None:
@@ -194,30 +207,44 @@ class LocalKMS:
         self._set_state(key_id, "enabled")
 
     def _set_state(self, key_id: str, state: str) -> None:
-        meta = self._meta(key_id)
-        if meta["state"] == "destroyed":
-            raise ShreddedError(f"KEK {key_id!r} was destroyed; it cannot be {state}")
-        meta["state"] = state
-        meta[f"{state}_at"] = _now()
-        self._save_meta(key_id, meta)
+        with self._locked(key_id) as meta:
+            if meta["state"] == "destroyed":
+                raise ShreddedError(f"KEK {key_id!r} was destroyed; it cannot be {state}")
+            meta["state"] = state
+            meta[f"{state}_at"] = _now()
+            self._save_meta(key_id, meta)
 
     def destroy_key(self, key_id: str, version: str | None = None) -> None:
         """Destroys one version, or every version of the KEK: overwrite, fsync, unlink.
 
-        Destroyed versions can never unwrap again; the metadata stays as evidence.
+        Destroyed versions can never unwrap again; the metadata stays as evidence, with the
+        time each version was first destroyed. The primary version goes only with the whole
+        key (rotate first to retire it alone).
+
+        Raises:
+            InvalidInputError: ``version`` is the primary version of a live key.
+            NotFoundError: no such key or version.
         """
-        meta = self._meta(key_id)
-        key_dir = self._key_dir(key_id)
-        versions = [version] if version is not None else list(meta["versions"])
-        for v in versions:
-            if v not in meta["versions"]:
-                raise NotFoundError(f"KEK {key_id!r} has no version {v}")
-            _shred_file(key_dir / f"v{v}.key")
-            meta["versions"][v].update(state="destroyed", destroyed_at=_now())
-        if version is None or str(meta["primary"]) == version:
-            meta["state"] = "destroyed"
-            meta["destroyed_at"] = _now()
-        self._save_meta(key_id, meta)
+        with self._locked(key_id) as meta:
+            if version is not None:
+                if version not in meta["versions"]:
+                    raise NotFoundError(f"KEK {key_id!r} has no version {version}")
+                if str(meta["primary"]) == version and meta["state"] != "destroyed":
+                    raise InvalidInputError(
+                        f"version {version} is the primary version of {key_id!r}: rotate the "
+                        "key first, or destroy the whole key"
+                    )
+            versions = [version] if version is not None else list(meta["versions"])
+            key_dir = self._key_dir(key_id)
+            for v in versions:
+                entry = meta["versions"][v]
+                _shred_file(key_dir / f"v{v}.key")
+                if entry["state"] != "destroyed":
+                    entry.update(state="destroyed", destroyed_at=_now())
+            if version is None and meta["state"] != "destroyed":
+                meta["state"] = "destroyed"
+                meta["destroyed_at"] = _now()
+            self._save_meta(key_id, meta)
 
     def describe_key(self, key_id: str) -> dict[str, Any]:
         """State, primary version and version states of a KEK (no key material)."""
