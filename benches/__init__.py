@@ -1,0 +1,1 @@
+"""pytest-benchmark suites of keycustody (a package, so its conftest never clashes with tests/)."""
