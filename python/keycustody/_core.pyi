@@ -8,14 +8,19 @@ from typing_extensions import Buffer
 __all__ = [
     "HEADER_LEN",
     "SCOPE_ID_LEN",
+    "SEGMENT_LEN",
     "TAG_LEN",
     "KeyHandle",
+    "StreamOpener",
+    "StreamSealer",
     "aes256gcm_open",
     "aes256gcm_seal",
+    "begin_stream",
     "header_key_version",
     "open_blobs",
     "open_names",
     "open_records",
+    "open_stream",
     "rewrap_headers",
     "seal_blobs",
     "seal_records",
@@ -24,6 +29,7 @@ __all__ = [
 HEADER_LEN: int
 TAG_LEN: int
 SCOPE_ID_LEN: int
+SEGMENT_LEN: int
 
 @final
 class KeyHandle:
@@ -137,3 +143,43 @@ def rewrap_headers(
 
 def header_key_version(header: Buffer) -> int:
     """The scope key version a header names (not authenticated on its own)."""
+
+@final
+class StreamSealer:
+    """Seals the segments of one segmented-stream record (suite 2), in order."""
+
+    def seal_segment(self, data: Buffer, last: bool) -> bytes:
+        """Seals the next segment; every segment but the last is exactly ``SEGMENT_LEN`` bytes.
+
+        Raises:
+            InvalidInputError: wrong segment size, or the stream is already finished.
+        """
+
+    @property
+    def segments(self) -> int:
+        """Segments sealed so far."""
+
+@final
+class StreamOpener:
+    """Opens the segments of one stream record, in any order."""
+
+    def open_segment(self, index: int, last: bool, sealed: Buffer) -> bytes:
+        """Opens segment ``index``; ``last`` must say whether it is the final segment.
+
+        Raises:
+            IntegrityError: the segment was altered, moved, or its position or flag is wrong.
+        """
+
+def begin_stream(
+    key: KeyHandle, scope_id: Buffer, version: int, name: Buffer
+) -> tuple[bytes, bytes, StreamSealer]:
+    """Starts a stream record: returns ``(header, encrypted_name, sealer)``."""
+
+def open_stream(
+    scope_id: Buffer, keys: Mapping[int, KeyHandle], name: Buffer | None, header: Buffer
+) -> StreamOpener:
+    """Checks a stream record's header (scope, name, commitment) and returns its opener.
+
+    Raises:
+        IntegrityError: the header does not authenticate or names another record.
+    """

@@ -20,7 +20,7 @@ from itertools import chain, islice
 from types import TracebackType
 from typing import Protocol, Self
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,8 +40,9 @@ from keycustody.kms.base import KmsProvider
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
-from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, VaultMeta
+from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, SegmentRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
+from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import RecordInfo
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
@@ -116,6 +117,7 @@ class _StoredRow(Protocol):
     name_index: bytes
     key_version: int
     header: bytes
+    size: int
 
 
 def _utc(ts: datetime) -> datetime:
@@ -531,8 +533,9 @@ class Scope:
                 ts = writer.timestamp(now)
                 names, _, datas = batch
                 sizes = [_size(d) for d in datas]
-                writer.write(
+                writer.replace(
                     conn,
+                    self._ref.id,
                     [
                         (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts)
                         for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
@@ -587,10 +590,15 @@ class Scope:
                     raise NotFoundError(f"{missing} of the requested records do not exist")
                 for r in rows:
                     _check_row(r)
+                streamed = [r for r in rows if r.header[3] == SUITE_SEGMENTED]
+                for r in streamed:
+                    i = index[r.name_index]
+                    with self._open_stream_row(s, chunk_raw[i], r) as reader:
+                        out[chunk[i]] = reader.readall()
+                rows = [r for r in rows if r.header[3] != SUITE_SEGMENTED]
+                for r in rows:
                     if r.size != len(r.body) - _core.TAG_LEN:
-                        raise IntegrityError(
-                            "a stored record's size does not match its ciphertext"
-                        )
+                        raise IntegrityError("a stored record's size does not match its body")
                 order = [index[r.name_index] for r in rows]
                 headers = [r.header for r in rows]
                 keys = self._keys_for(s, headers)
@@ -611,6 +619,90 @@ class Scope:
                     out[chunk[i]] = data
         return out
 
+    # -- streams ------------------------------------------------------------------------
+
+    def put_stream(self, name: str, fileobj: Readable) -> RecordInfo:
+        """Stores a payload of any size from a binary file object, 1 MiB segment at a time.
+
+        Memory stays constant; the record replaces any record of that name. It is written in
+        one transaction: a failure (or a crash) leaves the previous state.
+
+        Raises:
+            InvalidInputError: ``fileobj`` is not a binary file object.
+        """
+        raw = _encode_name(name)
+        writer = self._vault._records
+        try:
+            with self._vault._write() as s, s.begin():
+                version, key = self._active_key(s)
+                header, name_ct, sealer = _core.begin_stream(key, self._ref.id, version, raw)
+                record_id = header[24:40]
+                conn = s.connection()
+                now = _now()
+                row = (record_id, self._ref.id, header[40:72], version, header, name_ct, b"")
+                writer.replace(conn, self._ref.id, [(*row, 0, writer.timestamp(now))])
+                size = 0
+                for seq, (segment, last) in enumerate(read_segments(fileobj)):
+                    sealed = sealer.seal_segment(segment, last)
+                    writer.add_segments(conn, [(record_id, seq, sealed)])
+                    size += len(segment)
+                s.execute(
+                    update(RecordRow).where(RecordRow.record_id == record_id).values(size=size)
+                )
+        except SQLAlchemyError as exc:
+            raise StorageError(f"storing the stream failed; nothing was written: {exc}") from exc
+        return RecordInfo(name, record_id.hex(), size, version, now)
+
+    def open_stream(self, name: str) -> StreamReader:
+        """A seekable, read-only binary file over stream record ``name``.
+
+        Only the segments a read touches are fetched and decrypted.
+
+        Raises:
+            NotFoundError: no such record.
+            InvalidInputError: the record was stored whole (use get); only records written
+                by put_stream are streams.
+        """
+        raw = _encode_name(name)
+        with self._vault._read() as s:
+            _, key = self._active_key(s)
+            row = s.execute(
+                select(
+                    RecordRow.record_id,
+                    RecordRow.name_index,
+                    RecordRow.key_version,
+                    RecordRow.size,
+                    RecordRow.header,
+                ).where(
+                    RecordRow.scope_id == self._ref.id,
+                    RecordRow.name_index == key.name_index(raw),
+                )
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no record of that name in scope {self.path!r}")
+            _check_row(row)
+            if row.header[3] != SUITE_SEGMENTED:
+                raise InvalidInputError("this record was stored whole; read it with get()")
+            return self._open_stream_row(s, raw, row)
+
+    def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
+        keys = self._keys_for(s, [row.header])
+        opener = _core.open_stream(self._ref.id, keys, raw, row.header)
+        record_id = row.record_id
+
+        def fetch(seq: int) -> bytes:
+            with self._vault._read() as fs:
+                body = fs.scalar(
+                    select(SegmentRow.body).where(
+                        SegmentRow.record_id == record_id, SegmentRow.seq == seq
+                    )
+                )
+            if body is None:
+                raise IntegrityError("a segment of the stream record is missing")
+            return body
+
+        return StreamReader(opener, row.size, fetch)
+
     def delete(self, name: str) -> None:
         """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.
 
@@ -620,12 +712,10 @@ class Scope:
         raw = _encode_name(name)
         with self._vault._write() as s, s.begin():
             _, key = self._active_key(s)
-            result = s.execute(
-                delete(RecordRow).where(
-                    RecordRow.scope_id == self._ref.id, RecordRow.name_index == key.name_index(raw)
-                )
+            deleted = self._vault._records.delete_names(
+                s.connection(), self._ref.id, [key.name_index(raw)]
             )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            if deleted == 0:
                 raise NotFoundError(f"no record of that name in scope {self.path!r}")
 
     def list(self, prefix: str = "") -> list[RecordInfo]:

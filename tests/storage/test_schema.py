@@ -20,7 +20,8 @@ from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
 from keycustody.storage.models import Base
 
-TABLES = {"vault_meta", "scopes", "scope_keys", "records"}
+TABLES = {"vault_meta", "scopes", "scope_keys", "records", "segments"}
+HEAD = "0002"
 
 
 @pytest.fixture
@@ -79,15 +80,15 @@ def test_upgrade_creates_the_tables(migrated: Engine) -> None:
     assert set(Base.metadata.tables) == TABLES
 
 
-def test_alembic_version_is_0001(migrated: Engine) -> None:
-    assert _version(migrated) == ["0001"]
+def test_alembic_version_is_head(migrated: Engine) -> None:
+    assert _version(migrated) == [HEAD]
 
 
 def test_migrations_have_a_single_head() -> None:
     config = Config()
     config.set_main_option("script_location", str(schema.MIGRATIONS))
     script = ScriptDirectory.from_config(config)
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == [HEAD]
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
@@ -156,7 +157,7 @@ def test_upgrade_is_idempotent(migrated: Engine) -> None:
     schema.upgrade(migrated)
     schema.upgrade(migrated)
 
-    assert _version(migrated) == ["0001"]
+    assert _version(migrated) == [HEAD]
     assert {t: _describe(migrated, t) for t in TABLES} == before
     with migrated.connect() as conn:
         assert conn.execute(text("SELECT value FROM vault_meta")).scalars().all() == ["v-1"]
@@ -169,7 +170,7 @@ def test_upgrade_survives_a_new_engine(engine: Engine, tmp_path: Path) -> None:
     again = make_engine(f"sqlite:///{tmp_path / 'vault.db'}")
     try:
         schema.upgrade(again)
-        assert _version(again) == ["0001"]
+        assert _version(again) == [HEAD]
         assert set(inspect(again).get_table_names()) == TABLES | {"alembic_version"}
     finally:
         again.dispose()
@@ -193,7 +194,7 @@ def test_upgrade_on_memory_engine() -> None:
     engine = make_engine("sqlite://")
     try:
         schema.upgrade(engine)
-        assert _version(engine) == ["0001"]
+        assert _version(engine) == [HEAD]
         assert set(inspect(engine).get_table_names()) >= TABLES
     finally:
         engine.dispose()
@@ -232,4 +233,4 @@ def test_downgrade_removes_the_tables(migrated: Engine) -> None:
         command.downgrade(config, "base")
     assert set(inspect(migrated).get_table_names()) <= {"alembic_version"}
     schema.upgrade(migrated)
-    assert _version(migrated) == ["0001"]
+    assert _version(migrated) == [HEAD]

@@ -103,3 +103,15 @@ class RecordRow(Base):
     body: Mapped[bytes]
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+
+
+class SegmentRow(Base):
+    """One sealed segment of a stream record (suite 2); deleted with its record."""
+
+    __tablename__ = "segments"
+
+    record_id: Mapped[bytes] = mapped_column(
+        ForeignKey("records.record_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[bytes]

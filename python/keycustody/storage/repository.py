@@ -2,20 +2,19 @@
 
 The hot path (put_many) bypasses per-row ORM and Core parameter processing: rows are plain
 tuples handed to the driver's executemany, with the one non-trivial bind (the batch timestamp)
-processed once per batch.
+processed once per batch. A record replacing one of the same name first deletes it (and its
+segments, by cascade), so the old wrapped DEK is overwritten rather than left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Dialect, delete, insert
 
-from keycustody.errors import ConfigError
-from keycustody.storage.models import RecordRow
+from keycustody.storage.models import RecordRow, SegmentRow
 
 RECORD_COLUMNS = (
     "record_id",
@@ -30,33 +29,39 @@ RECORD_COLUMNS = (
 )
 """Order of the values in a record row tuple."""
 
-_REPLACED_ON_CONFLICT = tuple(c for c in RECORD_COLUMNS if c not in ("scope_id", "name_index"))
 
+class _Insert:
+    """An INSERT compiled for one dialect, executed with tuples in a fixed column order."""
 
-def _upsert(dialect: Dialect) -> sqlite.Insert | postgresql.Insert:
-    table = RecordRow.__table__
-    stmt: sqlite.Insert | postgresql.Insert
-    if dialect.name == "sqlite":
-        stmt = sqlite.insert(RecordRow)
-    elif dialect.name == "postgresql":
-        stmt = postgresql.insert(RecordRow)
-    else:
-        raise ConfigError(f"no bulk upsert for the {dialect.name} dialect")
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.scope_id, table.c.name_index],
-        set_={c: stmt.excluded[c] for c in _REPLACED_ON_CONFLICT},
-    )
+    def __init__(self, dialect: Dialect, model: type[Any], columns: Sequence[str]) -> None:
+        compiled = insert(model).compile(dialect=dialect, column_keys=list(columns))
+        self._sql = str(compiled)
+        self._columns = tuple(columns)
+        self._order: list[int] | None = None
+        if compiled.positional:
+            order = [self._columns.index(name) for name in compiled.positiontup or []]
+            self._order = None if order == list(range(len(order))) else order
+        self._positional = compiled.positional
+
+    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        params: list[Any]
+        if not self._positional:
+            params = [dict(zip(self._columns, r, strict=True)) for r in rows]
+        elif self._order is not None:
+            params = [tuple(r[i] for i in self._order) for r in rows]
+        else:
+            params = list(rows)
+        conn.exec_driver_sql(self._sql, params)
 
 
 class RecordWriter:
-    """Inserts record rows, replacing any row with the same (scope, name index)."""
+    """Writes record and segment rows for one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
-        compiled = _upsert(dialect).compile(dialect=dialect)
-        self._sql = str(compiled)
-        self._positional = compiled.positional
-        order = compiled.positiontup or []
-        self._order = [RECORD_COLUMNS.index(name) for name in order]
+        self._records = _Insert(dialect, RecordRow, RECORD_COLUMNS)
+        self._segments = _Insert(dialect, SegmentRow, ("record_id", "seq", "body"))
         self._timestamp: Callable[[Any], Any] | None = (
             RecordRow.__table__.c.created_at.type.bind_processor(dialect)
         )
@@ -65,13 +70,24 @@ class RecordWriter:
         """``when`` as the driver expects it for the created_at column."""
         return when if self._timestamp is None else self._timestamp(when)
 
-    def write(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Executes one executemany for ``rows`` (tuples in :data:`RECORD_COLUMNS` order)."""
-        if self._positional:
-            if self._order != list(range(len(RECORD_COLUMNS))):
-                rows = [tuple(row[i] for i in self._order) for row in rows]
-            conn.exec_driver_sql(self._sql, list(rows))
-        else:
-            conn.exec_driver_sql(
-                self._sql, [dict(zip(RECORD_COLUMNS, r, strict=True)) for r in rows]
+    def replace(self, conn: Connection, scope_id: bytes, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Inserts ``rows`` (tuples in :data:`RECORD_COLUMNS` order), deleting any record of
+        the same name first. Within ``rows`` the last record of a name wins."""
+        latest = {row[2]: row for row in rows}
+        self.delete_names(conn, scope_id, latest.keys())
+        self._records.run(conn, list(latest.values()))
+
+    def delete_names(self, conn: Connection, scope_id: bytes, indexes: Collection[bytes]) -> int:
+        """Deletes the records with these name indexes; returns how many there were."""
+        if not indexes:
+            return 0
+        result = conn.execute(
+            delete(RecordRow).where(
+                RecordRow.scope_id == scope_id, RecordRow.name_index.in_(list(indexes))
             )
+        )
+        return int(result.rowcount)
+
+    def add_segments(self, conn: Connection, rows: Sequence[tuple[bytes, int, bytes]]) -> None:
+        """Inserts ``(record_id, seq, body)`` segment rows."""
+        self._segments.run(conn, rows)

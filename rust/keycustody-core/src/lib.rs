@@ -10,6 +10,7 @@ pub mod kdf;
 pub mod key;
 pub mod random;
 pub mod record;
+pub mod stream;
 
 pub use error::{CoreError, Result};
 pub use key::SecretKey;

@@ -24,6 +24,7 @@
 //! The record's name is encrypted under the same data key with the data nonce's first bit
 //! flipped (never equal to the data nonce; the key is used for these two messages only).
 
+use aws_lc_rs::aead::LessSafeKey;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use rayon::prelude::*;
 use zeroize::Zeroizing;
@@ -40,6 +41,12 @@ pub const MAGIC: &[u8; 2] = b"KC";
 pub const FORMAT_VERSION: u8 = 1;
 /// Suite 1: AES-256-GCM with a per-record DEK and HKDF-SHA-256 key commitment.
 pub const SUITE_AES256GCM_HKDF_SHA256: u8 = 1;
+/// Suite 2: suite 1's keys, payload as a segmented stream (see [`crate::stream`]).
+pub const SUITE_SEGMENTED: u8 = 2;
+/// Suites a whole-payload record may carry.
+const WHOLE: &[u8] = &[SUITE_AES256GCM_HKDF_SHA256];
+/// Every suite: names and DEK wraps are the same in both.
+const ANY_SUITE: &[u8] = &[SUITE_AES256GCM_HKDF_SHA256, SUITE_SEGMENTED];
 /// Length of a scope id.
 pub const SCOPE_ID_LEN: usize = 16;
 /// Length of a record id.
@@ -49,17 +56,17 @@ pub const HEADER_LEN: usize = 176;
 
 const SCOPE_ID: std::ops::Range<usize> = 4..20;
 const KEY_VERSION: std::ops::Range<usize> = 20..24;
-const RECORD_ID: std::ops::Range<usize> = 24..40;
+pub(crate) const RECORD_ID: std::ops::Range<usize> = 24..40;
 const NAME_INDEX: std::ops::Range<usize> = 40..72;
 const DEK_AAD_END: usize = 72;
 const WRAP_NONCE: std::ops::Range<usize> = 72..84;
 const WRAPPED_DEK: std::ops::Range<usize> = 84..132;
-const DATA_NONCE: std::ops::Range<usize> = 132..144;
+pub(crate) const DATA_NONCE: std::ops::Range<usize> = 132..144;
 const COMMITMENT: std::ops::Range<usize> = 144..176;
-const DATA_AAD_LEN: usize = 20 + (DEK_AAD_END - RECORD_ID.start);
+pub(crate) const DATA_AAD_LEN: usize = 20 + (DEK_AAD_END - RECORD_ID.start);
 
 /// Fresh random bytes one record consumes: record id, DEK, wrap nonce, data nonce.
-const RANDOM_PER_RECORD: usize = RECORD_ID_LEN + KEY_LEN + 2 * GCM_NONCE_LEN;
+pub(crate) const RANDOM_PER_RECORD: usize = RECORD_ID_LEN + KEY_LEN + 2 * GCM_NONCE_LEN;
 /// Work per parallel task, so that small records are batched and large ones spread.
 const TASK_BYTES: usize = 256 * 1024;
 const MAX_TASK_RECORDS: usize = 256;
@@ -108,8 +115,8 @@ pub struct OpenKeys<'a> {
 }
 
 impl OpenKeys<'_> {
-    fn for_header(&self, header: &[u8]) -> Result<&SecretKey> {
-        check_header(header, &self.scope_id)?;
+    pub(crate) fn for_header(&self, header: &[u8], suites: &[u8]) -> Result<&SecretKey> {
+        check_header(header, &self.scope_id, suites)?;
         let version = header_key_version(header)?;
         self.keys
             .iter()
@@ -146,11 +153,11 @@ pub struct OpenJob<'a> {
     pub out: &'a mut [u8],
 }
 
-fn check_header(header: &[u8], scope_id: &[u8; SCOPE_ID_LEN]) -> Result<()> {
+fn check_header(header: &[u8], scope_id: &[u8; SCOPE_ID_LEN], suites: &[u8]) -> Result<()> {
     if header.len() != HEADER_LEN
         || &header[..2] != MAGIC
         || header[2] != FORMAT_VERSION
-        || header[3] != SUITE_AES256GCM_HKDF_SHA256
+        || !suites.contains(&header[3])
         || verify_slices_are_equal(&header[SCOPE_ID], scope_id).is_err()
     {
         return Err(CoreError::Integrity);
@@ -158,34 +165,42 @@ fn check_header(header: &[u8], scope_id: &[u8; SCOPE_ID_LEN]) -> Result<()> {
     Ok(())
 }
 
-fn data_aad(header: &[u8]) -> [u8; DATA_AAD_LEN] {
+pub(crate) fn data_aad(header: &[u8]) -> [u8; DATA_AAD_LEN] {
     let mut aad = [0u8; DATA_AAD_LEN];
     aad[..20].copy_from_slice(&header[..20]);
     aad[20..].copy_from_slice(&header[RECORD_ID.start..DEK_AAD_END]);
     aad
 }
 
-fn name_nonce(header: &[u8]) -> [u8; GCM_NONCE_LEN] {
+pub(crate) fn name_nonce(header: &[u8]) -> [u8; GCM_NONCE_LEN] {
     let mut nonce: [u8; GCM_NONCE_LEN] = header[DATA_NONCE].try_into().expect("12 bytes");
     nonce[0] ^= 0x80;
     nonce
 }
 
-fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<()> {
+/// Writes a complete header for a new record (fresh record id, DEK wrapped under the scope
+/// key, data nonce, commitment) and returns the record's data key. `random` holds
+/// [`RANDOM_PER_RECORD`] fresh bytes.
+pub(crate) fn write_header(
+    key: &SealKey<'_>,
+    name: &[u8],
+    suite: u8,
+    random: &[u8],
+    h: &mut [u8],
+) -> Result<LessSafeKey> {
     let (record_id, rest) = random.split_at(RECORD_ID_LEN);
     let (dek, nonces) = rest.split_at(KEY_LEN);
     let (wrap_nonce, data_nonce) = nonces.split_at(GCM_NONCE_LEN);
-    let h = &mut *job.header;
     if h.len() != HEADER_LEN {
         return Err(invalid("header buffer has the wrong length"));
     }
     h[..2].copy_from_slice(MAGIC);
     h[2] = FORMAT_VERSION;
-    h[3] = SUITE_AES256GCM_HKDF_SHA256;
+    h[3] = suite;
     h[SCOPE_ID].copy_from_slice(&key.scope_id);
     h[KEY_VERSION].copy_from_slice(&key.version.to_be_bytes());
     h[RECORD_ID].copy_from_slice(record_id);
-    h[NAME_INDEX].copy_from_slice(&key.key.name_index(job.name)?);
+    h[NAME_INDEX].copy_from_slice(&key.key.name_index(name)?);
     h[WRAP_NONCE].copy_from_slice(wrap_nonce);
     let (aad, tail) = h.split_at_mut(DEK_AAD_END);
     seal_into(
@@ -198,15 +213,37 @@ fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<(
     h[DATA_NONCE].copy_from_slice(data_nonce);
     let (data_key, commitment) = derive_record_keys(dek, record_id)?;
     h[COMMITMENT].copy_from_slice(&commitment);
-    seal_into(&data_key, data_nonce, &data_aad(h), job.data, job.body)?;
+    Ok(data_key)
+}
+
+/// Encrypts a record's name under its data key (see the module docs for the nonce).
+pub(crate) fn seal_name(
+    data_key: &LessSafeKey,
+    header: &[u8],
+    name: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    seal_into(data_key, &name_nonce(header), &header[RECORD_ID], name, out)
+}
+
+fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<()> {
+    let data_key = write_header(
+        key,
+        job.name,
+        SUITE_AES256GCM_HKDF_SHA256,
+        random,
+        job.header,
+    )?;
+    let h = &*job.header;
+    seal_into(&data_key, &h[DATA_NONCE], &data_aad(h), job.data, job.body)?;
     if let Some(name_ct) = job.name_ct.as_deref_mut() {
-        seal_into(&data_key, &name_nonce(h), record_id, job.name, name_ct)?;
+        seal_name(&data_key, h, job.name, name_ct)?;
     }
     Ok(())
 }
 
 /// Unwraps the DEK and checks the key commitment; returns the data key.
-fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<aws_lc_rs::aead::LessSafeKey> {
+pub(crate) fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<LessSafeKey> {
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
     open_into(
         key.aead(),
@@ -220,13 +257,13 @@ fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<aws_lc_rs::aead::Less
     Ok(data_key)
 }
 
-fn check_name(key: &SecretKey, header: &[u8], name: &[u8]) -> Result<()> {
+pub(crate) fn check_name(key: &SecretKey, header: &[u8], name: &[u8]) -> Result<()> {
     verify_slices_are_equal(&key.name_index(name)?, &header[NAME_INDEX])
         .map_err(|_| CoreError::Integrity)
 }
 
 fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
-    let key = keys.for_header(job.header)?;
+    let key = keys.for_header(job.header, WHOLE)?;
     if let Some(name) = job.name {
         check_name(key, job.header, name)?;
     }
@@ -243,7 +280,7 @@ fn open_one(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
 /// Opens an encrypted name (as written by a [`SealJob`] with `name_ct`) and checks that it
 /// matches the header's blind index.
 pub fn open_name(keys: &OpenKeys<'_>, job: &mut OpenJob<'_>) -> Result<()> {
-    let key = keys.for_header(job.header)?;
+    let key = keys.for_header(job.header, ANY_SUITE)?;
     let data_key = open_data_key(key, job.header)?;
     open_into(
         &data_key,
@@ -263,7 +300,7 @@ pub fn rewrap_header(
     header: &[u8],
     out: &mut [u8],
 ) -> Result<()> {
-    let key = from.for_header(header)?;
+    let key = from.for_header(header, ANY_SUITE)?;
     if out.len() != HEADER_LEN || to.scope_id != from.scope_id {
         return Err(invalid(
             "rewrap stays within one scope and writes a 176-byte header",

@@ -13,6 +13,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
+use rayon::prelude::*;
+
+use crate::gil::run_detached;
 
 /// A read-only byte input that can cross into detached (GIL-free) code.
 pub enum Input {
@@ -48,6 +51,15 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Input {
     }
 }
 
+/// A buffer pointer handed to worker threads for zeroing.
+struct RawBuf(*mut u8, usize);
+
+// SAFETY: a RawBuf points into a bytes object that stays alive and unshared while workers zero
+// it; each buffer goes to exactly one worker.
+unsafe impl Send for RawBuf {}
+// SAFETY: as above; workers only write through their own RawBuf.
+unsafe impl Sync for RawBuf {}
+
 /// Fresh `bytes` objects that only Rust has seen so far.
 pub struct FreshBytes<'py> {
     objs: Vec<Bound<'py, PyBytes>>,
@@ -79,19 +91,32 @@ impl<'py> FreshBytes<'py> {
     }
 
     /// Writable views of every buffer, tied to a unique borrow of `self`.
-    pub fn buffers(&mut self) -> Vec<&mut [u8]> {
+    ///
+    /// The buffers are zeroed first (so no slice covers uninitialised memory), in parallel
+    /// and with the GIL released for large outputs: first touches of fresh pages (page faults)
+    /// are much of the cost of large outputs, so they are spread across cores.
+    pub fn buffers(&mut self, py: Python<'_>) -> Vec<&mut [u8]> {
+        let total: usize = self.ptrs.iter().map(|&(_, len)| len).sum();
+        let ptrs: Vec<RawBuf> = self
+            .ptrs
+            .iter()
+            .map(|&(ptr, len)| RawBuf(ptr, len))
+            .collect();
+        run_detached(py, total, || {
+            ptrs.par_iter().with_min_len(64).for_each(|buf| {
+                // SAFETY: each RawBuf is the `len`-byte buffer of a distinct, live bytes object
+                // (see `alloc`) that nothing else accesses until `into_vec`.
+                unsafe { std::ptr::write_bytes(buf.0, 0, buf.1) }
+            });
+        });
         self.ptrs
             .iter()
             .map(|&(ptr, len)| {
                 // SAFETY: each pointer is the buffer of a distinct bytes object created in
                 // `alloc` and held alive by `self.objs`; no Python code has a reference to those
                 // objects yet, and `&mut self` makes these slices the only access until they are
-                // dropped. The buffer is zeroed first, so the slice never covers uninitialised
-                // memory.
-                unsafe {
-                    std::ptr::write_bytes(ptr, 0, len);
-                    std::slice::from_raw_parts_mut(ptr, len)
-                }
+                // dropped. The buffer was zeroed above.
+                unsafe { std::slice::from_raw_parts_mut(ptr, len) }
             })
             .collect()
     }

@@ -7,6 +7,7 @@ mod errors;
 mod gil;
 mod keys;
 mod records;
+mod stream;
 
 use pyo3::prelude::*;
 
@@ -21,6 +22,8 @@ mod _core {
         header_key_version, open_blobs, open_names, open_records, rewrap_headers, seal_blobs,
         seal_records,
     };
+    #[pymodule_export]
+    use super::stream::{begin_stream, open_stream, PyStreamOpener, PyStreamSealer};
 
     use pyo3::prelude::*;
 
@@ -29,6 +32,7 @@ mod _core {
         m.add("HEADER_LEN", keycustody_core::record::HEADER_LEN)?;
         m.add("TAG_LEN", keycustody_core::aead::TAG_LEN)?;
         m.add("SCOPE_ID_LEN", keycustody_core::record::SCOPE_ID_LEN)?;
+        m.add("SEGMENT_LEN", keycustody_core::stream::SEGMENT_LEN)?;
         Ok(())
     }
 }

@@ -19,12 +19,12 @@ type Lists<'py> = (
     Vec<Bound<'py, PyBytes>>,
 );
 
-fn scope_id(raw: &[u8]) -> PyResult<[u8; SCOPE_ID_LEN]> {
+pub(crate) fn scope_id(raw: &[u8]) -> PyResult<[u8; SCOPE_ID_LEN]> {
     raw.try_into()
         .map_err(|_| InvalidInputError::new_err(format!("scope_id must be {SCOPE_ID_LEN} bytes")))
 }
 
-fn key_version(v: i64) -> PyResult<u32> {
+pub(crate) fn key_version(v: i64) -> PyResult<u32> {
     u32::try_from(v)
         .ok()
         .filter(|v| *v >= 1)
@@ -48,13 +48,17 @@ fn core_error(e: CoreError) -> PyErr {
 type BatchOpen = fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>;
 
 /// Keys by version, borrowed from frozen handles that the dict keeps alive.
-fn key_table<'py>(keys: &Bound<'py, PyDict>) -> PyResult<Vec<(u32, Bound<'py, KeyHandle>)>> {
+pub(crate) fn key_table<'py>(
+    keys: &Bound<'py, PyDict>,
+) -> PyResult<Vec<(u32, Bound<'py, KeyHandle>)>> {
     keys.iter()
         .map(|(v, k)| Ok((v.extract::<u32>()?, k.cast_into::<KeyHandle>()?)))
         .collect()
 }
 
-fn borrow_keys<'a>(table: &'a [(u32, Bound<'_, KeyHandle>)]) -> Vec<(u32, &'a SecretKey)> {
+pub(crate) fn borrow_keys<'a>(
+    table: &'a [(u32, Bound<'_, KeyHandle>)],
+) -> Vec<(u32, &'a SecretKey)> {
     table.iter().map(|(v, k)| (*v, &k.get().key)).collect()
 }
 
@@ -85,10 +89,10 @@ fn seal<'py>(
         .zip(datas)
         .zip(
             headers
-                .buffers()
+                .buffers(py)
                 .into_iter()
-                .zip(bodies.buffers())
-                .zip(name_cts.buffers()),
+                .zip(bodies.buffers(py))
+                .zip(name_cts.buffers(py)),
         )
         .map(|((name, data), ((header, body), name_ct))| SealJob {
             name,
@@ -124,7 +128,7 @@ pub fn seal_blobs<'py>(
     let mut jobs: Vec<SealJob<'_>> = names
         .iter()
         .zip(&datas)
-        .zip(blobs.buffers())
+        .zip(blobs.buffers(py))
         .map(|((name, data), blob)| {
             let (header, body) = blob.split_at_mut(HEADER_LEN);
             SealJob {
@@ -169,7 +173,7 @@ pub fn open_blobs<'py>(
     let mut jobs: Vec<OpenJob<'_>> = names
         .iter()
         .zip(&blobs)
-        .zip(outs.buffers())
+        .zip(outs.buffers(py))
         .map(|((name, blob), out)| {
             let (header, body) = blob.split_at(HEADER_LEN);
             OpenJob {
@@ -236,7 +240,7 @@ fn open_detached<'py>(
     let mut jobs: Vec<OpenJob<'_>> = headers
         .iter()
         .zip(bodies)
-        .zip(outs.buffers())
+        .zip(outs.buffers(py))
         .enumerate()
         .map(|(i, ((header, body), out))| OpenJob {
             name: names.map(|n| &*n[i]),
@@ -315,7 +319,7 @@ pub fn rewrap_headers<'py>(
         version: key_version(new_version)?,
     };
     let mut outs = FreshBytes::alloc(py, headers.iter().map(|_| HEADER_LEN))?;
-    let mut bufs = outs.buffers();
+    let mut bufs = outs.buffers(py);
     let result = run_detached(py, headers.len() * HEADER_LEN, || {
         headers
             .iter()

@@ -1,0 +1,173 @@
+"""Segmented stream records (suite 2): put_stream / open_stream on a real SQLite vault."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import keycustody as kc
+from keycustody import _core
+
+SEG = _core.SEGMENT_LEN
+
+
+class PatternFile(io.RawIOBase):
+    """A deterministic pseudo-random file of ``size`` bytes, generated on the fly (constant
+    memory), returning short reads on purpose."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        # Content depends only on the position (4 KiB blocks), never on how it is read.
+        n = min(len(b), self.size - self.pos, 300_001)
+        start, block_size = self.pos, 4096
+        first = start // block_size
+        last = (start + n - 1) // block_size if n else first
+        blocks = b"".join(
+            hashlib.shake_256(i.to_bytes(8, "big")).digest(block_size)
+            for i in range(first, last + 1)
+        )
+        offset = start - first * block_size
+        b[:n] = blocks[offset : offset + n]
+        self.pos += n
+        return n
+
+
+def content(size: int) -> bytes:
+    return PatternFile(size).readall() if size else b""
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG + 12345])
+def test_stream_round_trip(acme: kc.Scope, size: int) -> None:
+    info = acme.put_stream("big.bin", PatternFile(size))
+    assert (info.size, info.name) == (size, "big.bin")
+    expected = content(size)
+    assert acme.get("big.bin") == expected
+    with acme.open_stream("big.bin") as reader:
+        assert reader.read() == expected
+    assert [i.size for i in acme.list()] == [size]
+
+
+def test_random_access(acme: kc.Scope) -> None:
+    size = 3 * SEG + 777
+    acme.put_stream("f", PatternFile(size))
+    expected = content(size)
+    with acme.open_stream("f") as reader:
+        for offset, length in [(0, 10), (SEG - 5, 10), (2 * SEG + 3, SEG), (size - 3, 100)]:
+            reader.seek(offset)
+            assert reader.read(length) == expected[offset : offset + length][:length]
+        reader.seek(-10, io.SEEK_END)
+        assert reader.read() == expected[-10:]
+
+
+def test_stream_replaces_and_whole_records_refuse_open_stream(acme: kc.Scope) -> None:
+    acme.put_stream("f", io.BytesIO(b"first" * 1000))
+    acme.put("f", b"now whole")
+    assert acme.get("f") == b"now whole"
+    with pytest.raises(kc.InvalidInputError, match="get"):
+        acme.open_stream("f")
+    acme.put_stream("f", io.BytesIO(b"stream again"))
+    assert acme.get("f") == b"stream again"
+
+
+def test_segments_are_deleted_with_the_record(acme: kc.Scope, db_path: Path) -> None:
+    acme.put_stream("f", PatternFile(2 * SEG + 1))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 3
+    acme.put_stream("f", PatternFile(10))  # replaced: old segments go
+    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 1
+    acme.delete("f")
+    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["drop-last", "swap", "flip", "size-smaller", "size-larger", "size-zero", "move"],
+)
+def test_stream_tampering_is_detected(acme: kc.Scope, db_path: Path, attack: str) -> None:
+    size = 2 * SEG + 100
+    rid = bytes.fromhex(acme.put_stream("f", PatternFile(size)).record_id)
+    other = bytes.fromhex(acme.put_stream("g", PatternFile(size)).record_id)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    if attack == "drop-last":
+        conn.execute("DELETE FROM segments WHERE record_id = ? AND seq = 2", (rid,))
+    elif attack == "swap":
+        conn.execute("UPDATE segments SET seq = 9 WHERE record_id = ? AND seq = 0", (rid,))
+        conn.execute("UPDATE segments SET seq = 0 WHERE record_id = ? AND seq = 1", (rid,))
+        conn.execute("UPDATE segments SET seq = 1 WHERE record_id = ? AND seq = 9", (rid,))
+    elif attack == "flip":
+        (body,) = conn.execute(
+            "SELECT body FROM segments WHERE record_id = ? AND seq = 1", (rid,)
+        ).fetchone()
+        bad = bytearray(body)
+        bad[5000] ^= 1
+        conn.execute(
+            "UPDATE segments SET body = ? WHERE record_id = ? AND seq = 1", (bytes(bad), rid)
+        )
+    elif attack.startswith("size"):
+        new = {"size-smaller": size - 1, "size-larger": size + SEG, "size-zero": 0}[attack]
+        conn.execute("UPDATE records SET size = ? WHERE record_id = ?", (new, rid))
+    elif attack == "move":
+        conn.execute("DELETE FROM segments WHERE record_id = ? AND seq = 1", (rid,))
+        conn.execute(
+            "INSERT INTO segments SELECT ?, seq, body FROM segments "
+            "WHERE record_id = ? AND seq = 1",
+            (rid, other),
+        )
+    with pytest.raises(kc.IntegrityError):
+        acme.get("f")
+    assert acme.get("g") == content(size)
+
+
+def test_put_stream_rejects_text_files(acme: kc.Scope) -> None:
+    with pytest.raises(kc.InvalidInputError, match="binary"):
+        acme.put_stream("t", io.StringIO("text"))  # type: ignore[arg-type]
+    with pytest.raises(kc.InvalidInputError):
+        acme.put_stream("t", b"not a file")  # type: ignore[arg-type]
+    with pytest.raises(kc.NotFoundError):
+        acme.open_stream("t")
+
+
+def test_failed_stream_writes_nothing(acme: kc.Scope, db_path: Path) -> None:
+    acme.put("f", b"previous")
+
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+            raise OSError("disk on fire")
+
+    with pytest.raises(OSError, match="fire"):
+        acme.put_stream("f", Broken())
+    assert acme.get("f") == b"previous"
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+def test_large_stream_in_constant_memory(acme: kc.Scope) -> None:
+    """64 MiB through put_stream and a chunked read; the process's peak RSS must not grow by
+    anything near the payload size."""
+    import resource
+
+    size = 64 * SEG + 5
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    acme.put_stream("huge", PatternFile(size))
+    digest = hashlib.sha256()
+    with acme.open_stream("huge") as reader:
+        while chunk := reader.read(SEG):
+            digest.update(chunk)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 32, f"peak RSS grew {grown_mib:.0f} MiB"
+    assert digest.hexdigest() == hashlib.sha256(content(size)).hexdigest()
