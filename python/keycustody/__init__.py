@@ -19,8 +19,9 @@ from keycustody.errors import (
     UnsupportedKeyIdError,
 )
 from keycustody.kms import KmsProvider, LocalKMS
+from keycustody.scope import Scope
 from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
-from keycustody.vault import Scope, Vault
+from keycustody.vault import Vault
 
 __version__ = "0.1.0"
 

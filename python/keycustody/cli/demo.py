@@ -25,8 +25,9 @@ from keycustody.cli.ingest import IngestReport, ingest_tree, progress_bar
 from keycustody.cli.walk import SkipLog, file_ids, prefetch, read_batches, walk
 from keycustody.errors import ConfigError, IntegrityError, KeyCustodyError, NotFoundError
 from keycustody.kms.local import LocalKMS
+from keycustody.scope import Scope
 from keycustody.types import RecordInfo
-from keycustody.vault import Scope, Vault
+from keycustody.vault import Vault
 
 DEMO_EXCLUDES = ("__pycache__", "site-packages", "dist-packages")
 """Left out of the standard library: installed third-party packages and bytecode caches."""

@@ -1,0 +1,483 @@
+"""Scope: a node of the scope tree, where records are put, read, listed and deleted.
+
+Records are sealed in Rust (a fresh DEK each, wrapped by the scope key), names are stored
+encrypted and looked up by a keyed blind index, and every read authenticates the header, the
+key commitment and the ciphertext before returning a byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from itertools import chain, islice
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from keycustody import _core
+from keycustody.errors import (
+    IntegrityError,
+    InvalidInputError,
+    KeyCustodyError,
+    NotFoundError,
+    StorageError,
+)
+from keycustody.keys.hierarchy import ScopeRef
+from keycustody.storage.models import RecordRow, ScopeRow, SegmentRow
+from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
+from keycustody.types import RecordInfo
+from keycustody.validation import Data, check_data, encode_name, size_of
+
+if TYPE_CHECKING:
+    from keycustody.vault import Vault
+
+BATCH_RECORDS = 1000
+BATCH_BYTES = 64 * 1024 * 1024
+_SELECT_CHUNK = 500
+_Batch = tuple[list[str], list[bytes], list[Data]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(ts: datetime) -> datetime:
+    # SQLite stores no zone; every timestamp we write is UTC.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+class _StoredRow(Protocol):
+    record_id: bytes
+    name_index: bytes
+    key_version: int
+    header: bytes
+    size: int
+
+
+def _check_row(row: _StoredRow) -> None:
+    """The lookup columns of a record row must agree with its authenticated header."""
+    header: bytes = row.header
+    if (
+        len(header) != _core.HEADER_LEN
+        or header[24:40] != row.record_id
+        or header[40:72] != row.name_index
+        or _core.header_key_version(header) != row.key_version
+    ):
+        raise IntegrityError("a stored record's columns do not match its header")
+
+
+class Scope:
+    """A node of the scope tree: where records are put, read, listed and deleted."""
+
+    def __init__(self, vault: Vault, ref: ScopeRef) -> None:
+        self._vault = vault
+        self._ref = ref
+
+    def __repr__(self) -> str:
+        return f"<Scope {self._ref.path!r}>"
+
+    @property
+    def path(self) -> str:
+        """The scope's path."""
+        return self._ref.path
+
+    @property
+    def id(self) -> str:
+        """The scope's id (hex)."""
+        return self._ref.id.hex()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _fresh(self, s: Session) -> ScopeRef:
+        row = s.get(ScopeRow, self._ref.id)
+        if row is None:
+            raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
+        self._ref = ScopeRef.of(row)
+        return self._ref
+
+    def _active_key(self, s: Session) -> tuple[int, _core.KeyHandle]:
+        ref = self._fresh(s)
+        return ref.active_version, self._vault._keys.key(s, ref, ref.active_version)
+
+    def _keys_for(self, s: Session, headers: Sequence[bytes]) -> dict[int, _core.KeyHandle]:
+        versions = set()
+        for header in headers:
+            try:
+                versions.add(_core.header_key_version(header))
+            except IntegrityError:
+                raise IntegrityError("a stored record header is malformed") from None
+        return self._vault._keys.keys(s, self._ref, versions)
+
+    # -- encryption only (caller stores the blobs) --------------------------------------
+
+    def seal(self, name: str, data: Data) -> bytes:
+        """Encrypts one record into a self-contained blob (v1 header + ciphertext).
+
+        The blob opens only in this scope and only under ``name``.
+        """
+        return self.seal_many([(name, data)])[0]
+
+    def seal_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
+        """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
+        names, datas = self._prepare(items)
+        with self._vault._read() as s:
+            version, key = self._active_key(s)
+        return _core.seal_blobs(key, self._ref.id, version, names, datas)
+
+    def open(self, name: str, blob: Data) -> bytes:
+        """Decrypts a blob made by :meth:`seal` under the same name.
+
+        Raises:
+            IntegrityError: the blob was altered, or belongs to another name or scope.
+        """
+        return self.open_many([(name, blob)])[0]
+
+    def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
+        """Decrypts blobs; same order as ``items``."""
+        names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
+        headers = [bytes(b[: _core.HEADER_LEN]) for b in blobs]
+        with self._vault._read() as s:
+            self._fresh(s)
+            keys = self._keys_for(s, headers)
+        return _core.open_blobs(self._ref.id, keys, names, blobs)
+
+    def _prepare(
+        self, items: Iterable[tuple[str, Data]], max_bytes: int | None = None
+    ) -> tuple[list[bytes], list[Data]]:
+        limit = self._vault.max_record_bytes if max_bytes is None else max_bytes
+        names: list[bytes] = []
+        datas: list[Data] = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidInputError("items must be (name, data) pairs")
+            names.append(encode_name(item[0]))
+            datas.append(check_data(item[1], limit))
+        return names, datas
+
+    # -- storage ------------------------------------------------------------------------
+
+    def put(self, name: str, data: Data) -> RecordInfo:
+        """Stores one record, replacing (and destroying the DEK of) any record of that name."""
+        return self.put_many([(name, data)])[0]
+
+    def put_many(
+        self, items: Iterable[tuple[str, Data]], *, commit_every: int | None = None
+    ) -> list[RecordInfo]:
+        """Stores records; all in one transaction unless ``commit_every`` is given.
+
+        Records are sealed in Rust a batch at a time (GIL released, across cores) while the
+        previous batch is written with one executemany. A record whose name exists replaces it.
+
+        Args:
+            items: ``(name, data)`` pairs; any iterable, consumed batch by batch.
+            commit_every: Commit after about this many records (for very large ingests); a
+                failure then keeps the batches already committed, each record whole.
+
+        Raises:
+            InvalidInputError: a name or payload is invalid; nothing of the failed
+                transaction is written.
+            StorageError: the database failed; the error says how many records were
+                committed before it.
+        """
+        if commit_every is not None and commit_every < 1:
+            raise InvalidInputError("commit_every must be a positive number of records")
+        infos: list[RecordInfo] = []
+        iterator = iter(items)
+        try:
+            while (first := next(iterator, None)) is not None:
+                # One transaction per commit_every records (or for everything).
+                chunk = islice(chain([first], iterator), commit_every)
+                with self._vault._write() as s, s.begin():
+                    version, key = self._active_key(s)
+                    self._write_pipelined(s, key, version, self._batches(chunk), infos)
+            return infos
+        except KeyCustodyError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"storing records failed after {len(infos)} were committed: {exc}"
+            ) from exc
+
+    def _batches(self, iterator: Iterator[tuple[str, Data]]) -> Iterator[_Batch]:
+        """Validates items and groups them by count and bytes."""
+        limit = self._vault.max_record_bytes
+        while True:
+            names: list[str] = []
+            raw: list[bytes] = []
+            datas: list[Data] = []
+            total = 0
+            for item in islice(iterator, BATCH_RECORDS):
+                if not isinstance(item, tuple) or len(item) != 2:
+                    raise InvalidInputError("items must be (name, data) pairs")
+                raw.append(encode_name(item[0]))
+                names.append(item[0])
+                data = check_data(item[1], limit)
+                datas.append(data)
+                total += size_of(data)
+                if total >= BATCH_BYTES:
+                    break
+            if not names:
+                return
+            yield names, raw, datas
+
+    def _write_pipelined(
+        self,
+        s: Session,
+        key: _core.KeyHandle,
+        version: int,
+        batches: Iterator[_Batch],
+        infos: list[RecordInfo],
+    ) -> None:
+        """Seals batch k+1 on a worker thread while batch k is written, appending to infos.
+
+        Both halves release the GIL (Rust while sealing, sqlite3 while stepping), so they
+        overlap on two cores.
+        """
+        conn = s.connection()
+        writer = self._vault._records
+        seal = partial(_core.seal_records, key, self._ref.id, version)
+        first = next(batches, None)
+        if first is None:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keycustody-seal") as pool:
+            batch: _Batch | None = first
+            sealing = pool.submit(seal, first[1], first[2])
+            while batch is not None:
+                headers, name_cts, bodies = sealing.result()
+                following = next(batches, None)
+                if following is not None:
+                    sealing = pool.submit(seal, following[1], following[2])
+                now = _now()
+                ts = writer.timestamp(now)
+                names, _, datas = batch
+                sizes = [size_of(d) for d in datas]
+                writer.replace(
+                    conn,
+                    self._ref.id,
+                    [
+                        (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts)
+                        for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
+                    ],
+                )
+                infos.extend(
+                    RecordInfo(name, h[24:40].hex(), size, version, now)
+                    for name, h, size in zip(names, headers, sizes, strict=True)
+                )
+                batch = following
+
+    def get(self, name: str) -> bytes:
+        """The payload of record ``name``.
+
+        Raises:
+            NotFoundError: no such record.
+            IntegrityError: the stored record was altered or misplaced.
+        """
+        return self.get_many([name])[name]
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
+        """Payloads of several records by name.
+
+        Raises:
+            NotFoundError: any name has no record (the error counts how many).
+        """
+        wanted = list(dict.fromkeys(names))
+        raw = [encode_name(n) for n in wanted]
+        out: dict[str, bytes] = {}
+        with self._vault._read() as s:
+            _, key = self._active_key(s)
+            for start in range(0, len(wanted), _SELECT_CHUNK):
+                chunk = wanted[start : start + _SELECT_CHUNK]
+                chunk_raw = raw[start : start + _SELECT_CHUNK]
+                index = {key.name_index(r): i for i, r in enumerate(chunk_raw)}
+                rows = s.execute(
+                    select(
+                        RecordRow.record_id,
+                        RecordRow.name_index,
+                        RecordRow.key_version,
+                        RecordRow.size,
+                        RecordRow.header,
+                        RecordRow.body,
+                    ).where(
+                        RecordRow.scope_id == self._ref.id, RecordRow.name_index.in_(list(index))
+                    )
+                ).all()
+                if len(rows) != len(chunk):
+                    missing = len(chunk) - len(rows)
+                    if len(wanted) == 1:
+                        raise NotFoundError(f"no record of that name in scope {self.path!r}")
+                    raise NotFoundError(f"{missing} of the requested records do not exist")
+                for r in rows:
+                    _check_row(r)
+                streamed = [r for r in rows if r.header[3] == SUITE_SEGMENTED]
+                for r in streamed:
+                    i = index[r.name_index]
+                    with self._open_stream_row(s, chunk_raw[i], r) as reader:
+                        out[chunk[i]] = reader.readall()
+                rows = [r for r in rows if r.header[3] != SUITE_SEGMENTED]
+                for r in rows:
+                    if r.size != len(r.body) - _core.TAG_LEN:
+                        raise IntegrityError("a stored record's size does not match its body")
+                order = [index[r.name_index] for r in rows]
+                headers = [r.header for r in rows]
+                keys = self._keys_for(s, headers)
+                try:
+                    plain = _core.open_records(
+                        self._ref.id,
+                        keys,
+                        [chunk_raw[i] for i in order],
+                        headers,
+                        [r.body for r in rows],
+                    )
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        "a stored record failed authentication: it was altered or does not "
+                        "belong to this name and scope"
+                    ) from exc
+                for i, data in zip(order, plain, strict=True):
+                    out[chunk[i]] = data
+        return out
+
+    # -- streams ------------------------------------------------------------------------
+
+    def put_stream(self, name: str, fileobj: Readable) -> RecordInfo:
+        """Stores a payload of any size from a binary file object, 1 MiB segment at a time.
+
+        Memory stays constant; the record replaces any record of that name. It is written in
+        one transaction: a failure (or a crash) leaves the previous state.
+
+        Raises:
+            InvalidInputError: ``fileobj`` is not a binary file object.
+        """
+        raw = encode_name(name)
+        writer = self._vault._records
+        try:
+            with self._vault._write() as s, s.begin():
+                version, key = self._active_key(s)
+                header, name_ct, sealer = _core.begin_stream(key, self._ref.id, version, raw)
+                record_id = header[24:40]
+                conn = s.connection()
+                now = _now()
+                row = (record_id, self._ref.id, header[40:72], version, header, name_ct, b"")
+                writer.replace(conn, self._ref.id, [(*row, 0, writer.timestamp(now))])
+                size = 0
+                for seq, (segment, last) in enumerate(read_segments(fileobj)):
+                    sealed = sealer.seal_segment(segment, last)
+                    writer.add_segments(conn, [(record_id, seq, sealed)])
+                    size += len(segment)
+                s.execute(
+                    update(RecordRow).where(RecordRow.record_id == record_id).values(size=size)
+                )
+        except SQLAlchemyError as exc:
+            raise StorageError(f"storing the stream failed; nothing was written: {exc}") from exc
+        return RecordInfo(name, record_id.hex(), size, version, now)
+
+    def open_stream(self, name: str) -> StreamReader:
+        """A seekable, read-only binary file over stream record ``name``.
+
+        Only the segments a read touches are fetched and decrypted.
+
+        Raises:
+            NotFoundError: no such record.
+            InvalidInputError: the record was stored whole (use get); only records written
+                by put_stream are streams.
+        """
+        raw = encode_name(name)
+        with self._vault._read() as s:
+            _, key = self._active_key(s)
+            row = s.execute(
+                select(
+                    RecordRow.record_id,
+                    RecordRow.name_index,
+                    RecordRow.key_version,
+                    RecordRow.size,
+                    RecordRow.header,
+                ).where(
+                    RecordRow.scope_id == self._ref.id,
+                    RecordRow.name_index == key.name_index(raw),
+                )
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no record of that name in scope {self.path!r}")
+            _check_row(row)
+            if row.header[3] != SUITE_SEGMENTED:
+                raise InvalidInputError("this record was stored whole; read it with get()")
+            return self._open_stream_row(s, raw, row)
+
+    def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
+        keys = self._keys_for(s, [row.header])
+        opener = _core.open_stream(self._ref.id, keys, raw, row.header)
+        record_id = row.record_id
+
+        def fetch(seq: int) -> bytes:
+            with self._vault._read() as fs:
+                body = fs.scalar(
+                    select(SegmentRow.body).where(
+                        SegmentRow.record_id == record_id, SegmentRow.seq == seq
+                    )
+                )
+            if body is None:
+                raise IntegrityError("a segment of the stream record is missing")
+            return body
+
+        return StreamReader(opener, row.size, fetch)
+
+    def delete(self, name: str) -> None:
+        """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.
+
+        Raises:
+            NotFoundError: no such record.
+        """
+        raw = encode_name(name)
+        with self._vault._write() as s, s.begin():
+            _, key = self._active_key(s)
+            deleted = self._vault._records.delete_names(
+                s.connection(), self._ref.id, [key.name_index(raw)]
+            )
+            if deleted == 0:
+                raise NotFoundError(f"no record of that name in scope {self.path!r}")
+
+    def list(self, prefix: str = "") -> list[RecordInfo]:
+        """Records whose names start with ``prefix``, sorted by name.
+
+        Names are stored encrypted, so listing decrypts them (in Rust, batched).
+        """
+        if not isinstance(prefix, str):
+            raise InvalidInputError("prefix must be a str")
+        infos: list[RecordInfo] = []
+        with self._vault._read() as s:
+            self._fresh(s)
+            result = s.execute(
+                select(
+                    RecordRow.record_id,
+                    RecordRow.name_index,
+                    RecordRow.header,
+                    RecordRow.name_ct,
+                    RecordRow.size,
+                    RecordRow.key_version,
+                    RecordRow.created_at,
+                ).where(RecordRow.scope_id == self._ref.id)
+            )
+            for rows in result.partitions(BATCH_RECORDS):
+                headers = [r.header for r in rows]
+                keys = self._keys_for(s, headers)
+                try:
+                    names = _core.open_names(
+                        self._ref.id, keys, headers, [r.name_ct for r in rows]
+                    )
+                except IntegrityError as exc:
+                    raise IntegrityError("a stored record name failed authentication") from exc
+                for r, raw in zip(rows, names, strict=True):
+                    _check_row(r)
+                    name = raw.decode("utf-8")
+                    if name.startswith(prefix):
+                        infos.append(
+                            RecordInfo(
+                                name, r.record_id.hex(), r.size, r.key_version, _utc(r.created_at)
+                            )
+                        )
+        infos.sort(key=lambda i: i.name)
+        return infos
