@@ -62,6 +62,9 @@ class KeyHandle:
     def name_index(self, name: Buffer) -> bytes:
         """HMAC-SHA-256 blind index of ``name`` under the name-index half."""
 
+    def mac(self, msg: Buffer) -> bytes:
+        """HMAC-SHA-256 of ``msg`` under the whole key (seals audit events)."""
+
     @property
     def size(self) -> int:
         """Key length in bytes."""

@@ -106,6 +106,14 @@ impl SecretKey {
                 .is_ok()
     }
 
+    /// HMAC-SHA-256 of `msg` under this key (all of its bytes): the audit trail's seal.
+    pub fn mac(&self, msg: &[u8]) -> [u8; 32] {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.material);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&key, msg).as_ref());
+        out
+    }
+
     /// Wraps `child` under this key with `aad`: `nonce || ciphertext || tag`.
     pub fn wrap(&self, child: &SecretKey, aad: &[u8]) -> Result<Vec<u8>> {
         let mut out = vec![0u8; GCM_NONCE_LEN + child.len() + TAG_LEN];

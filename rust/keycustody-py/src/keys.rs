@@ -66,6 +66,11 @@ impl KeyHandle {
         Ok(PyBytes::new(py, &self.key.name_index(&name)?))
     }
 
+    /// HMAC-SHA-256 of `msg` under the whole key (used to seal audit events).
+    fn mac<'py>(&self, py: Python<'py>, msg: Input) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.key.mac(&msg))
+    }
+
     /// Key length in bytes.
     #[getter]
     fn size(&self) -> usize {
