@@ -45,6 +45,10 @@ class KeyRevokedError(KeyCustodyError):
     """The scope is suspended or its KEK is disabled: nothing may be encrypted or decrypted."""
 
 
+class ConcurrentRotationError(KeyCustodyError):
+    """Another process rotated the same key first; retry the rotation (it is safe)."""
+
+
 class ShreddedError(KeyCustodyError):
     """The key was destroyed (crypto-shredded); the data can never be read again."""
 
@@ -59,6 +63,7 @@ class AuditError(KeyCustodyError):
 
 __all__ = [
     "AuditError",
+    "ConcurrentRotationError",
     "ConfigError",
     "IntegrityError",
     "InvalidInputError",

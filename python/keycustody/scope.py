@@ -7,6 +7,7 @@ key commitment and the ciphertext before returning a byte.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -20,16 +21,19 @@ from sqlalchemy.orm import Session
 
 from keycustody import _core
 from keycustody.errors import (
+    ConcurrentRotationError,
     IntegrityError,
     InvalidInputError,
     KeyCustodyError,
     NotFoundError,
     StorageError,
 )
+from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef
-from keycustody.storage.models import RecordRow, ScopeRow, SegmentRow
+from keycustody.keys.states import ACTIVE, SUSPENDED
+from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, SegmentRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
-from keycustody.types import RecordInfo
+from keycustody.types import KeyVersionInfo, RecordInfo
 from keycustody.validation import Data, check_data, encode_name, size_of
 
 if TYPE_CHECKING:
@@ -102,6 +106,23 @@ class Scope:
     def _active_key(self, s: Session) -> tuple[int, _core.KeyHandle]:
         ref = self._fresh(s)
         return ref.active_version, self._vault._keys.key(s, ref, ref.active_version)
+
+    def _rotate_if_due(self) -> None:
+        """Automatic rotation by age (Vault.open(rotation_period=...)), checked on writes."""
+        period = self._vault.rotation_period
+        if period is None:
+            return
+        with self._vault._read() as s:
+            ref = self._fresh(s)
+            created = s.scalar(
+                select(ScopeKeyRow.created_at).where(
+                    ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.version == ref.active_version
+                )
+            )
+        if created is not None and _now() - _utc(created) >= period:
+            # Another process may rotate it first: that is what was due anyway.
+            with contextlib.suppress(ConcurrentRotationError):
+                rotation.rotate_key(self._vault, ref)
 
     def _keys_for(self, s: Session, headers: Sequence[bytes]) -> dict[int, _core.KeyHandle]:
         versions = set()
@@ -185,6 +206,7 @@ class Scope:
         """
         if commit_every is not None and commit_every < 1:
             raise InvalidInputError("commit_every must be a positive number of records")
+        self._rotate_if_due()
         infos: list[RecordInfo] = []
         iterator = iter(items)
         try:
@@ -259,7 +281,7 @@ class Scope:
                     conn,
                     self._ref.id,
                     [
-                        (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts)
+                        (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts, version)
                         for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
                     ],
                 )
@@ -362,7 +384,7 @@ class Scope:
                 conn = s.connection()
                 now = _now()
                 row = (record_id, self._ref.id, header[40:72], version, header, name_ct, b"")
-                writer.replace(conn, self._ref.id, [(*row, 0, writer.timestamp(now))])
+                writer.replace(conn, self._ref.id, [(*row, 0, writer.timestamp(now), version)])
                 size = 0
                 for seq, (segment, last) in enumerate(read_segments(fileobj)):
                     sealed = sealer.seal_segment(segment, last)
@@ -424,6 +446,83 @@ class Scope:
             return body
 
         return StreamReader(opener, row.size, fetch)
+
+    # -- key lifecycle ------------------------------------------------------------------
+
+    def keys(self) -> list[KeyVersionInfo]:
+        """Every version of this scope's key: state (SP 800-57), wrapper, record count."""
+        with self._vault._read() as s:
+            ref = self._fresh(s)
+        return lineage.key_versions(self._vault, ref)
+
+    def rotate_key(self) -> int:
+        """Makes a new ACTIVE key version for new writes (O(1)); the old one becomes
+        DEACTIVATED and still decrypts until :meth:`rewrap` moves its records.
+
+        Returns:
+            The new version.
+
+        Raises:
+            ConcurrentRotationError: another process rotated this scope at the same moment.
+        """
+        return rotation.rotate_key(self._vault, self._ref)
+
+    def rewrap(
+        self,
+        *,
+        batch_size: int = rotation.DEFAULT_BATCH,
+        progress: rotation.Progress | None = None,
+        dry_run: bool = False,
+    ) -> rotation.JobReport:
+        """Moves every record's DEK to the active key version (no payload is re-encrypted),
+        then destroys the emptied old versions. Resumable: rerun after any crash.
+
+        Args:
+            batch_size: Records per transaction.
+            progress: Called as ``progress(done, total)`` after each batch.
+            dry_run: Only count what would move, per version.
+        """
+        return rotation.rewrap(
+            self._vault, self._ref, batch_size=batch_size, progress=progress, dry_run=dry_run
+        )
+
+    def mark_compromised(self, version: int | None = None, *, reason: str) -> int:
+        """Marks a key version COMPROMISED (the active one by default, after rotating).
+
+        Its records refuse to decrypt until :meth:`reencrypt` gives them new DEKs.
+        """
+        return rotation.mark_compromised(self._vault, self._ref, version, reason)
+
+    def reencrypt(
+        self,
+        *,
+        batch_size: int = 1000,
+        progress: rotation.Progress | None = None,
+        dry_run: bool = False,
+    ) -> rotation.JobReport:
+        """Re-encrypts every record under a COMPROMISED version with a new DEK under the active
+        version, then destroys the compromised versions. Resumable: rerun after any crash."""
+        return rotation.reencrypt(
+            self._vault, self._ref, batch_size=batch_size, progress=progress, dry_run=dry_run
+        )
+
+    def suspend(self, *, reason: str | None = None) -> None:
+        """Revokes the scope and its subtree: nothing under it encrypts or decrypts
+        (KeyRevokedError) until :meth:`resume`. Other processes stop within the vault's
+        ``revalidate_s`` bound; this one at once."""
+        rotation.set_scope_state(self._vault, self._ref, SUSPENDED, reason)
+
+    def resume(self, *, reason: str | None = None) -> None:
+        """Lifts a suspension."""
+        rotation.set_scope_state(self._vault, self._ref, ACTIVE, reason)
+
+    def lineage(self, name: str) -> lineage.RecordLineage:
+        """The key custody of record ``name``: its DEK, key chain up to the KEK, and every
+        key event since it was sealed (oldest first)."""
+        raw = encode_name(name)
+        with self._vault._read() as s:
+            _, key = self._active_key(s)
+        return lineage.record_lineage(self._vault, self._ref, name, key.name_index(raw))
 
     def delete(self, name: str) -> None:
         """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.

@@ -41,3 +41,19 @@ class RecordInfo:
     size: int
     key_version: int
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersionInfo:
+    """One version of a scope key: its state, what wraps it, and how many records it protects."""
+
+    scope: str
+    version: int
+    state: str
+    wrapped_by: str
+    """``kek:<key id>#<kek version>`` for tenants, ``scope:<parent path>#v<n>`` for children."""
+    records: int
+    created_at: datetime
+    deactivated_at: datetime | None = None
+    compromised_at: datetime | None = None
+    destroyed_at: datetime | None = None

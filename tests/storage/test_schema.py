@@ -20,8 +20,17 @@ from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
 from keycustody.storage.models import Base
 
-TABLES = {"vault_meta", "scopes", "scope_keys", "records", "segments"}
-HEAD = "0002"
+TABLES = {
+    "vault_meta",
+    "scopes",
+    "scope_keys",
+    "records",
+    "segments",
+    "lineage_events",
+    "audit_events",
+    "audit_keys",
+}
+HEAD = "0004"
 
 
 @pytest.fixture

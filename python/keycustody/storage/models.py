@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,6 +81,9 @@ class ScopeKeyRow(Base):
     parent_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     state_changed_at: Mapped[datetime]
+    deactivated_at: Mapped[datetime | None]
+    compromised_at: Mapped[datetime | None]
+    destroyed_at: Mapped[datetime | None]
 
 
 class RecordRow(Base):
@@ -103,6 +107,7 @@ class RecordRow(Base):
     body: Mapped[bytes]
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+    sealed_version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 
 class SegmentRow(Base):
@@ -115,3 +120,55 @@ class SegmentRow(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     body: Mapped[bytes]
+
+
+class LineageEventRow(Base):
+    """A key event in a record's history: per record (sealed, re-encrypted) or per scope and
+    version range (a rewrap batch or a KEK move covers every record under that version)."""
+
+    __tablename__ = "lineage_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope_id: Mapped[bytes] = mapped_column(ForeignKey("scopes.id"), index=True)
+    record_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    at: Mapped[datetime]
+    event: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    details: Mapped[str] = mapped_column(Text)
+
+
+class AuditEventRow(Base):
+    """One event of the hash-chained, MAC-sealed audit trail (see :mod:`keycustody.audit`).
+
+    ``hash`` is SHA-256 over the length-prefixed encoding of every other column but ``mac``
+    (``prev_hash`` included), ``mac`` is HMAC-SHA-256 of ``hash`` under the audit key.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(1024))
+    kms_key_id: Mapped[str | None] = mapped_column(String(1024))
+    kms_key_version: Mapped[str | None] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(16))
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditKeyRow(Base):
+    """The audit MAC key, wrapped by the audit KEK through the KMS (never stored in clear)."""
+
+    __tablename__ = "audit_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kek_id: Mapped[str] = mapped_column(String(1024))
+    kek_version: Mapped[str] = mapped_column(String(256))
+    wrapped: Mapped[bytes]
+    created_at: Mapped[datetime]

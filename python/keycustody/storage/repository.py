@@ -26,6 +26,7 @@ RECORD_COLUMNS = (
     "body",
     "size",
     "created_at",
+    "sealed_version",
 )
 """Order of the values in a record row tuple."""
 

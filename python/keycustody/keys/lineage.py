@@ -1,0 +1,295 @@
+"""Lineage: which keys protect a record and what happened to them, and what a key protects.
+
+A record's history is its own events (sealed, re-encrypted) plus the scope-level events that
+moved every record of its key version (a rewrap batch names its from/to versions) and the KEK
+moves of its tenant. So a rewrap of 100,000 records writes one event per batch, not one per
+record, and the lineage of any one record is still exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, overload
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from keycustody.errors import InvalidInputError, NotFoundError
+from keycustody.keys.hierarchy import ScopeRef, load_scope
+from keycustody.storage.models import LineageEventRow, RecordRow, ScopeKeyRow, ScopeRow
+from keycustody.types import KeyVersionInfo
+
+if TYPE_CHECKING:
+    from keycustody.vault import Vault
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LineageEvent:
+    """One event in a record's key history."""
+
+    at: datetime
+    event: str
+    """sealed, rewrapped, reencrypted, kek_rotated, key_rotated, key_compromised, ..."""
+    scope: str
+    from_version: int | None = None
+    to_version: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLink:
+    """One link of the key chain above a record: a scope key version and what wraps it."""
+
+    scope: str
+    version: int
+    state: str
+    wrapped_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLineage(Sequence[LineageEvent]):
+    """A record's key custody: its DEK, the key chain up to the KEK, and its history.
+
+    It is also the sequence of its lineage events, oldest first.
+    """
+
+    name: str
+    scope: str
+    dek_id: str
+    """The record id: each record has its own DEK, made with it."""
+    key_version: int
+    sealed_version: int
+    kek_id: str
+    kek_version: str
+    chain: list[KeyLink]
+    events: list[LineageEvent]
+
+    @overload
+    def __getitem__(self, index: int) -> LineageEvent: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[LineageEvent]: ...
+    def __getitem__(self, index: int | slice) -> LineageEvent | Sequence[LineageEvent]:
+        return self.events[index]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[LineageEvent]:
+        return iter(self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """The records a key protects."""
+
+    key: str
+    records: int
+    by_scope: dict[str, int]
+    key_versions: list[str]
+    """The scope key versions below the key, as ``path#version``."""
+
+
+def _chain(s: Session, ref: ScopeRef, version: int) -> list[KeyLink]:
+    links: list[KeyLink] = []
+    scope_id: bytes | None = ref.id
+    while scope_id is not None:
+        scope = s.get(ScopeRow, scope_id)
+        row = s.get(ScopeKeyRow, (scope_id, version))
+        if scope is None or row is None:
+            raise NotFoundError("a key of the record's chain is missing")
+        if scope.parent_id is None:
+            wrapped_by = f"kek:{row.kek_id}#{row.kek_version}"
+        else:
+            parent = s.get(ScopeRow, scope.parent_id)
+            wrapped_by = f"scope:{parent.path if parent else '?'}#v{row.parent_version}"
+        links.append(KeyLink(scope.path, version, row.state, wrapped_by))
+        scope_id = scope.parent_id
+        version = row.parent_version or 0
+    return links
+
+
+def _event(row: LineageEventRow, scope: str) -> LineageEvent:
+    at = _utc(row.at)
+    assert at is not None  # noqa: S101 - the column is NOT NULL
+    return LineageEvent(
+        at, row.event, scope, row.from_version, row.to_version, json.loads(row.details)
+    )
+
+
+def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) -> RecordLineage:
+    """The lineage of the record with ``name_index`` in ``ref``."""
+    with vault._read() as s:
+        row = s.execute(
+            select(
+                RecordRow.record_id,
+                RecordRow.key_version,
+                RecordRow.sealed_version,
+                RecordRow.created_at,
+            ).where(RecordRow.scope_id == ref.id, RecordRow.name_index == name_index)
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no record of that name in scope {ref.path!r}")
+        chain = _chain(s, ref, row.key_version)
+        created = _utc(row.created_at)
+        assert created is not None  # noqa: S101 - NOT NULL
+        events = [LineageEvent(created, "sealed", ref.path, None, row.sealed_version)]
+        own = s.scalars(
+            select(LineageEventRow).where(LineageEventRow.record_id == row.record_id)
+        ).all()
+        events += [_event(e, ref.path) for e in own]
+        # Scope-level events that moved this record's version, walked forward in time.
+        scoped = s.scalars(
+            select(LineageEventRow)
+            .where(
+                LineageEventRow.scope_id == ref.id,
+                LineageEventRow.record_id.is_(None),
+                LineageEventRow.at >= row.created_at,
+                LineageEventRow.event == "rewrapped",
+            )
+            .order_by(LineageEventRow.id)
+        ).all()
+        current = row.sealed_version
+        for e in [e for e in own if e.event == "reencrypted"]:
+            current = e.to_version or current
+        seen: set[tuple[int | None, int | None]] = set()
+        for e in scoped:
+            if e.from_version == current and (e.from_version, e.to_version) not in seen:
+                seen.add((e.from_version, e.to_version))
+                events.append(_event(e, ref.path))
+                current = e.to_version or current
+        # KEK moves of the tenant at the top of the chain.
+        tenant = load_scope(s, chain[-1].scope)
+        kek_events = s.scalars(
+            select(LineageEventRow)
+            .where(
+                LineageEventRow.scope_id == tenant.id,
+                LineageEventRow.event == "kek_rotated",
+                LineageEventRow.at >= row.created_at,
+            )
+            .order_by(LineageEventRow.id)
+        ).all()
+        events += [_event(e, tenant.path) for e in kek_events]
+    events.sort(key=lambda e: e.at)
+    kek_id, _, kek_version = chain[-1].wrapped_by.removeprefix("kek:").rpartition("#")
+    return RecordLineage(
+        name,
+        ref.path,
+        row.record_id.hex(),
+        row.key_version,
+        row.sealed_version,
+        kek_id,
+        kek_version,
+        chain,
+        events,
+    )
+
+
+def key_versions(vault: Vault, ref: ScopeRef) -> list[KeyVersionInfo]:
+    """Every version of a scope's key with its state, wrapper and record count."""
+    with vault._read() as s:
+        counts = dict(
+            s.execute(
+                select(RecordRow.key_version, func.count())
+                .where(RecordRow.scope_id == ref.id)
+                .group_by(RecordRow.key_version)
+            ).all()
+        )
+        parent = s.get(ScopeRow, ref.parent_id) if ref.parent_id else None
+        rows = s.scalars(
+            select(ScopeKeyRow).where(ScopeKeyRow.scope_id == ref.id).order_by(ScopeKeyRow.version)
+        ).all()
+        infos = []
+        for r in rows:
+            wrapped_by = (
+                f"kek:{r.kek_id}#{r.kek_version}"
+                if parent is None
+                else f"scope:{parent.path}#v{r.parent_version}"
+            )
+            created = _utc(r.created_at)
+            assert created is not None  # noqa: S101 - NOT NULL
+            infos.append(
+                KeyVersionInfo(
+                    ref.path,
+                    r.version,
+                    r.state,
+                    wrapped_by,
+                    int(counts.get(r.version, 0)),
+                    created,
+                    _utc(r.deactivated_at),
+                    _utc(r.compromised_at),
+                    _utc(r.destroyed_at),
+                )
+            )
+        return infos
+
+
+def _subtree(
+    s: Session, roots: list[tuple[bytes, set[int] | None]]
+) -> dict[bytes, set[int] | None]:
+    """Scope ids below the given (scope, versions) roots, with the versions that hang below."""
+    found: dict[bytes, set[int] | None] = {}
+    todo = list(roots)
+    while todo:
+        scope_id, versions = todo.pop()
+        found[scope_id] = versions
+        for child_id, child_version, parent_version in s.execute(
+            select(ScopeKeyRow.scope_id, ScopeKeyRow.version, ScopeKeyRow.parent_version)
+            .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+            .where(ScopeRow.parent_id == scope_id)
+        ).all():
+            if versions is None or parent_version in versions:
+                existing = found.get(child_id, set())
+                todo.append((child_id, (existing or set()) | {child_version}))
+    return found
+
+
+def protected_by(vault: Vault, key: str) -> Protection:
+    """See :meth:`keycustody.Vault.protected_by`."""
+    with vault._read() as s:
+        if ":" in key:  # a KEK id
+            rows = s.execute(
+                select(ScopeKeyRow.scope_id, ScopeKeyRow.version)
+                .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+                .where(ScopeRow.parent_id.is_(None), ScopeKeyRow.kek_id == key)
+            ).all()
+            per_scope: dict[bytes, set[int]] = {}
+            for scope_id, version in rows:
+                per_scope.setdefault(scope_id, set()).add(version)
+            roots: list[tuple[bytes, set[int] | None]] = list(per_scope.items())
+        else:
+            path, _, version_text = key.partition("#")
+            ref = load_scope(s, path)
+            if version_text:
+                try:
+                    version = int(version_text.removeprefix("v"))
+                except ValueError:
+                    raise InvalidInputError(f"bad key version in {key!r}") from None
+                roots = [(ref.id, {version})]
+            else:
+                roots = [(ref.id, None)]
+        tree = _subtree(s, roots)
+        by_scope: dict[str, int] = {}
+        versions_out: list[str] = []
+        total = 0
+        for scope_id, versions in tree.items():
+            path_row = s.get(ScopeRow, scope_id)
+            path = path_row.path if path_row else scope_id.hex()
+            query = select(func.count()).where(RecordRow.scope_id == scope_id)
+            if versions is not None:
+                query = query.where(RecordRow.key_version.in_(sorted(versions)))
+                versions_out += [f"{path}#{v}" for v in sorted(versions)]
+            else:
+                versions_out.append(f"{path}#*")
+            n = int(s.scalar(query) or 0)
+            by_scope[path] = n
+            total += n
+    return Protection(key, total, dict(sorted(by_scope.items())), sorted(versions_out))

@@ -1,0 +1,669 @@
+"""Rotation, rewrap, re-encryption, compromise and revocation of scope keys.
+
+Every job here is crash-safe by construction: each step is one transaction that leaves every
+record with exactly one valid key path, and a rerun continues where a crash stopped.
+
+- rotate_key: a new ACTIVE version (same name-index half, so names stay findable); the old one
+  is DEACTIVATED (still decrypts). Compare-and-swap on the active version: of two concurrent
+  rotations exactly one wins, the other gets ConcurrentRotationError.
+- rotate_kek: every live version of a tenant's scope key is unwrapped by the old KEK and wrapped
+  by the new one, then all rows switch in one transaction: KMS calls are O(key versions).
+- rewrap: records' DEKs move from older versions to the active one in batches (60 bytes each,
+  in Rust; payloads untouched), child scope keys follow, then the emptied versions are DESTROYED.
+- reencrypt: records under COMPROMISED versions get new DEKs and fresh ciphertext.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from keycustody import _core
+from keycustody.errors import (
+    ConcurrentRotationError,
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+)
+from keycustody.keys.hierarchy import ScopeRef, bump_epoch, child_aad
+from keycustody.keys.states import (
+    ACTIVE,
+    COMPROMISED,
+    DEACTIVATED,
+    DESTROYED,
+    check_key_transition,
+    check_scope_transition,
+)
+from keycustody.storage.models import (
+    LineageEventRow,
+    RecordRow,
+    ScopeKeyRow,
+    ScopeRow,
+    SegmentRow,
+)
+from keycustody.types import KeyId, WrappedKey
+
+if TYPE_CHECKING:
+    from keycustody.vault import Vault
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each batch of a long job."""
+
+DEFAULT_BATCH = 5000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """What a rewrap or re-encryption did (or, with ``dry_run``, would do)."""
+
+    scope: str
+    active_version: int
+    records_by_version: dict[int, int]
+    records_done: int = 0
+    child_keys_done: int = 0
+    versions_destroyed: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def fresh(session: Session, scope_id: bytes) -> ScopeRef:
+    """The current row of a scope."""
+    row = session.get(ScopeRow, scope_id)
+    if row is None:
+        raise NotFoundError("the scope no longer exists")
+    return ScopeRef.of(row)
+
+
+def lineage_event(
+    session: Session,
+    scope_id: bytes,
+    event: str,
+    *,
+    record_id: bytes | None = None,
+    from_version: int | None = None,
+    to_version: int | None = None,
+    count: int = 1,
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Adds a lineage event in the caller's transaction."""
+    session.add(
+        LineageEventRow(
+            scope_id=scope_id,
+            record_id=record_id,
+            at=at or _now(),
+            event=event,
+            from_version=from_version,
+            to_version=to_version,
+            count=count,
+            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+        )
+    )
+
+
+def _set_key_state(session: Session, scope_id: bytes, version: int, new: str) -> None:
+    row = session.get(ScopeKeyRow, (scope_id, version))
+    if row is None:
+        raise NotFoundError(f"no key version {version}")
+    check_key_transition(row.state, new)
+    now = _now()
+    row.state = new
+    row.state_changed_at = now
+    if new == DEACTIVATED:
+        row.deactivated_at = now
+    elif new == COMPROMISED:
+        row.compromised_at = now
+    elif new == DESTROYED:
+        row.destroyed_at = now
+        row.wrapped = None  # the key material goes; the metadata stays as evidence
+
+
+# -- rotation -----------------------------------------------------------------------------
+
+
+def rotate_key(vault: Vault, scope: ScopeRef) -> int:
+    """Makes a new ACTIVE scope key version; returns it.
+
+    Raises:
+        ConcurrentRotationError: another process rotated this scope at the same time.
+    """
+    hierarchy = vault._keys
+    with vault._read() as s:
+        ref = fresh(s, scope.id)
+        current = hierarchy.key(s, ref, ref.active_version)
+        new_key = current.rotated()
+        new_version = ref.active_version + 1
+        parent = fresh(s, ref.parent_id) if ref.parent_id else None
+        # The KMS wrap (tenants) happens outside the write transaction.
+        columns = hierarchy.wrap_version(s, ref.id, parent, ref.kek_id, new_version, new_key)
+    now = _now()
+    with vault._write() as s, s.begin():
+        swapped = s.execute(
+            update(ScopeRow)
+            .where(ScopeRow.id == ref.id, ScopeRow.active_version == ref.active_version)
+            .values(active_version=new_version, state_changed_at=now)
+        )
+        if swapped.rowcount != 1:  # type: ignore[attr-defined]
+            raise ConcurrentRotationError(f"scope {ref.path!r} was rotated concurrently; retry")
+        _set_key_state(s, ref.id, ref.active_version, DEACTIVATED)
+        s.add(
+            ScopeKeyRow(
+                scope_id=ref.id,
+                version=new_version,
+                state=ACTIVE,
+                created_at=now,
+                state_changed_at=now,
+                **columns,
+            )
+        )
+        lineage_event(
+            s,
+            ref.id,
+            "key_rotated",
+            from_version=ref.active_version,
+            to_version=new_version,
+            count=0,
+            at=now,
+        )
+        vault._audit_change(
+            s,
+            "key.rotate",
+            ref.path,
+            version=new_version,
+            kek_id=columns.get("kek_id"),
+            kek_version=columns.get("kek_version"),
+        )
+    hierarchy.cache.put(ref.id, new_version, new_key)
+    return new_version
+
+
+def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str) -> int:
+    """Rewraps every live scope key version of a tenant under ``new_kek``; returns how many.
+
+    Records and child scopes are untouched. ``new_kek`` may equal the current KEK id: that
+    rewraps under the KEK's current (primary) version after a rotation in the KMS.
+    """
+    if tenant.parent_id is not None:
+        raise ConfigError(f"{tenant.path!r} is not a tenant: only top-level scopes have a KEK")
+    vault._registry.provider(new_kek)
+    hierarchy = vault._keys
+    with vault._read() as s:
+        ref = fresh(s, tenant.id)
+        hierarchy.check_usable(s, ref)
+        rows = s.scalars(
+            select(ScopeKeyRow).where(
+                ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
+            )
+        ).all()
+        rewrapped: list[tuple[ScopeKeyRow, WrappedKey]] = []
+        for row in rows:
+            ctx = hierarchy.context(ref.id, row.version)
+            old = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped or b"")
+            handle = vault._registry.unwrap(old, ctx)
+            rewrapped.append((row, vault._registry.wrap(KeyId(new_kek), handle, ctx)))
+    now = _now()
+    with vault._write() as s, s.begin():
+        for row, new in rewrapped:
+            moved = s.execute(
+                update(ScopeKeyRow)
+                .where(
+                    ScopeKeyRow.scope_id == ref.id,
+                    ScopeKeyRow.version == row.version,
+                    ScopeKeyRow.kek_id == row.kek_id,
+                    ScopeKeyRow.kek_version == row.kek_version,
+                )
+                .values(wrapped=new.ciphertext, kek_id=new.key_id, kek_version=new.key_version)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise ConcurrentRotationError(
+                    f"the keys of {ref.path!r} changed during KEK rotation; retry"
+                )
+        s.execute(update(ScopeRow).where(ScopeRow.id == ref.id).values(kek_id=new_kek))
+        previous = sorted({f"{r.kek_id}#{r.kek_version}" for r, _ in rewrapped})
+        new_ref = f"{new_kek}#{rewrapped[0][1].key_version}" if rewrapped else new_kek
+        lineage_event(
+            s,
+            ref.id,
+            "kek_rotated",
+            count=len(rewrapped),
+            at=now,
+            details={"from": previous, "to": new_ref},
+        )
+        vault._audit_change(
+            s,
+            "kek.rotate",
+            ref.path,
+            kek_id=new_kek,
+            kek_version=rewrapped[0][1].key_version if rewrapped else None,
+            details={"from": previous, "key_versions": len(rewrapped)},
+        )
+    return len(rewrapped)
+
+
+# -- rewrap and re-encryption -------------------------------------------------------------
+
+
+def _versions(s: Session, scope_id: bytes) -> dict[int, str]:
+    rows = s.execute(
+        select(ScopeKeyRow.version, ScopeKeyRow.state).where(ScopeKeyRow.scope_id == scope_id)
+    ).all()
+    return {r.version: r.state for r in rows}
+
+
+def _count_by_version(s: Session, scope_id: bytes, versions: Sequence[int]) -> dict[int, int]:
+    rows = s.execute(
+        select(RecordRow.key_version, func.count())
+        .where(RecordRow.scope_id == scope_id, RecordRow.key_version.in_(list(versions)))
+        .group_by(RecordRow.key_version)
+    ).all()
+    return {int(v): int(n) for v, n in rows}
+
+
+def _rewrap_children(vault: Vault, ref: ScopeRef, old: set[int]) -> int:
+    """Moves child scope key versions wrapped under ``old`` parent versions to the active one."""
+    hierarchy = vault._keys
+    with vault._read() as s:
+        rows = s.execute(
+            select(ScopeKeyRow, ScopeRow.path)
+            .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+            .where(
+                ScopeRow.parent_id == ref.id,
+                ScopeKeyRow.parent_version.in_(list(old)),
+                ScopeKeyRow.wrapped.is_not(None),
+            )
+        ).all()
+        if not rows:
+            return 0
+        active = hierarchy.key(s, ref, ref.active_version)
+        updates = []
+        for row, _path in rows:
+            old_version, wrapped = row.parent_version, row.wrapped
+            if old_version is None or wrapped is None:
+                continue  # excluded by the query; keeps the types honest
+            parent_key = hierarchy.key(s, ref, old_version, compromised_ok=True)
+            aad = child_aad(vault.id, row.scope_id, row.version, ref.id, old_version)
+            child = parent_key.unwrap(wrapped, aad)
+            new_aad = child_aad(vault.id, row.scope_id, row.version, ref.id, ref.active_version)
+            updates.append(
+                (row.scope_id, row.version, row.parent_version, active.wrap(child, new_aad))
+            )
+    with vault._write() as s, s.begin():
+        for scope_id, version, parent_version, wrapped in updates:
+            s.execute(
+                update(ScopeKeyRow)
+                .where(
+                    ScopeKeyRow.scope_id == scope_id,
+                    ScopeKeyRow.version == version,
+                    ScopeKeyRow.parent_version == parent_version,
+                )
+                .values(wrapped=wrapped, parent_version=ref.active_version)
+            )
+        lineage_event(
+            s, ref.id, "child_keys_rewrapped", to_version=ref.active_version, count=len(updates)
+        )
+    return len(updates)
+
+
+def _destroy_emptied(vault: Vault, ref: ScopeRef, candidates: set[int]) -> list[int]:
+    """Destroys candidate versions that no record and no child key depends on any more."""
+    destroyed: list[int] = []
+    with vault._write() as s, s.begin():
+        states = _versions(s, ref.id)
+        current = fresh(s, ref.id)
+        for version in sorted(candidates):
+            if version == current.active_version or states.get(version) == DESTROYED:
+                continue
+            records = s.scalar(
+                select(func.count()).where(
+                    RecordRow.scope_id == ref.id, RecordRow.key_version == version
+                )
+            )
+            children = s.scalar(
+                select(func.count())
+                .select_from(ScopeKeyRow)
+                .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+                .where(
+                    ScopeRow.parent_id == ref.id,
+                    ScopeKeyRow.parent_version == version,
+                    ScopeKeyRow.wrapped.is_not(None),
+                )
+            )
+            if records or children:
+                continue
+            _set_key_state(s, ref.id, version, DESTROYED)
+            destroyed.append(version)
+        if destroyed:
+            lineage_event(
+                s, ref.id, "keys_destroyed", count=len(destroyed), details={"versions": destroyed}
+            )
+            vault._audit_change(s, "key.destroy", ref.path, details={"versions": destroyed})
+            epoch = bump_epoch(s)
+    if destroyed:
+        vault._keys.changed(epoch)
+    return destroyed
+
+
+def rewrap(
+    vault: Vault,
+    scope: ScopeRef,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    dry_run: bool = False,
+) -> JobReport:
+    """Moves every record's DEK to the active scope key version, then destroys the old ones.
+
+    COMPROMISED versions are left to :func:`reencrypt` (their DEKs may be exposed).
+    """
+    if batch_size < 1:
+        raise InvalidInputError("batch_size must be positive")
+    hierarchy = vault._keys
+    with vault._read() as s:
+        ref = fresh(s, scope.id)
+        hierarchy.check_usable(s, ref)
+        old = {v for v, st in _versions(s, ref.id).items() if st == DEACTIVATED}
+        counts = _count_by_version(s, ref.id, sorted(old))
+    total = sum(counts.values())
+    if dry_run:
+        return JobReport(ref.path, ref.active_version, counts, dry_run=True)
+    done = 0
+    while True:
+        with vault._read() as s:
+            ref = fresh(s, scope.id)
+            rows = s.execute(
+                select(RecordRow.record_id, RecordRow.header, RecordRow.key_version)
+                .where(RecordRow.scope_id == ref.id, RecordRow.key_version.in_(sorted(old)))
+                .limit(batch_size)
+            ).all()
+            if not rows:
+                break
+            keys = hierarchy.keys(s, ref, {r.key_version for r in rows})
+            new_key = hierarchy.key(s, ref, ref.active_version)
+        headers = _core.rewrap_headers(
+            ref.id, keys, new_key, ref.active_version, [r.header for r in rows]
+        )
+        now = _now()
+        with vault._write() as s, s.begin():
+            moved = 0
+            for r, h in zip(rows, headers, strict=True):
+                # Compare-and-swap: a record replaced or deleted meanwhile is left alone.
+                result = s.execute(
+                    update(RecordRow)
+                    .where(RecordRow.record_id == r.record_id, RecordRow.header == r.header)
+                    .values(header=h, key_version=ref.active_version)
+                )
+                moved += result.rowcount  # type: ignore[attr-defined]
+            by_version: dict[int, int] = {}
+            for r in rows:
+                by_version[r.key_version] = by_version.get(r.key_version, 0) + 1
+            for version, n in sorted(by_version.items()):
+                lineage_event(
+                    s,
+                    ref.id,
+                    "rewrapped",
+                    from_version=version,
+                    to_version=ref.active_version,
+                    count=n,
+                    at=now,
+                )
+        done += moved
+        if progress is not None:
+            progress(done, total)
+    children = _rewrap_children(vault, ref, old)
+    destroyed = _destroy_emptied(vault, ref, old)
+    with vault._write() as s, s.begin():
+        vault._audit_change(
+            s,
+            "key.rewrap",
+            ref.path,
+            version=ref.active_version,
+            details={"records": done, "child_keys": children, "destroyed": destroyed},
+        )
+    return JobReport(ref.path, ref.active_version, counts, done, children, destroyed)
+
+
+def mark_compromised(vault: Vault, scope: ScopeRef, version: int | None, reason: str) -> int:
+    """Marks a key version COMPROMISED (rotating first if it is the active one); returns it.
+
+    Its records stop decrypting until :func:`reencrypt` gives them new DEKs.
+    """
+    with vault._read() as s:
+        ref = fresh(s, scope.id)
+    target = ref.active_version if version is None else version
+    if target == ref.active_version:
+        rotate_key(vault, ref)
+    with vault._write() as s, s.begin():
+        _set_key_state(s, ref.id, target, COMPROMISED)
+        lineage_event(
+            s, ref.id, "key_compromised", from_version=target, count=0, details={"reason": reason}
+        )
+        vault._audit_change(
+            s, "key.compromise", ref.path, version=target, details={"reason": reason}
+        )
+        epoch = bump_epoch(s)
+    vault._keys.changed(epoch)
+    return target
+
+
+def reencrypt(
+    vault: Vault,
+    scope: ScopeRef,
+    *,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+    dry_run: bool = False,
+) -> JobReport:
+    """Gives every record under a COMPROMISED version a new DEK and fresh ciphertext under the
+    active version, then destroys the compromised versions. Resumable: rerun after a crash."""
+    if batch_size < 1:
+        raise InvalidInputError("batch_size must be positive")
+    hierarchy = vault._keys
+    writer = vault._records
+    with vault._read() as s:
+        ref = fresh(s, scope.id)
+        hierarchy.check_usable(s, ref)
+        targets = {v for v, st in _versions(s, ref.id).items() if st == COMPROMISED}
+        counts = _count_by_version(s, ref.id, sorted(targets))
+    total = sum(counts.values())
+    if dry_run or not targets:
+        return JobReport(ref.path, ref.active_version, counts, dry_run=dry_run)
+    done = 0
+    while True:
+        with vault._read() as s:
+            ref = fresh(s, scope.id)
+            rows = s.execute(
+                select(
+                    RecordRow.record_id,
+                    RecordRow.header,
+                    RecordRow.name_ct,
+                    RecordRow.body,
+                    RecordRow.key_version,
+                    RecordRow.size,
+                )
+                .where(RecordRow.scope_id == ref.id, RecordRow.key_version.in_(sorted(targets)))
+                .limit(batch_size)
+            ).all()
+            if not rows:
+                break
+            keys = hierarchy.keys(s, ref, {r.key_version for r in rows}, compromised_ok=True)
+            active = hierarchy.key(s, ref, ref.active_version)
+            headers = [r.header for r in rows]
+            names = _core.open_names(ref.id, keys, headers, [r.name_ct for r in rows])
+            whole = [i for i, r in enumerate(rows) if r.header[3] != 2]
+            streamed = [i for i, r in enumerate(rows) if r.header[3] == 2]
+            plain = _core.open_records(
+                ref.id,
+                keys,
+                [names[i] for i in whole],
+                [headers[i] for i in whole],
+                [rows[i].body for i in whole],
+            )
+            openers = {
+                i: _core.open_stream(ref.id, keys, names[i], rows[i].header) for i in streamed
+            }
+        new_headers, new_names, new_bodies = _core.seal_records(
+            active, ref.id, ref.active_version, [names[i] for i in whole], plain
+        )
+        now = _now()
+        ts = writer.timestamp(now)
+        with vault._write() as s, s.begin():
+            old_ids = [rows[i].record_id for i in whole]
+            gone = s.execute(
+                delete(RecordRow).where(
+                    RecordRow.record_id.in_(old_ids),
+                    RecordRow.header.in_([headers[i] for i in whole]),
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if gone != len(whole):
+                raise ConcurrentRotationError("records changed during re-encryption; rerun it")
+            new_rows = [
+                (
+                    h[24:40],
+                    ref.id,
+                    h[40:72],
+                    ref.active_version,
+                    h,
+                    n,
+                    b,
+                    len(d),
+                    ts,
+                    ref.active_version,
+                )
+                for h, n, b, d in zip(new_headers, new_names, new_bodies, plain, strict=True)
+            ]
+            writer.replace(s.connection(), ref.id, new_rows)
+            for i, h in zip(whole, new_headers, strict=True):
+                lineage_event(
+                    s,
+                    ref.id,
+                    "reencrypted",
+                    record_id=h[24:40],
+                    from_version=rows[i].key_version,
+                    to_version=ref.active_version,
+                    at=now,
+                    details={"previous_record_id": rows[i].record_id.hex()},
+                )
+            for i in streamed:
+                _reencrypt_stream(vault, s, ref, active, names[i], rows[i], openers[i], now)
+        done += len(rows)
+        if progress is not None:
+            progress(done, total)
+    children = _rewrap_children(vault, ref, targets)
+    destroyed = _destroy_emptied(vault, ref, targets)
+    with vault._write() as s, s.begin():
+        vault._audit_change(
+            s,
+            "key.reencrypt",
+            ref.path,
+            version=ref.active_version,
+            details={"records": done, "child_keys": children, "destroyed": destroyed},
+        )
+    return JobReport(ref.path, ref.active_version, counts, done, children, destroyed)
+
+
+def _reencrypt_stream(
+    vault: Vault,
+    s: Session,
+    ref: ScopeRef,
+    active: _core.KeyHandle,
+    name: bytes,
+    row: Any,
+    opener: _core.StreamOpener,
+    now: datetime,
+) -> None:
+    """Re-seals a stream record segment by segment (constant memory), in the caller's
+    transaction: the old record steps aside (its name index is replaced by a random one) so the
+    new one can take its name, its segments are read, re-sealed, and then it is deleted."""
+    writer = vault._records
+    conn = s.connection()
+    stepped = s.execute(
+        update(RecordRow)
+        .where(RecordRow.record_id == row.record_id, RecordRow.header == row.header)
+        .values(name_index=secrets.token_bytes(32))
+    )
+    if stepped.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConcurrentRotationError("a record changed during re-encryption; rerun it")
+    header, name_ct, sealer = _core.begin_stream(active, ref.id, ref.active_version, name)
+    record_id = header[24:40]
+    writer.replace(
+        conn,
+        ref.id,
+        [
+            (
+                record_id,
+                ref.id,
+                header[40:72],
+                ref.active_version,
+                header,
+                name_ct,
+                b"",
+                0,
+                writer.timestamp(now),
+                ref.active_version,
+            )
+        ],
+    )
+    count = max(1, -(-row.size // _core.SEGMENT_LEN))
+    size = 0
+    for seq in range(count):
+        body = s.scalar(
+            select(SegmentRow.body).where(
+                SegmentRow.record_id == row.record_id, SegmentRow.seq == seq
+            )
+        )
+        if body is None:
+            raise IntegrityError("a segment of a stream record is missing")
+        last = seq == count - 1
+        plain = opener.open_segment(seq, last, body)
+        writer.add_segments(conn, [(record_id, seq, sealer.seal_segment(plain, last))])
+        size += len(plain)
+    s.execute(update(RecordRow).where(RecordRow.record_id == record_id).values(size=size))
+    s.execute(delete(RecordRow).where(RecordRow.record_id == row.record_id))
+    lineage_event(
+        s,
+        ref.id,
+        "reencrypted",
+        record_id=record_id,
+        from_version=row.key_version,
+        to_version=ref.active_version,
+        at=now,
+        details={"previous_record_id": row.record_id.hex()},
+    )
+
+
+# -- revocation ---------------------------------------------------------------------------
+
+
+def set_scope_state(vault: Vault, scope: ScopeRef, new: str, reason: str | None) -> None:
+    """Suspends or resumes a scope (and so its subtree); takes effect in every process within
+    the revalidation bound, and here at once."""
+    with vault._write() as s, s.begin():
+        ref = fresh(s, scope.id)
+        check_scope_transition(ref.state, new)
+        now = _now()
+        s.execute(
+            update(ScopeRow).where(ScopeRow.id == ref.id).values(state=new, state_changed_at=now)
+        )
+        lineage_event(
+            s,
+            ref.id,
+            f"scope_{new.lower()}",
+            count=0,
+            at=now,
+            details={"reason": reason} if reason else {},
+        )
+        action = "scope.suspend" if new != ACTIVE else "scope.resume"
+        vault._audit_change(s, action, ref.path, details={"reason": reason} if reason else {})
+        epoch = bump_epoch(s)
+    vault._keys.changed(epoch)
