@@ -294,22 +294,26 @@ def test_wrapped_scope_key_tampering_is_detected(
 
 
 def test_kms_calls_are_per_key_version_not_per_record(db_url: str, tmp_path: Path) -> None:
+    """One wrap per scope key version made, zero calls per record; opening a vault costs one
+    call for the audit trail's key."""
     kms = CountingKMS(tmp_path / "counting-keys")
     kek = kms.create_key("t")
     with kc.Vault.open(db_url, kms=kms) as vault:
+        assert (kms.wraps, kms.unwraps) == (1, 0)  # the audit key, made on first open
         scope = vault.scope("t", kek=kek, create=True)
         child = vault.scope("t/repos/api", create=True)
-        assert (kms.wraps, kms.unwraps) == (1, 0)
+        assert (kms.wraps, kms.unwraps) == (2, 0)  # + the tenant key; children are wrapped in Rust
         before = vault.kms_calls
         scope.put_many((f"f{i}", b"x" * 100) for i in range(5000))
         child.put_many((f"f{i}", b"y" * 100) for i in range(5000))
         assert child.get_many([f"f{i}" for i in range(100)])["f7"] == b"y" * 100
         assert vault.kms_calls == before
-        assert (kms.wraps, kms.unwraps) == (1, 0)  # warm cache: zero calls for 10,000 records
+        assert (kms.wraps, kms.unwraps) == (2, 0)  # warm cache: zero calls for 10,000 records
     with kc.Vault.open(db_url, kms=kms) as cold:
+        assert kms.unwraps == 1  # the audit key
         cold.scope("t/repos/api").put_many((f"g{i}", b"z") for i in range(2000))
-        assert kms.unwraps == 1  # cold cache: one unwrap of the tenant key; children in Rust
-        assert cold.kms_calls == 1
+        assert kms.unwraps == 2  # cold cache: one unwrap of the tenant key; children in Rust
+        assert cold.kms_calls == 2
 
 
 def test_cache_ttl_zero_unwraps_every_time(db_url: str, tmp_path: Path) -> None:
@@ -456,7 +460,7 @@ def test_scope_errors(vault: kc.Vault, kms: kc.LocalKMS) -> None:
 
 def test_default_kek_is_created_on_first_use(vault: kc.Vault, kms: kc.LocalKMS) -> None:
     vault.scope("t", create=True).put("a", b"1")
-    assert kms.list_keys() == ["local:default"]
+    assert kms.list_keys() == ["local:default", "local:keycustody-audit"]
 
 
 def test_errors_are_keycustody_errors() -> None:

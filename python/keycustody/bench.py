@@ -28,16 +28,23 @@ from __future__ import annotations
 
 import gc
 import json
+import mmap
 import os
 import platform
+import random
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -71,6 +78,8 @@ VAULT: Final = "vault"
 PYCA_LOOP: Final = "pyca-loop"
 PYCA_RAW: Final = "pyca-raw-aesgcm"
 PYCA_SQLITE: Final = "pyca-loop-sqlite3"
+#: The same records stored unencrypted with sqlite3: the floor of any envelope store.
+SQLITE_PLAIN: Final = "sqlite3-plain"
 #: Cases in table order.
 CASES: Final = (KEYCUSTODY, VAULT, PYCA_LOOP, PYCA_RAW)
 #: Baselines every other case is compared with, in column order (the store baseline last).
@@ -252,17 +261,22 @@ def random_pool(nbytes: int = BATCH_BYTES) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """A batch of ``count`` random records of ``size`` bytes, named ``src/file_{i}.py``."""
+    """A batch of ``count`` random records of ``size`` bytes, named ``src/file_{i}.py``.
+
+    A payload read from a real tree (:func:`tree_payload`) has records of mixed sizes: its
+    ``source`` names it (e.g. ``"stdlib"``) and ``size`` is the mean record size.
+    """
 
     size: int
     names: list[str]
     name_bytes: list[bytes]
     datas: list[bytes]
+    source: str = ""
 
     @property
     def label(self) -> str:
-        """The size label, e.g. ``"4KiB"``."""
-        return size_label(self.size)
+        """The size label, e.g. ``"4KiB"``, or the source of a mixed-size payload."""
+        return self.source or size_label(self.size)
 
     @property
     def count(self) -> int:
@@ -272,7 +286,12 @@ class Payload:
     @property
     def nbytes(self) -> int:
         """Payload bytes in the batch."""
-        return self.size * self.count
+        return sum(map(len, self.datas)) if self.source else self.size * self.count
+
+    def renamed(self, prefix: str) -> Payload:
+        """The same records (the same ``bytes`` objects) under ``prefix`` + each name."""
+        names = [prefix + n for n in self.names]
+        return Payload(self.size, names, [n.encode() for n in names], self.datas, self.source)
 
     def items(self) -> list[tuple[str, bytes]]:
         """``(name, data)`` pairs with ``str`` names (the Vault API)."""
@@ -425,11 +444,28 @@ class Measurement:
     seconds: tuple[float, ...]
     #: Minor page faults of the process during each timed run (empty where not counted).
     faults: tuple[int, ...] = ()
+    #: Peak RSS growth during each timed run, bytes above the RSS before it (empty: unknown).
+    rss: tuple[int, ...] = ()
+    #: What the records are when not ``size`` bytes each (e.g. ``"stdlib"``); ``size`` is then
+    #: the mean record size.
+    label: str = ""
+    #: Payload bytes per batch when the records have mixed sizes (0: ``records * size``).
+    nbytes: int = 0
 
     @property
     def group(self) -> str:
         """``f"{op}-{size label}"``, the pytest-benchmark group name."""
-        return f"{self.op}-{size_label(self.size)}"
+        return f"{self.op}-{self.label or size_label(self.size)}"
+
+    @property
+    def batch_bytes(self) -> int:
+        """Payload bytes per batch."""
+        return self.nbytes or self.records * self.size
+
+    @property
+    def peak_rss_delta(self) -> int | None:
+        """The largest RSS growth of a timed run (the memory one batch needed), if known."""
+        return max(self.rss) if self.rss else None
 
     @property
     def median(self) -> float:
@@ -444,7 +480,7 @@ class Measurement:
     @property
     def bytes_per_s(self) -> float:
         """Payload bytes per second at the median."""
-        return self.records * self.size / self.median
+        return self.batch_bytes / self.median
 
     @property
     def faults_per_record(self) -> float | None:
@@ -456,26 +492,50 @@ class Measurement:
         return {
             "op": self.op,
             "case": self.case,
+            "group": self.group,
             "size": self.size,
+            "label": self.label or size_label(self.size),
             "records": self.records,
+            "batch_bytes": self.batch_bytes,
             "median_s": self.median,
             "records_per_s": self.records_per_s,
             "bytes_per_s": self.bytes_per_s,
             "seconds": list(self.seconds),
             "minor_faults_per_record": self.faults_per_record,
+            "peak_rss_delta_bytes": self.peak_rss_delta,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Samples:
-    """Wall time and minor page faults of each timed run of one case."""
+    """Wall time, minor page faults and peak RSS growth of each timed run of one case."""
 
     seconds: list[float] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
 
-    def measurement(self, op: str, case: str, size: int, records: int) -> Measurement:
+    def measurement(
+        self, op: str, case: str, size: int, records: int, *, label: str = "", nbytes: int = 0
+    ) -> Measurement:
         """These samples as a :class:`Measurement`."""
-        return Measurement(op, case, size, records, tuple(self.seconds), tuple(self.faults))
+        return Measurement(
+            op,
+            case,
+            size,
+            records,
+            tuple(self.seconds),
+            tuple(self.faults),
+            tuple(self.rss),
+            label,
+            nbytes,
+        )
+
+    def of(self, op: str, case: str, payload: Payload) -> Measurement:
+        """These samples as the :class:`Measurement` of ``case`` doing ``op`` on ``payload``."""
+        nbytes = payload.nbytes if payload.source else 0
+        return self.measurement(
+            op, case, payload.size, payload.count, label=payload.source, nbytes=nbytes
+        )
 
 
 def minor_faults() -> int:
@@ -487,22 +547,84 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+_STATUS: Final = Path("/proc/self/status")
+#: The largest ``VmHWM`` seen before a reset (resetting it resets ``ru_maxrss`` too).
+_PEAK_SEEN: Final = [0]
+_CLEAR_REFS: Final = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes (Linux only)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process now, or ``None`` where unknown."""
+    return _status_bytes("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Resets this process's peak RSS (``VmHWM``) to its current RSS, where Linux allows it.
+
+    The peak so far is remembered for :func:`peak_rss_bytes`.
+
+    Returns:
+        True if the peak was reset, so that :func:`window_peak_rss` covers only what follows.
+    """
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        _PEAK_SEEN[0] = max(_PEAK_SEEN[0], peak)
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def window_peak_rss() -> int | None:
+    """Peak RSS since the last :func:`reset_peak_rss` (``VmHWM``), or ``None`` where unknown."""
+    return _status_bytes("VmHWM")
+
+
+def own_peak_rss() -> int | None:
+    """Peak RSS of this process's own memory since it started (``exec``).
+
+    ``VmHWM`` where Linux has it: unlike ``ru_maxrss``, it does not count the parent's memory
+    that a ``fork``/``vfork``-then-``exec`` child briefly shared. ``ru_maxrss`` elsewhere.
+    """
+    return _status_bytes("VmHWM") or peak_rss_bytes()
+
+
 def time_once(fn: Callable[[], object], samples: Samples | None = None) -> tuple[float, int]:
     """Runs ``fn`` once: ``(seconds, minor page faults)``, appended to ``samples`` if given.
 
     A full collection runs first, so earlier garbage is not charged to ``fn``; the result is
-    freed after the clock stops.
+    freed after the clock stops. Where Linux lets a process reset its peak RSS, the peak RSS
+    growth of the run (above the RSS before it) goes to ``samples.rss`` too.
     """
     gc.collect()
+    tracked = reset_peak_rss()
+    before = rss_bytes() if tracked else None
     faults = minor_faults()
     start = time.perf_counter()
     result = fn()
     elapsed = time.perf_counter() - start
     faults = minor_faults() - faults
+    peak = window_peak_rss() if before is not None else None
+    if peak is not None:
+        _PEAK_SEEN[0] = max(_PEAK_SEEN[0], peak)
     del result
     if samples is not None:
         samples.seconds.append(elapsed)
         samples.faults.append(faults)
+        if before is not None and peak is not None:
+            samples.rss.append(max(0, peak - before))
     return elapsed, faults
 
 
@@ -522,17 +644,25 @@ def time_interleaved(
 
 
 def peak_rss_bytes() -> int | None:
-    """Peak resident set size of this process so far, or ``None`` where unknown."""
+    """Peak resident set size of this process so far, or ``None`` where unknown.
+
+    ``ru_maxrss`` (the whole process's peak, which on Linux also counts the parent's memory
+    a child was forked from, up to its ``exec``).
+    """
     if sys.platform == "win32":
         return None
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+    peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+    return max(peak, _PEAK_SEEN[0], _status_bytes("VmHWM") or 0)
 
 
 def machine_info() -> dict[str, str]:
-    """What the numbers were measured on: CPU, cores, Python and pyca versions."""
+    """What the numbers were measured on: CPU, cores, memory, Python, SQLite and pyca versions.
+
+    Also the load average when the run started: other processes make every number noisier.
+    """
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -547,33 +677,68 @@ def machine_info() -> dict[str, str]:
         pyca = cryptography.__version__
     except ImportError:
         pyca = "not installed"
-    return {
+    info = {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
         "cryptography": pyca,
         "platform": platform.platform(),
     }
+    memory = _meminfo_total()
+    if memory is not None:
+        info["memory"] = f"{memory / 2**30:.1f} GiB"
+    if hasattr(os, "getloadavg"):
+        info["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return info
+
+
+def _meminfo_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(slots=True)
 class Report:
-    """All measurements of a run, with ratios against the baselines and peak RSS."""
+    """All measurements of a run, with ratios against the baselines and peak RSS.
+
+    A full run (:func:`run_bench`) adds whole-process phases (streams, ingest), the machine's
+    bounds (:func:`measure_bounds`), KMS call counts and the targets (:func:`evaluate_targets`).
+    """
 
     measurements: list[Measurement] = field(default_factory=list)
     peak_rss: int | None = None
     machine: dict[str, str] = field(default_factory=machine_info)
+    phases: list[Phase] = field(default_factory=list)
+    bounds: dict[str, float] = field(default_factory=dict)
+    kms: dict[str, int] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    seconds: float | None = None
 
-    def find(self, op: str, size: int, case: str) -> Measurement | None:
-        """The measurement of ``case`` doing ``op`` on ``size``-byte records, if any."""
+    def phase(self, name: str) -> Phase | None:
+        """The phase called ``name``, if it ran."""
+        return next((p for p in self.phases if p.name == name), None)
+
+    def find(self, op: str, size: int, case: str, label: str = "") -> Measurement | None:
+        """The measurement of ``case`` doing ``op`` on ``size``-byte records, if any.
+
+        ``label`` picks a mixed-size payload (``"stdlib"``) instead of a record size.
+        """
         for m in self.measurements:
-            if (m.op, m.size, m.case) == (op, size, case):
+            if (m.op, m.case, m.label) == (op, case, label) and (label or m.size == size):
                 return m
         return None
 
     def ratio(self, m: Measurement, baseline: str) -> float | None:
         """How many times faster ``m`` is than ``baseline`` on the same op and batch."""
-        base = self.find(m.op, m.size, baseline)
+        base = self.find(m.op, m.size, baseline, m.label)
         if base is None or base.records != m.records:
             return None
         return base.median / m.median
@@ -586,7 +751,18 @@ class Report:
             ratios = {b: self.ratio(m, b) for b in BASELINES if b != m.case}
             row["ratios"] = {b: r for b, r in ratios.items() if r is not None}
             rows.append(row)
-        doc = {"machine": self.machine, "peak_rss_bytes": self.peak_rss, "measurements": rows}
+        doc = {
+            "started": self.started,
+            "seconds": self.seconds,
+            "machine": self.machine,
+            "config": self.config,
+            "peak_rss_bytes": self.peak_rss,
+            "measurements": rows,
+            "phases": [p.to_dict() for p in self.phases],
+            "bounds": self.bounds,
+            "kms": self.kms,
+            "targets": [t.to_dict() for t in self.targets],
+        }
         return json.dumps(doc, indent=2)
 
     def format_table(self, baselines: Sequence[str] = BASELINES) -> str:
@@ -595,13 +771,28 @@ class Report:
         Followed by the per-case cost model (:func:`format_cost_model`) and the machine.
         """
         table = format_table(self.measurements, baselines, ratio=self.ratio)
-        return table + "\n" + format_cost_model(self.measurements) + self._footer()
+        extras = [format_cost_model(self.measurements)]
+        for p in self.phases:
+            line = (
+                f"{p.name:<24} {p.seconds:8.2f} s  {p.items:>9,} items  "
+                f"{p.bytes_per_s / 1e6:8,.0f} MB/s  peak RSS {_mib(p.peak_rss)}"
+            )
+            if p.ratio is not None:
+                line += f"  {p.ratio:.2f}x {p.baseline}"
+            extras.append(line + "\n")
+        for t in self.targets:
+            extras.append(f"{t.mark:<4} {t.what}: {t.shown} (target {t.goal}) {t.note}\n")
+        return table + "\n" + "".join(extras) + self._footer()
 
     def _footer(self) -> str:
         lines = ["", "machine: " + ", ".join(f"{k}={v}" for k, v in self.machine.items())]
         if self.peak_rss is not None:
             lines.append(f"peak RSS: {self.peak_rss / MiB:,.0f} MiB")
         return "\n".join(lines) + "\n"
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / MiB:,.0f} MiB"
 
 
 def format_table(
@@ -692,10 +883,11 @@ def fit_cost(measurements: Iterable[Measurement]) -> tuple[float, float] | None:
 
 def format_cost_model(measurements: Sequence[Measurement]) -> str:
     """One line per (op, case): the fitted fixed cost per record and streaming rate."""
-    keys = list(dict.fromkeys((m.op, m.case) for m in measurements))
+    sized = [m for m in measurements if not m.label]  # mixed-size payloads fit no line
+    keys = list(dict.fromkeys((m.op, m.case) for m in sized))
     lines = ["cost model, time per record = fixed + size / rate (relative least squares):"]
     for op, case in keys:
-        fit = fit_cost(m for m in measurements if (m.op, m.case) == (op, case))
+        fit = fit_cost(m for m in sized if (m.op, m.case) == (op, case))
         if fit is not None:
             fixed, rate = fit
             lines.append(
@@ -738,30 +930,80 @@ def measure_envelope(
     """
     keys = BenchKeys.generate() if keys is None else keys
     report = Report() if report is None else report
-    cases = [c for c in CASES if c != VAULT or scope is not None]
     pool = random_pool(batch_bytes)
     for size in sizes:
         count = batch_records(size, batch_bytes, max_records=max_records)
         if progress is not None:
             progress(f"{size_label(size)}: {count} records per batch")
         payload = make_payload(size, count, pool=pool)
-        for op in ("seal", "open"):
-            if op == "seal":
-                fns: dict[str, Callable[[], object]] = {
-                    c: seal_case(c, payload, keys, scope) for c in cases
-                }
-            else:
-                openers = {c: open_case(c, payload, keys, scope) for c in cases}
-                for c, opener in openers.items():
-                    check_plaintexts(c, opener(), payload.datas)
-                fns = dict(openers)
-            samples = time_interleaved(fns, repeats=repeats, warmup=warmup)
-            for c in cases:
-                report.measurements.append(samples[c].measurement(op, c, size, count))
-            del fns
+        measure_payload(
+            payload, repeats=repeats, warmup=warmup, scope=scope, keys=keys, report=report
+        )
         del payload
     report.peak_rss = peak_rss_bytes()
     return report
+
+
+def measure_payload(
+    payload: Payload,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    scope: SealingScope | None = None,
+    keys: BenchKeys | None = None,
+    report: Report | None = None,
+) -> Report:
+    """Measures seal and open of every case on one payload (e.g. a real tree), interleaved.
+
+    Returns:
+        The report, with a ``seal`` and an ``open`` measurement per case added.
+
+    Raises:
+        ConfigError: pyca/cryptography is not installed.
+        AssertionError: a case opened something other than its payload.
+    """
+    keys = BenchKeys.generate() if keys is None else keys
+    report = Report() if report is None else report
+    cases = [c for c in CASES if c != VAULT or scope is not None]
+    for op in ("seal", "open"):
+        if op == "seal":
+            fns: dict[str, Callable[[], object]] = {
+                c: seal_case(c, payload, keys, scope) for c in cases
+            }
+        else:
+            openers = {c: open_case(c, payload, keys, scope) for c in cases}
+            for c, opener in openers.items():
+                check_plaintexts(c, opener(), payload.datas)
+            fns = dict(openers)
+        samples = time_interleaved(fns, repeats=repeats, warmup=warmup)
+        for c in cases:
+            report.measurements.append(samples[c].of(op, c, payload))
+        del fns
+    return report
+
+
+def sqlite_plain_put(conn: sqlite3.Connection, items: Sequence[tuple[str, bytes]]) -> None:
+    """Inserts ``items`` unencrypted with one ``executemany`` transaction (the storage floor)."""
+    conn.execute("BEGIN")
+    try:
+        conn.executemany("INSERT INTO records (name, blob) VALUES (?, ?)", items)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def sqlite_plain_get(
+    conn: sqlite3.Connection, names: Sequence[str], *, chunk: int = 900
+) -> dict[str, bytes]:
+    """Selects ``names`` back from :func:`sqlite_plain_put`'s table (the read floor)."""
+    out: dict[str, bytes] = {}
+    for start in range(0, len(names), chunk):
+        part = names[start : start + chunk]
+        marks = ",".join("?" * len(part))
+        query = f"SELECT name, blob FROM records WHERE name IN ({marks})"  # noqa: S608 (only ?s)
+        out.update(conn.execute(query, part))
+    return out
 
 
 def measure_store(
@@ -774,30 +1016,42 @@ def measure_store(
     directory: str | os.PathLike[str] | None = None,
     keys: BenchKeys | None = None,
     report: Report | None = None,
+    payload: Payload | None = None,
 ) -> Report:
     """Measures ``put_many``/``get_many`` on ``scope`` against the pyca loop with sqlite3.
 
     The baseline seals with :func:`pyca_envelope_seal` and inserts with one ``executemany``
     transaction into a file-backed SQLite database in ``directory`` (a temporary one by default);
-    ``get`` selects the rows back and opens them. Every timed ``put`` writes fresh names.
+    ``get`` selects the rows back and opens them. A third case, ``sqlite3-plain``, stores the
+    same records unencrypted the same way: no envelope store can beat it, so it bounds the
+    ratios. Every timed ``put`` writes fresh names.
+
+    Args:
+        payload: the records to store (e.g. :func:`tree_payload`); by default ``count`` random
+            records of ``size`` bytes.
 
     Returns:
-        The report, with ``put``/``get`` measurements for ``vault`` and ``pyca-loop-sqlite3``.
+        The report, with ``put``/``get`` measurements for ``vault``, ``pyca-loop-sqlite3`` and
+        ``sqlite3-plain``.
     """
     keys = BenchKeys.generate() if keys is None else keys
     report = Report() if report is None else report
-    pool = random_pool(size * count)
+    if payload is None:
+        payload = make_payload(size, count, pool=random_pool(size * count))
+    tag = payload.label
     with _directory(directory) as root:
         conn = open_sqlite_baseline(root / "pyca-baseline.db")
+        plain = open_sqlite_baseline(root / "plain.db")
         try:
             rounds = iter(range(1 << 30))
 
             def fresh() -> list[tuple[str, bytes]]:
-                return make_payload(size, count, pool=pool, prefix=f"r{next(rounds)}/").items()
+                return payload.renamed(f"{tag}/r{next(rounds)}/").items()
 
             puts: dict[str, Callable[[list[tuple[str, bytes]]], object]] = {
                 VAULT: scope.put_many,
                 PYCA_SQLITE: lambda items: pyca_sqlite_put(conn, keys.kek, items),
+                SQLITE_PLAIN: lambda items: sqlite_plain_put(plain, items),
             }
             put_samples = {case: Samples() for case in puts}
             for round_no in range(warmup + repeats):
@@ -806,24 +1060,27 @@ def measure_store(
                     kept = put_samples[case] if round_no >= warmup else None
                     time_once(lambda: put(items), kept)  # noqa: B023 (runs right here)
             for case in puts:
-                report.measurements.append(put_samples[case].measurement("put", case, size, count))
+                report.measurements.append(put_samples[case].of("put", case, payload))
 
-            payload = make_payload(size, count, pool=pool, prefix="get/")
-            scope.put_many(payload.items())
-            pyca_sqlite_put(conn, keys.kek, payload.items())
-            names = payload.names
+            stored = payload.renamed(f"{tag}/get/")
+            scope.put_many(stored.items())
+            pyca_sqlite_put(conn, keys.kek, stored.items())
+            sqlite_plain_put(plain, stored.items())
+            names = stored.names
             getters: dict[str, Callable[[], Mapping[str, bytes]]] = {
                 VAULT: lambda: scope.get_many(names),
                 PYCA_SQLITE: lambda: pyca_sqlite_get(conn, keys.kek, names),
+                SQLITE_PLAIN: lambda: sqlite_plain_get(plain, names),
             }
             for case, get in getters.items():
                 found = get()
-                check_plaintexts(case, [found[n] for n in names], payload.datas)
+                check_plaintexts(case, [found[n] for n in names], stored.datas)
             get_samples = time_interleaved(getters, repeats=repeats, warmup=warmup)
             for case in getters:
-                report.measurements.append(get_samples[case].measurement("get", case, size, count))
+                report.measurements.append(get_samples[case].of("get", case, payload))
         finally:
             conn.close()
+            plain.close()
     report.peak_rss = peak_rss_bytes()
     return report
 
@@ -860,35 +1117,1131 @@ def open_bench_vault(directory: str | os.PathLike[str]) -> tuple[Any, SealingSco
     return vault, scope
 
 
+# --------------------------------------------------------------------------------------------
+# Real and synthetic source trees
+# --------------------------------------------------------------------------------------------
+
+#: Left out of the standard library tree: installed third-party packages and bytecode caches.
+TREE_EXCLUDES: Final = ("__pycache__", "site-packages", "dist-packages")
+#: Record name of the stream case.
+STREAM_NAME: Final = "bench/stream.bin"
+#: The ingest target is stated for this many files; smaller runs scale its time target.
+INGEST_TARGET_FILES: Final = 400_000
+#: Seconds the ingest of :data:`INGEST_TARGET_FILES` files may take.
+INGEST_TARGET_SECONDS: Final = 60.0
+
+
+def stdlib_root() -> Path:
+    """The directory of this interpreter's standard library."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def tree_files(root: Path, *, exclude: Sequence[str] = TREE_EXCLUDES) -> Iterator[Path]:
+    """Regular files under ``root`` in sorted order; no symlinks, ``exclude`` names pruned."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in exclude)
+        for name in sorted(files):
+            path = Path(folder, name)
+            try:
+                if path.is_file() and not path.is_symlink():
+                    yield path
+            except OSError:
+                continue
+
+
+def tree_payload(
+    root: Path | None = None, *, limit_bytes: int | None = None, source: str = "stdlib"
+) -> Payload:
+    """The files of a real source tree (the standard library by default) as one payload.
+
+    Args:
+        root: the tree; :func:`stdlib_root` by default.
+        limit_bytes: take files in sorted order while they fit in this many bytes, skipping
+            any that would not (for quick runs; ``None``: the whole tree).
+        source: the payload's label in tables (``seal-stdlib``, ...).
+
+    Returns:
+        A mixed-size payload named by POSIX paths relative to ``root``; files whose names are
+        not UTF-8, or that cannot be read, are left out.
+    """
+    root = stdlib_root() if root is None else root
+    names: list[str] = []
+    datas: list[bytes] = []
+    total = 0
+    for path in tree_files(root):
+        name = path.relative_to(root).as_posix()
+        try:
+            name.encode()
+            if limit_bytes is not None and total + path.stat().st_size > limit_bytes:
+                continue
+            data = path.read_bytes()
+        except (UnicodeEncodeError, OSError):
+            continue
+        names.append(name)
+        datas.append(data)
+        total += len(data)
+    if not datas:
+        raise ConfigError(f"no readable files under {root}")
+    mean = max(1, total // len(datas))
+    return Payload(mean, names, [n.encode() for n in names], datas, source)
+
+
+def stdlib_py_sizes(root: Path | None = None) -> list[int]:
+    """Sizes of the ``.py`` files of the standard library: the ingest case's distribution."""
+    root = stdlib_root() if root is None else root
+    sizes = [p.stat().st_size for p in tree_files(root) if p.suffix == ".py"]
+    if not sizes:
+        raise ConfigError(f"no .py files under {root}")
+    return sizes
+
+
+def synthetic_files(
+    count: int, *, seed: int = 0, sizes: Sequence[int] | None = None, pool: bytes | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """A synthetic source tree of ``count`` files, generated lazily (nothing is kept).
+
+    Names are ``repo/pkg_{i // 100}/mod_{i % 100}.py``; sizes are drawn (seeded) from
+    ``sizes`` (:func:`stdlib_py_sizes` by default); contents are slices of one random pool, so
+    generating a file costs one copy of its bytes.
+    """
+    sizes = stdlib_py_sizes() if sizes is None else list(sizes)
+    largest = max(sizes)
+    if pool is None:
+        pool = random_pool(8 * MiB + largest)
+    if len(pool) <= largest:
+        raise ValueError("the pool must be larger than the largest file")
+    rng = random.Random(seed)  # noqa: S311 (file sizes, not secrets)
+    span = len(pool) - largest
+    for i in range(count):
+        size = rng.choice(sizes)
+        start = rng.randrange(span)
+        yield f"repo/pkg_{i // 100}/mod_{i % 100}.py", pool[start : start + size]
+
+
+class PatternReader:
+    """A binary file object of ``nbytes`` bytes cut from a random pool (a stream's source)."""
+
+    def __init__(self, nbytes: int, pool: bytes | None = None) -> None:
+        self._pool = random_pool(8 * MiB) if pool is None else pool
+        self._left = nbytes
+        self._pos = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left if negative); ``b""`` at the end."""
+        n = self._left if size < 0 else min(size, self._left)
+        n = min(n, len(self._pool))
+        start = (self._pos * 7) % (len(self._pool) - n + 1)
+        self._pos += n
+        self._left -= n
+        return self._pool[start : start + n]
+
+
+# --------------------------------------------------------------------------------------------
+# Bounds: what the machine allows at all
+# --------------------------------------------------------------------------------------------
+
+#: Keys of :func:`measure_bounds`' result.
+MEMCPY_1: Final = "memcpy_bytes_per_s_1_thread"
+MEMCPY_ALL: Final = "memcpy_bytes_per_s_all_cores"
+FRESH_1: Final = "fresh_page_write_bytes_per_s_1_thread"
+FRESH_ALL: Final = "fresh_page_write_bytes_per_s_all_cores"
+DISK_FSYNC: Final = "disk_write_fsync_bytes_per_s"
+FIXED_SEAL: Final = "core_seal_seconds_per_16B_record"
+FIXED_OPEN: Final = "core_open_seconds_per_16B_record"
+
+
+def _parallel_seconds(threads: int, work: Callable[[int], object]) -> float:
+    """Wall time of ``work(0) ... work(threads - 1)`` on their own threads."""
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - start
+
+
+def memcpy_rate(nbytes: int, threads: int, *, repeats: int = 5) -> float:
+    """Bytes per second ``threads`` threads copy between pre-faulted buffers (``memmove``).
+
+    Decrypting or encrypting reads and writes every byte, so it cannot beat this.
+    """
+    import ctypes
+
+    src = [ctypes.create_string_buffer(nbytes) for _ in range(threads)]
+    dst = [ctypes.create_string_buffer(nbytes) for _ in range(threads)]
+    for buf in (*src, *dst):
+        ctypes.memset(buf, 1, nbytes)  # fault every page in before timing
+    # ctypes releases the GIL around the call, so the threads copy in parallel.
+    runs = [
+        _parallel_seconds(threads, lambda i: ctypes.memmove(dst[i], src[i], nbytes))
+        for _ in range(repeats)
+    ]
+    return threads * nbytes / statistics.median(runs)
+
+
+def fresh_write_rate(nbytes: int, threads: int, *, repeats: int = 5) -> float:
+    """Bytes per second ``threads`` threads write into fresh anonymous pages (``memset``).
+
+    Every page faults on first touch and the kernel zeroes it: the floor of producing fresh
+    output that the allocator had handed back to the kernel.
+    """
+    import ctypes
+
+    runs = []
+    for _ in range(repeats):
+        maps = [mmap.mmap(-1, nbytes) for _ in range(threads)]
+        views = [ctypes.c_char.from_buffer(m) for m in maps]
+        addrs = [ctypes.addressof(v) for v in views]
+        runs.append(_parallel_seconds(threads, lambda i: ctypes.memset(addrs[i], 0, nbytes)))  # noqa: B023
+        del views
+        for m in maps:
+            m.close()
+    return threads * nbytes / statistics.median(runs)
+
+
+def disk_write_rate(directory: Path, nbytes: int) -> float:
+    """Bytes per second written to a new file in ``directory`` in 1 MiB chunks, then fsynced."""
+    pool = random_pool(MiB)
+    path = directory / "disk-rate.tmp"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        start = time.perf_counter()
+        try:
+            for _ in range(max(1, nbytes // MiB)):
+                os.write(fd, pool)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return max(1, nbytes // MiB) * MiB / (time.perf_counter() - start)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def core_fixed_costs(
+    keys: BenchKeys, *, records: int = 8192, repeats: int = 5
+) -> tuple[float, float]:
+    """Seconds per record of ``_core.seal_blobs`` and ``open_blobs`` on 16-byte records.
+
+    The per-record work the record format mandates whatever the size (a DEK from the CSPRNG,
+    its wrap, the HKDF key commitment, the name's blind index) plus the Python/Rust crossing,
+    on all cores.
+    """
+    payload = make_payload(16, records, pool=random_pool(16 * records))
+    sealing = seal_case(KEYCUSTODY, payload, keys)
+    opening = open_case(KEYCUSTODY, payload, keys)
+    samples = time_interleaved({"seal": sealing, "open": opening}, repeats=repeats)
+    return (
+        statistics.median(samples["seal"].seconds) / records,
+        statistics.median(samples["open"].seconds) / records,
+    )
+
+
+def measure_bounds(
+    directory: Path,
+    keys: BenchKeys,
+    *,
+    buffer_bytes: int = 32 * MiB,
+    disk_bytes: int = 256 * MiB,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Measures the machine's limits that bound the targets (see the ``*_1``/``*_ALL`` keys).
+
+    Memory copy and fresh-page write rates on one thread and on all cores, the fsynced disk
+    write rate in ``directory``, and the record format's fixed cost per record.
+    """
+    cores = os.cpu_count() or 1
+    bounds: dict[str, float] = {}
+    try:
+        bounds[MEMCPY_1] = memcpy_rate(buffer_bytes, 1, repeats=repeats)
+        bounds[MEMCPY_ALL] = memcpy_rate(buffer_bytes, cores, repeats=repeats)
+        bounds[FRESH_1] = fresh_write_rate(buffer_bytes, 1, repeats=repeats)
+        bounds[FRESH_ALL] = fresh_write_rate(buffer_bytes, cores, repeats=repeats)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass  # no ctypes or no anonymous mmap here: those bounds stay unknown
+    if disk_bytes > 0:
+        bounds[DISK_FSYNC] = disk_write_rate(directory, disk_bytes)
+    bounds[FIXED_SEAL], bounds[FIXED_OPEN] = core_fixed_costs(keys, repeats=repeats)
+    return bounds
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-process phases (streams, ingest), each in a child process for its peak RSS
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One timed whole-process job (a stream or an ingest), run in a child process.
+
+    ``base_rss`` is the child's RSS just before the timed work, after imports and setup.
+    ``kms_calls`` counts the calls after ``Vault.open`` (whose own calls, e.g. the audit
+    trail's key, are ``extra["kms_calls_vault_open"]``).
+
+    ``peak_rss`` is the child's own peak (``VmHWM``, see :func:`own_peak_rss`) over its whole
+    life, interpreter, imports and setup included.
+    """
+
+    name: str
+    seconds: float
+    nbytes: int
+    items: int
+    peak_rss: int | None
+    base_rss: int | None
+    #: KMS calls of the work after ``Vault.open`` (a cold key cache), if a vault was used.
+    kms_calls: int | None = None
+    #: The baseline measured in the same child after the phase (e.g. ``pyca-raw-aesgcm``).
+    baseline: str = ""
+    baseline_seconds: float | None = None
+    baseline_nbytes: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Payload bytes per second."""
+        return self.nbytes / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        """Files (or segments) per second."""
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def baseline_bytes_per_s(self) -> float | None:
+        """The baseline's bytes per second, if one was measured."""
+        if not self.baseline_seconds:
+            return None
+        return self.baseline_nbytes / self.baseline_seconds
+
+    @property
+    def ratio(self) -> float | None:
+        """Throughput over the baseline's (``0.5``: half the baseline's speed)."""
+        base = self.baseline_bytes_per_s
+        return None if not base else self.bytes_per_s / base
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, including the derived rates."""
+        return {
+            "name": self.name,
+            "seconds": self.seconds,
+            "bytes": self.nbytes,
+            "items": self.items,
+            "bytes_per_s": self.bytes_per_s,
+            "items_per_s": self.items_per_s,
+            "peak_rss_bytes": self.peak_rss,
+            "base_rss_bytes": self.base_rss,
+            "kms_calls": self.kms_calls,
+            "baseline": self.baseline or None,
+            "baseline_seconds": self.baseline_seconds,
+            "baseline_bytes": self.baseline_nbytes,
+            "baseline_bytes_per_s": self.baseline_bytes_per_s,
+            "ratio": self.ratio,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Phase:
+        """The phase :meth:`to_dict` described (e.g. a child process's result)."""
+        return cls(
+            name=str(d["name"]),
+            seconds=float(d["seconds"]),
+            nbytes=int(d["bytes"]),
+            items=int(d["items"]),
+            peak_rss=d["peak_rss_bytes"],
+            base_rss=d["base_rss_bytes"],
+            kms_calls=d["kms_calls"],
+            baseline=d["baseline"] or "",
+            baseline_seconds=d["baseline_seconds"],
+            baseline_nbytes=int(d["baseline_bytes"]),
+            extra={str(k): float(v) for k, v in d["extra"].items()},
+        )
+
+
+_CHILD_CODE: Final = (
+    "import sys; from keycustody.bench import child_main; sys.exit(child_main(sys.argv[1:]))"
+)
+
+
+def run_child(task: str, **kwargs: Any) -> Any:
+    """Runs ``task`` (see :data:`_CHILD_TASKS`) in a fresh Python process; returns its result.
+
+    The child's stderr is this process's (progress bars, errors); its result is the last line
+    of its stdout, as JSON.
+
+    Raises:
+        RuntimeError: the child failed.
+    """
+    proc = subprocess.run(  # noqa: S603 (this interpreter, fixed code, JSON arguments)
+        [sys.executable, "-c", _CHILD_CODE, task, json.dumps(kwargs)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench child {task!r} failed with exit code {proc.returncode}")
+    return json.loads(lines[-1])
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """Entry point of a child process: ``TASK JSON-ARGS``; prints the result as JSON."""
+    task, raw = argv
+    result = _CHILD_TASKS[task](**json.loads(raw))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _reopen_bench_vault(directory: str) -> tuple[Any, Any, int]:
+    """The vault :func:`open_bench_vault` made in ``directory``, reopened (a cold key cache).
+
+    Returns:
+        ``(vault, scope, KMS calls Vault.open made)``; the scope's own calls come after those.
+    """
+    from keycustody import LocalKMS, Vault
+
+    root = Path(directory)
+    vault = Vault.open(f"sqlite:///{root / 'bench.db'}", kms=LocalKMS(str(root / "kek")))
+    return vault, vault.scope("bench"), int(vault.kms_calls)
+
+
+def _raw_stream_seconds(op: str, nbytes: int) -> float:
+    """Seconds raw single-thread AES-256-GCM takes on ``nbytes`` in 1 MiB chunks (one key).
+
+    Each output is dropped at once, as a streaming consumer does.
+    """
+    aesgcm = load_aesgcm()
+    aead = aesgcm(aesgcm.generate_key(256))
+    pool = random_pool(4 * MiB)
+    chunks = [pool[i * MiB : (i + 1) * MiB] for i in range(4)]
+    count = max(1, nbytes // MiB)
+    if op == "seal":
+        start = time.perf_counter()
+        for i in range(count):
+            aead.encrypt(os.urandom(_NONCE_LEN), chunks[i % 4], None)
+        return time.perf_counter() - start
+    nonces = [os.urandom(_NONCE_LEN) for _ in chunks]
+    sealed = [aead.encrypt(n, c, None) for n, c in zip(nonces, chunks, strict=True)]
+    start = time.perf_counter()
+    for i in range(count):
+        aead.decrypt(nonces[i % 4], sealed[i % 4], None)
+    return time.perf_counter() - start
+
+
+def _child_stream(directory: str, op: str, mib: int, raw_mib: int) -> dict[str, Any]:
+    """put_stream (``op="put"``) or open_stream and read to the end (``"open"``)."""
+    vault, scope, open_calls = _reopen_bench_vault(directory)
+    try:
+        nbytes = mib * MiB
+        if op == "put":
+            source = PatternReader(nbytes)
+            base = rss_bytes()
+            start = time.perf_counter()
+            info = scope.put_stream(STREAM_NAME, source)
+            seconds = time.perf_counter() - start
+            if info.size != nbytes:
+                raise AssertionError(f"put_stream stored {info.size} bytes, not {nbytes}")
+        else:
+            buffer = bytearray(MiB)
+            base = rss_bytes()
+            start = time.perf_counter()
+            total = 0
+            with scope.open_stream(STREAM_NAME) as reader:
+                while n := reader.readinto(buffer):
+                    total += n
+            seconds = time.perf_counter() - start
+            if total != nbytes:
+                raise AssertionError(f"open_stream read {total} bytes, not {nbytes}")
+        peak = own_peak_rss()
+        calls = int(vault.kms_calls) - open_calls
+    finally:
+        vault.close()
+    raw_bytes = max(1, min(raw_mib, mib)) * MiB
+    raw_seconds = _raw_stream_seconds("seal" if op == "put" else "open", raw_bytes)
+    return Phase(
+        f"{op}_stream",
+        seconds,
+        nbytes,
+        -(-nbytes // MiB),
+        peak,
+        base,
+        calls,
+        PYCA_RAW,
+        raw_seconds,
+        raw_bytes,
+        {"kms_calls_vault_open": float(open_calls)},
+    ).to_dict()
+
+
+def _progress_items(
+    items: Iterable[tuple[str, bytes]], total: int, counter: list[int], *, show: bool
+) -> Iterator[tuple[str, bytes]]:
+    """Passes ``items`` through, counting bytes into ``counter[0]``, with a progress bar."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(
+        console=console, disable=not (show and console.is_terminal), transient=True
+    ) as bar:
+        task = bar.add_task("ingest", total=total)
+        done = 0
+        for item in items:
+            counter[0] += len(item[1])
+            done += 1
+            if done % 1000 == 0:
+                bar.update(task, completed=done)
+            yield item
+        bar.update(task, completed=done)
+
+
+def _child_ingest(
+    directory: str, files: int, seed: int, commit_every: int, progress: bool
+) -> dict[str, Any]:
+    """put_many of ``files`` synthetic files (a generator) into the vault, committing often."""
+    sizes = stdlib_py_sizes()
+    vault, scope, open_calls = _reopen_bench_vault(directory)
+    counter = [0]
+    try:
+        items = _progress_items(
+            synthetic_files(files, seed=seed, sizes=sizes), files, counter, show=progress
+        )
+        base = rss_bytes()
+        start = time.perf_counter()
+        stored = len(scope.put_many(items, commit_every=commit_every))
+        seconds = time.perf_counter() - start
+        peak = own_peak_rss()
+        calls = int(vault.kms_calls) - open_calls
+    finally:
+        vault.close()
+    if stored != files:
+        raise AssertionError(f"put_many stored {stored} records, not {files}")
+    start = time.perf_counter()
+    generated = sum(len(d) for _, d in synthetic_files(files, seed=seed, sizes=sizes))
+    generate_seconds = time.perf_counter() - start
+    extra = {
+        "generate_seconds": generate_seconds,
+        "commit_every": float(commit_every),
+        "kms_calls_vault_open": float(open_calls),
+    }
+    if generated != counter[0]:
+        raise AssertionError("the synthetic tree is not reproducible")
+    return Phase("ingest", seconds, counter[0], files, peak, base, calls, extra=extra).to_dict()
+
+
+def _child_ingest_floor(
+    directory: str, files: int, seed: int, commit_every: int
+) -> dict[str, Any]:
+    """The same files inserted unencrypted with sqlite3 and the vault's pragmas: the floor."""
+    from keycustody.storage.engine import SQLITE_PRAGMAS
+
+    sizes = stdlib_py_sizes()
+    conn = sqlite3.connect(Path(directory) / "floor.db", isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+        conn.execute("CREATE TABLE records (name TEXT PRIMARY KEY, blob BLOB NOT NULL)")
+        items = synthetic_files(files, seed=seed, sizes=sizes)
+        nbytes = 0
+        base = rss_bytes()
+        start = time.perf_counter()
+        while chunk := list(islice(items, commit_every)):
+            nbytes += sum(len(d) for _, d in chunk)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO records (name, blob) VALUES (?, ?)", chunk)
+            conn.execute("COMMIT")
+            del chunk
+        seconds = time.perf_counter() - start
+        peak = own_peak_rss()
+    finally:
+        conn.close()
+    return Phase(f"ingest-{SQLITE_PLAIN}", seconds, nbytes, files, peak, base).to_dict()
+
+
+def _child_stream_floor(directory: str, mib: int) -> list[dict[str, Any]]:
+    """``mib`` MiB as 1 MiB blobs written (one transaction) then read back with sqlite3 alone.
+
+    Unencrypted, the vault's pragmas, the simplest code: the floor of put_stream/open_stream.
+    """
+    from keycustody.storage.engine import SQLITE_PRAGMAS
+
+    pool = random_pool(4 * MiB)
+    chunks = [pool[i * MiB : (i + 1) * MiB] for i in range(4)]
+    conn = sqlite3.connect(Path(directory) / "stream-floor.db", isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+        conn.execute("CREATE TABLE segments (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        base = rss_bytes()
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        for seq in range(mib):
+            conn.execute("INSERT INTO segments (seq, body) VALUES (?, ?)", (seq, chunks[seq % 4]))
+        conn.execute("COMMIT")
+        put_seconds = time.perf_counter() - start
+        put_peak = own_peak_rss()
+        reset_peak_rss()
+        open_base = rss_bytes()
+        start = time.perf_counter()
+        total = sum(len(b) for (b,) in conn.execute("SELECT body FROM segments ORDER BY seq"))
+        open_seconds = time.perf_counter() - start
+        open_peak = window_peak_rss()
+    finally:
+        conn.close()
+    if total != mib * MiB:
+        raise AssertionError(f"read {total} bytes back, not {mib * MiB}")
+    name = f"stream-{SQLITE_PLAIN}"
+    return [
+        Phase(f"put_{name}", put_seconds, total, mib, put_peak, base).to_dict(),
+        Phase(f"open_{name}", open_seconds, total, mib, open_peak, open_base).to_dict(),
+    ]
+
+
+_CHILD_TASKS: Final[Mapping[str, Callable[..., Any]]] = {
+    "stream": _child_stream,
+    "stream-floor": _child_stream_floor,
+    "ingest": _child_ingest,
+    "ingest-floor": _child_ingest_floor,
+}
+
+
+def measure_stream(root: Path, mib: int, *, raw_mib: int = 256) -> list[Phase]:
+    """put_stream then open_stream of ``mib`` MiB through a fresh vault in ``root``.
+
+    Each runs in its own child process (a cold key cache; ``peak_rss`` is that phase's alone),
+    followed in the same child by raw single-thread AES-256-GCM on ``min(raw_mib, mib)`` MiB.
+    Then, in a third child, sqlite3 alone writes and reads the same bytes unencrypted (the
+    ``*_stream-sqlite3-plain`` phases, the floor).
+    """
+    opened = open_bench_vault(root)
+    if opened is None:
+        return []
+    opened[0].close()
+    phases = [
+        Phase.from_dict(run_child("stream", directory=str(root), op=op, mib=mib, raw_mib=raw_mib))
+        for op in ("put", "open")
+    ]
+    (root / "bench.db").unlink(missing_ok=True)
+    floor = run_child("stream-floor", directory=str(root), mib=mib)
+    phases.extend(Phase.from_dict(d) for d in floor)
+    return phases
+
+
+def measure_ingest(
+    root: Path, files: int, *, seed: int = 0, commit_every: int = 50_000, progress: bool = False
+) -> list[Phase]:
+    """put_many of ``files`` synthetic files into a fresh file-backed vault, then the floor.
+
+    Both run in child processes, one after the other, each into its own database under
+    ``root``; the vault's database is deleted before the floor runs.
+    """
+    vault_dir = root / "ingest"
+    opened = open_bench_vault(vault_dir)
+    if opened is None:
+        return []
+    opened[0].close()
+    result = run_child(
+        "ingest",
+        directory=str(vault_dir),
+        files=files,
+        seed=seed,
+        commit_every=commit_every,
+        progress=progress,
+    )
+    phases = [Phase.from_dict(result)]
+    shutil.rmtree(vault_dir, ignore_errors=True)
+    floor_dir = root / "ingest-floor"
+    floor_dir.mkdir(parents=True, exist_ok=True)
+    result = run_child(
+        "ingest-floor", directory=str(floor_dir), files=files, seed=seed, commit_every=commit_every
+    )
+    shutil.rmtree(floor_dir, ignore_errors=True)
+    phases.append(Phase.from_dict(result))
+    return phases
+
+
+# --------------------------------------------------------------------------------------------
+# Targets (issue 5) and the whole run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One performance target of the issue, its measured value, and the bound that limits it.
+
+    ``passed`` is ``None`` when the run did not measure it. ``bound`` is the best value the
+    machine allows for it as measured (same unit as ``value``), when one was computed.
+    """
+
+    key: str
+    what: str
+    goal: str
+    value: float | None
+    shown: str
+    passed: bool | None
+    bound: float | None = None
+    note: str = ""
+
+    @property
+    def mark(self) -> str:
+        """``PASS``, ``FAIL`` or ``n/a``."""
+        return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "key": self.key,
+            "what": self.what,
+            "goal": self.goal,
+            "value": self.value,
+            "shown": self.shown,
+            "passed": self.passed,
+            "bound": self.bound,
+            "note": self.note,
+        }
+
+
+def _per_record(m: Measurement | None) -> float | None:
+    return None if m is None else m.median / m.records
+
+
+def _ratio_target(
+    report: Report,
+    key: str,
+    what: str,
+    op: str,
+    size: int,
+    baseline: str,
+    goal: float,
+    bound: float | None,
+    note: str,
+    case: str = VAULT,
+) -> Target:
+    m = report.find(op, size, case)
+    ratio = None if m is None else report.ratio(m, baseline)
+    shown = "not measured" if ratio is None else f"{ratio:.2f}x"
+    passed = None if ratio is None else ratio >= goal
+    if bound is not None:
+        note = f"bound {bound:.2f}x: {note}"
+    return Target(key, what, f">= {goal:g}x", ratio, shown, passed, bound, note)
+
+
+def _envelope_bound(report: Report, op: str, size: int) -> float | None:
+    """Best vault/pyca-loop ratio at ``size``: the format's fixed cost plus AES at raw speed.
+
+    AES-GCM runs at the raw 1 MiB open rate (no page faults) on every core, in parallel.
+    """
+    fixed = report.bounds.get(FIXED_SEAL if op == "seal" else FIXED_OPEN)
+    raw = report.find("open", MiB, PYCA_RAW)
+    loop = _per_record(report.find(op, size, PYCA_LOOP))
+    if fixed is None or raw is None or loop is None:
+        return None
+    cores = os.cpu_count() or 1
+    return loop / (fixed + size / (raw.bytes_per_s * cores))
+
+
+def evaluate_targets(report: Report) -> list[Target]:
+    """The targets of the performance issue, checked against ``report``, with their bounds."""
+    b = report.bounds
+    cores = os.cpu_count() or 1
+    targets: list[Target] = []
+    for op, api in (("seal", "seal_many"), ("open", "open_many")):
+        fixed = b.get(FIXED_SEAL if op == "seal" else FIXED_OPEN)
+        note = (
+            f"fixed {fixed * 1e6:.2f} us/record (16 B records) + AES-GCM at raw 1 MiB "
+            f"speed x {cores} cores"
+            if fixed is not None
+            else ""
+        )
+        targets.append(
+            _ratio_target(
+                report,
+                f"{op}_many_4KiB",
+                f"{api} 4 KiB vs pyca loop",
+                op,
+                4 * KiB,
+                PYCA_LOOP,
+                8.0,
+                _envelope_bound(report, op, 4 * KiB),
+                note,
+            )
+        )
+    for op, api in (("seal", "seal_many"), ("open", "open_many")):
+        raw = _per_record(report.find(op, MiB, PYCA_RAW))
+        vault = report.find(op, MiB, VAULT)
+        bound = None
+        note = ""
+        faulting = vault is not None and (vault.faults_per_record or 0) > MiB / 4096 / 4
+        rate = b.get(FRESH_ALL if faulting else MEMCPY_ALL)
+        if raw is not None and rate is not None:
+            bound = raw / (MiB / rate)
+            note = (
+                f"fresh-page writes {rate / 1e9:.2f} GB/s on {cores} cores "
+                f"({vault.faults_per_record:.0f} faults/record)"
+                if faulting and vault is not None and vault.faults_per_record is not None
+                else f"memory copy {rate / 1e9:.2f} GB/s on {cores} cores"
+            )
+        targets.append(
+            _ratio_target(
+                report,
+                f"{op}_many_1MiB",
+                f"{api} 1 MiB vs raw AES-GCM (1 thread)",
+                op,
+                MiB,
+                PYCA_RAW,
+                1.6,
+                bound,
+                note,
+            )
+        )
+    for op, api, goal in (("put", "put_many", 1.5), ("get", "get_many", 3.0)):
+        base = report.find(op, 4 * KiB, PYCA_SQLITE)
+        plain = report.find(op, 4 * KiB, SQLITE_PLAIN)
+        bound = None if base is None or plain is None else base.median / plain.median
+        targets.append(
+            _ratio_target(
+                report,
+                f"{op}_many_4KiB",
+                f"{api} 4 KiB SQLite vs pyca loop + sqlite3",
+                op,
+                4 * KiB,
+                PYCA_SQLITE,
+                goal,
+                bound,
+                "sqlite3 alone, unencrypted",
+            )
+        )
+    targets.extend(_stream_targets(report))
+    targets.extend(_ingest_targets(report))
+    return targets
+
+
+def _stream_targets(report: Report) -> list[Target]:
+    targets: list[Target] = []
+    disk = report.bounds.get(DISK_FSYNC)
+    for name in ("put_stream", "open_stream"):
+        floor = report.phase(f"{name.split('_')[0]}_stream-{SQLITE_PLAIN}")
+        p = report.phase(name)
+        size = "" if p is None else f" ({p.nbytes / MiB:,.0f} MiB)"
+        rss = None if p is None else p.peak_rss
+        targets.append(
+            Target(
+                f"{name}_rss",
+                f"{name}{size} peak RSS",
+                "< 100 MiB",
+                None if rss is None else float(rss),
+                "not measured" if rss is None else _mib(rss),
+                None if rss is None else rss < 100 * MiB,
+                note="" if p is None or p.base_rss is None else f"{_mib(p.base_rss)} before it",
+            )
+        )
+        ratio = None if p is None else p.ratio
+        bound = None
+        note = ""
+        raw = None if p is None else p.baseline_bytes_per_s
+        if floor is not None and raw:
+            bound = floor.bytes_per_s / raw
+            rate = floor.bytes_per_s / 1e6
+            note = f"bound {bound:.2f}x: sqlite3 alone, unencrypted, {rate:,.0f} MB/s"
+            if name == "put_stream" and disk:
+                note += f" (disk {disk / 1e6:,.0f} MB/s with fsync; WAL + checkpoint write twice)"
+        targets.append(
+            Target(
+                f"{name}_speed",
+                f"{name}{size} vs raw AES-GCM (1 thread)",
+                ">= 0.5x",
+                ratio,
+                "not measured" if ratio is None else f"{ratio:.2f}x",
+                None if ratio is None else ratio >= 0.5,
+                bound,
+                note,
+            )
+        )
+    return targets
+
+
+def _ingest_targets(report: Report) -> list[Target]:
+    p = report.phase("ingest")
+    floor = report.phase(f"ingest-{SQLITE_PLAIN}")
+    if p is None:
+        return [
+            Target("ingest_seconds", "ingest into SQLite", "not run", None, "not measured", None)
+        ]
+    goal = INGEST_TARGET_SECONDS * p.items / INGEST_TARGET_FILES
+    scaled = "" if p.items == INGEST_TARGET_FILES else " (scaled to the file count)"
+    note = "" if floor is None else f"bound {floor.seconds:.1f} s: sqlite3 alone, unencrypted"
+    return [
+        Target(
+            "ingest_seconds",
+            f"ingest of {p.items:,} files ({p.nbytes / 1e9:.2f} GB) into SQLite",
+            f"<= {goal:.1f} s{scaled}",
+            p.seconds,
+            f"{p.seconds:.1f} s",
+            p.seconds <= goal,
+            None if floor is None else floor.seconds,
+            note,
+        ),
+        Target(
+            "ingest_rss",
+            f"ingest of {p.items:,} files peak RSS",
+            "< 1 GiB",
+            None if p.peak_rss is None else float(p.peak_rss),
+            _mib(p.peak_rss),
+            None if p.peak_rss is None else p.peak_rss < 2**30,
+            note="" if p.base_rss is None else f"{_mib(p.base_rss)} before it",
+        ),
+        Target(
+            "kms_calls",
+            f"KMS calls for {p.items:,} records, cold cache, 1 scope key version",
+            "<= 1",
+            None if p.kms_calls is None else float(p.kms_calls),
+            "?" if p.kms_calls is None else f"{p.kms_calls}",
+            None if p.kms_calls is None else p.kms_calls <= 1,
+            note=(
+                f"plus {opening:.0f} at Vault.open (not per scope or record)"
+                if (opening := p.extra.get("kms_calls_vault_open"))
+                else ""
+            ),
+        ),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What :func:`run_bench` measures, and how long it takes."""
+
+    sizes: tuple[int, ...] = tuple(SIZES.values())
+    repeats: int = 5
+    warmup: int = 1
+    batch_bytes: int = BATCH_BYTES
+    max_records: int = MAX_RECORDS
+    store_records: int = 4096
+    stdlib: bool = True
+    #: Stop reading the standard library after this many bytes (``None``: all of it).
+    stdlib_bytes: int | None = None
+    #: Payload of the put_stream/open_stream case in MiB (0: skip).
+    stream_mib: int = 1024
+    #: Files of the ingest case (0: skip).
+    ingest_files: int = INGEST_TARGET_FILES
+    commit_every: int = 50_000
+    bounds_bytes: int = 32 * MiB
+    disk_bytes: int = 256 * MiB
+    #: Where the temporary vaults and databases go (the system's temp folder by default).
+    directory: str | None = None
+    progress_bars: bool = False
+
+    @classmethod
+    def quick(cls, **changes: Any) -> BenchConfig:
+        """A smoke-test configuration: a few sizes, small batches, small stream and ingest."""
+        quick: dict[str, Any] = {
+            "sizes": (4 * KiB, MiB),
+            "repeats": 3,
+            "batch_bytes": 8 * MiB,
+            "max_records": 2048,
+            "store_records": 1024,
+            "stdlib_bytes": 8 * MiB,
+            "stream_mib": 32,
+            "ingest_files": 10_000,
+            "commit_every": 5_000,
+            "bounds_bytes": 8 * MiB,
+            "disk_bytes": 32 * MiB,
+        }
+        quick.update(changes)
+        return cls(**quick)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "sizes": [size_label(s) for s in self.sizes],
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "batch_bytes": self.batch_bytes,
+            "max_records": self.max_records,
+            "store_records": self.store_records,
+            "stdlib": self.stdlib,
+            "stdlib_bytes": self.stdlib_bytes,
+            "stream_mib": self.stream_mib,
+            "ingest_files": self.ingest_files,
+            "commit_every": self.commit_every,
+        }
+
+
+def run_bench(
+    config: BenchConfig | None = None, *, progress: Callable[[str], None] | None = None
+) -> Report:
+    """Every measurement of the performance issue, with bounds and targets (``keycustody bench``).
+
+    Envelope cases at each size and on the standard library, the store path at 4 KiB and on
+    the standard library, the machine's bounds, put_stream/open_stream and the synthetic
+    ingest (each in a child process), then :func:`evaluate_targets`.
+
+    Raises:
+        ConfigError: pyca/cryptography is not installed.
+        RuntimeError: a child process failed.
+    """
+    config = BenchConfig() if config is None else config
+    say = progress or (lambda _msg: None)
+    report = Report(config=config.to_dict())
+    keys = BenchKeys.generate()
+    start = time.perf_counter()
+    # Everything imported so far lives on: keep it out of the full collection that precedes
+    # each timed run (with SQLAlchemy loaded, a full collection otherwise takes ~40 ms).
+    gc.freeze()
+    try:
+        _run_cases(config, report, keys, say)
+    finally:
+        gc.unfreeze()
+    report.targets = evaluate_targets(report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_cases(
+    config: BenchConfig, report: Report, keys: BenchKeys, say: Callable[[str], None]
+) -> None:
+    if config.directory is not None:
+        Path(config.directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="keycustody-bench-", dir=config.directory) as tmp:
+        root = Path(tmp)
+        opened = open_bench_vault(root / "vault")
+        scope = None if opened is None else opened[1]
+        try:
+            calls = None if opened is None else int(opened[0].kms_calls)
+            say("envelope: seal/open at " + ", ".join(size_label(s) for s in config.sizes))
+            measure_envelope(
+                config.sizes,
+                repeats=config.repeats,
+                warmup=config.warmup,
+                batch_bytes=config.batch_bytes,
+                max_records=config.max_records,
+                scope=scope,
+                keys=keys,
+                report=report,
+                progress=say,
+            )
+            if scope is not None:
+                say(f"store: put_many/get_many of {config.store_records:,} 4 KiB records")
+                measure_store(
+                    scope,
+                    4 * KiB,
+                    count=config.store_records,
+                    repeats=config.repeats,
+                    warmup=config.warmup,
+                    directory=root / "store",
+                    keys=keys,
+                    report=report,
+                )
+            if config.stdlib:
+                tree = tree_payload(limit_bytes=config.stdlib_bytes)
+                say(f"stdlib: {tree.count:,} files, {tree.nbytes / 1e6:,.1f} MB")
+                measure_payload(
+                    tree,
+                    repeats=config.repeats,
+                    warmup=config.warmup,
+                    scope=scope,
+                    keys=keys,
+                    report=report,
+                )
+                if scope is not None:
+                    measure_store(
+                        scope,
+                        repeats=config.repeats,
+                        warmup=config.warmup,
+                        directory=root / "store",
+                        keys=keys,
+                        report=report,
+                        payload=tree,
+                    )
+                del tree
+            if opened is not None and calls is not None:
+                report.kms["calls_after_scope_setup"] = int(opened[0].kms_calls) - calls
+        finally:
+            if opened is not None:
+                opened[0].close()
+        report.peak_rss = peak_rss_bytes()
+        say("bounds: memory copy, fresh pages, disk, fixed cost per record")
+        report.bounds = measure_bounds(
+            root,
+            keys,
+            buffer_bytes=config.bounds_bytes,
+            disk_bytes=config.disk_bytes,
+            repeats=config.repeats,
+        )
+        if config.stream_mib > 0:
+            say(f"stream: put_stream/open_stream of {config.stream_mib:,} MiB (child processes)")
+            report.phases.extend(measure_stream(root / "stream", config.stream_mib))
+            shutil.rmtree(root / "stream", ignore_errors=True)
+        if config.ingest_files > 0:
+            say(f"ingest: {config.ingest_files:,} synthetic files (child processes)")
+            report.phases.extend(
+                measure_ingest(
+                    root,
+                    config.ingest_files,
+                    commit_every=config.commit_every,
+                    progress=config.progress_bars,
+                )
+            )
+        ingest = report.phase("ingest")
+        if ingest is not None and ingest.kms_calls is not None:
+            report.kms["ingest_cold_cache"] = ingest.kms_calls
+            report.kms["ingest_vault_open"] = int(ingest.extra.get("kms_calls_vault_open", 0))
+            report.kms["ingest_records"] = ingest.items
+
+
 __all__ = [
     "BASELINES",
     "BATCH_BYTES",
     "CASES",
+    "DISK_FSYNC",
+    "FIXED_OPEN",
+    "FIXED_SEAL",
+    "FRESH_1",
+    "FRESH_ALL",
+    "INGEST_TARGET_FILES",
+    "INGEST_TARGET_SECONDS",
     "KEYCUSTODY",
     "MAX_RECORDS",
+    "MEMCPY_1",
+    "MEMCPY_ALL",
     "PYCA_LOOP",
     "PYCA_RAW",
     "PYCA_SQLITE",
     "SIZES",
+    "SQLITE_PLAIN",
+    "STREAM_NAME",
+    "TREE_EXCLUDES",
     "VAULT",
+    "BenchConfig",
     "BenchKeys",
     "KiB",
     "Measurement",
     "MiB",
+    "PatternReader",
     "Payload",
+    "Phase",
     "Report",
     "Samples",
     "SealingScope",
+    "Target",
     "batch_records",
     "check_plaintexts",
+    "child_main",
+    "core_fixed_costs",
+    "disk_write_rate",
+    "evaluate_targets",
     "fit_cost",
     "format_cost_model",
     "format_table",
+    "fresh_write_rate",
     "load_aesgcm",
     "machine_info",
     "make_payload",
+    "measure_bounds",
     "measure_envelope",
+    "measure_ingest",
+    "measure_payload",
     "measure_store",
+    "measure_stream",
+    "memcpy_rate",
     "minor_faults",
     "open_bench_vault",
     "open_case",
@@ -901,8 +2254,20 @@ __all__ = [
     "random_pool",
     "raw_aesgcm_open",
     "raw_aesgcm_seal",
+    "reset_peak_rss",
+    "rss_bytes",
+    "run_bench",
+    "run_child",
     "seal_case",
     "size_label",
+    "sqlite_plain_get",
+    "sqlite_plain_put",
+    "stdlib_py_sizes",
+    "stdlib_root",
+    "synthetic_files",
     "time_interleaved",
     "time_once",
+    "tree_files",
+    "tree_payload",
+    "window_peak_rss",
 ]

@@ -8,12 +8,13 @@ key commitment and the ciphertext before returning a byte.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from itertools import chain, islice
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +26,9 @@ from keycustody.errors import (
     IntegrityError,
     InvalidInputError,
     KeyCustodyError,
+    KeyRevokedError,
     NotFoundError,
+    ShreddedError,
     StorageError,
 )
 from keycustody.keys import lineage, rotation
@@ -72,6 +75,30 @@ def _check_row(row: _StoredRow) -> None:
         or _core.header_key_version(header) != row.key_version
     ):
         raise IntegrityError("a stored record's columns do not match its header")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _audit_failures(action: str) -> Callable[[_F], _F]:
+    """Records denied access and failed authentication of a Scope operation in the audit
+    trail (in a transaction of its own, after the operation's has rolled back)."""
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: Scope, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (IntegrityError, KeyRevokedError, ShreddedError) as exc:
+                failure = (
+                    "integrity.failure" if isinstance(exc, IntegrityError) else "access.denied"
+                )
+                self._vault._audit_failure(failure, f"{self.path}:{action}", exc)
+                raise
+
+        return cast(_F, wrapper)
+
+    return decorate
 
 
 class Scope:
@@ -142,6 +169,7 @@ class Scope:
         """
         return self.seal_many([(name, data)])[0]
 
+    @_audit_failures("seal_many")
     def seal_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
         names, datas = self._prepare(items)
@@ -157,6 +185,7 @@ class Scope:
         """
         return self.open_many([(name, blob)])[0]
 
+    @_audit_failures("open_many")
     def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Decrypts blobs; same order as ``items``."""
         names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
@@ -185,6 +214,7 @@ class Scope:
         """Stores one record, replacing (and destroying the DEK of) any record of that name."""
         return self.put_many([(name, data)])[0]
 
+    @_audit_failures("put_many")
     def put_many(
         self, items: Iterable[tuple[str, Data]], *, commit_every: int | None = None
     ) -> list[RecordInfo]:
@@ -265,6 +295,7 @@ class Scope:
         first = next(batches, None)
         if first is None:
             return
+        stored = stored_bytes = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keycustody-seal") as pool:
             batch: _Batch | None = first
             sealing = pool.submit(seal, first[1], first[2])
@@ -289,7 +320,16 @@ class Scope:
                     RecordInfo(name, h[24:40].hex(), size, version, now)
                     for name, h, size in zip(names, headers, sizes, strict=True)
                 )
+                stored += len(names)
+                stored_bytes += sum(sizes)
                 batch = following
+        self._vault._audit_change(
+            s,
+            "record.put",
+            self.path,
+            version=version,
+            details={"records": stored, "bytes": stored_bytes},
+        )
 
     def get(self, name: str) -> bytes:
         """The payload of record ``name``.
@@ -300,6 +340,7 @@ class Scope:
         """
         return self.get_many([name])[name]
 
+    @_audit_failures("get_many")
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
         """Payloads of several records by name.
 
@@ -365,6 +406,7 @@ class Scope:
 
     # -- streams ------------------------------------------------------------------------
 
+    @_audit_failures("put_stream")
     def put_stream(self, name: str, fileobj: Readable) -> RecordInfo:
         """Stores a payload of any size from a binary file object, 1 MiB segment at a time.
 
@@ -393,10 +435,18 @@ class Scope:
                 s.execute(
                     update(RecordRow).where(RecordRow.record_id == record_id).values(size=size)
                 )
+                self._vault._audit_change(
+                    s,
+                    "record.put_stream",
+                    self.path,
+                    version=version,
+                    details={"records": 1, "bytes": size, "segments": sealer.segments},
+                )
         except SQLAlchemyError as exc:
             raise StorageError(f"storing the stream failed; nothing was written: {exc}") from exc
         return RecordInfo(name, record_id.hex(), size, version, now)
 
+    @_audit_failures("open_stream")
     def open_stream(self, name: str) -> StreamReader:
         """A seekable, read-only binary file over stream record ``name``.
 
@@ -524,6 +574,7 @@ class Scope:
             _, key = self._active_key(s)
         return lineage.record_lineage(self._vault, self._ref, name, key.name_index(raw))
 
+    @_audit_failures("delete")
     def delete(self, name: str) -> None:
         """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.
 
@@ -538,7 +589,9 @@ class Scope:
             )
             if deleted == 0:
                 raise NotFoundError(f"no record of that name in scope {self.path!r}")
+            self._vault._audit_change(s, "record.delete", self.path, details={"records": 1})
 
+    @_audit_failures("list")
     def list(self, prefix: str = "") -> list[RecordInfo]:
         """Records whose names start with ``prefix``, sorted by name.
 
@@ -548,7 +601,7 @@ class Scope:
             raise InvalidInputError("prefix must be a str")
         infos: list[RecordInfo] = []
         with self._vault._read() as s:
-            self._fresh(s)
+            self._vault._keys.check_usable(s, self._fresh(s))
             result = s.execute(
                 select(
                     RecordRow.record_id,

@@ -7,6 +7,7 @@ wiped in Rust; stored wrapped in the record header). See :mod:`keycustody.scope`
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import secrets
 import socket
@@ -21,13 +22,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from keycustody import _core
-from keycustody.errors import ConfigError, InvalidInputError, NotFoundError, StorageError
+from keycustody.audit import AuditLog
+from keycustody.errors import (
+    ConfigError,
+    InvalidInputError,
+    KeyCustodyError,
+    KeyRevokedError,
+    NotFoundError,
+    ShreddedError,
+    StorageError,
+)
 from keycustody.keys import lineage, rotation
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.hierarchy import KeyHierarchy, ScopeRef, load_scope
 from keycustody.keys.lineage import Protection
 from keycustody.keys.states import ACTIVE
 from keycustody.kms.base import KmsProvider
+from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.scope import Scope
 from keycustody.storage import schema
@@ -35,6 +46,8 @@ from keycustody.storage.engine import WRITE, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
 from keycustody.validation import MAX_RECORD_BYTES, check_path
+
+AUDIT_KEK_NAME = "keycustody-audit"
 
 
 def _now() -> datetime:
@@ -47,6 +60,18 @@ def _default_actor() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def _default_audit_kek(registry: ProviderRegistry) -> str:
+    try:
+        local = registry.provider("local:x")
+    except KeyCustodyError:
+        raise ConfigError(
+            "pass audit_kek= (a KEK id for the audit trail's key) when LocalKMS is not used"
+        ) from None
+    if not isinstance(local, LocalKMS):
+        raise ConfigError("pass audit_kek= (a KEK id for the audit trail's key)")
+    return local.create_key(AUDIT_KEK_NAME, exist_ok=True)
 
 
 class Vault:
@@ -66,6 +91,7 @@ class Vault:
         rotation_period: timedelta | None,
         actor: str,
         max_record_bytes: int,
+        audit_kek: str,
     ) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -80,6 +106,10 @@ class Vault:
         if rotation_period is not None and rotation_period <= timedelta(0):
             raise ConfigError("rotation_period must be positive")
         self.rotation_period = rotation_period
+        self.audit = AuditLog(
+            self.id, actor, self._write, registry, audit_kek, read_sessions=self._read
+        )
+        """The tamper-evident audit trail of this vault (verify, export, tail)."""
 
     @classmethod
     def open(
@@ -93,6 +123,7 @@ class Vault:
         rotation_period: timedelta | None = None,
         actor: str | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        audit_kek: str | None = None,
     ) -> Vault:
         """Opens (creating if needed) the vault stored at ``url``.
 
@@ -107,19 +138,23 @@ class Vault:
                 active version is older than this.
             actor: Who acts, for the audit trail (default ``user@host``).
             max_record_bytes: Largest payload accepted per record.
+            audit_kek: KEK that wraps the audit trail's HMAC key. Default with LocalKMS: its
+                own key ``local:keycustody-audit`` (never a tenant's KEK, so no shred can
+                destroy the evidence); required with other providers.
 
         Raises:
             ConfigError: bad URL, backend or providers.
             StorageError: the database cannot be opened or migrated.
         """
         registry = ProviderRegistry(kms)
+        audit_kek = audit_kek or _default_audit_kek(registry)
         engine = make_engine(url)
         try:
             schema.upgrade(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StorageError(f"cannot open or migrate the database: {exc}") from exc
-        return cls(
+        vault = cls(
             engine,
             registry,
             cache_ttl=cache_ttl,
@@ -128,7 +163,11 @@ class Vault:
             rotation_period=rotation_period,
             actor=actor or _default_actor(),
             max_record_bytes=max_record_bytes,
+            audit_kek=audit_kek,
         )
+        # One KMS call for the audit key, outside any transaction (not under a write lock).
+        vault.audit.ensure_key()
+        return vault
 
     def __repr__(self) -> str:
         return f"<Vault {self.id} {self._engine.url.render_as_string(hide_password=True)}>"
@@ -256,6 +295,15 @@ class Vault:
                         **wrapped,
                     )
                 )
+                self._audit_change(
+                    s,
+                    "scope.create",
+                    path,
+                    version=1,
+                    kek_id=wrapped["kek_id"],
+                    kek_version=wrapped["kek_version"],
+                    details={"parent": parent.path if parent else None},
+                )
         except DbIntegrityError:
             # Another process created it first: use theirs.
             with self._read() as s:
@@ -303,4 +351,21 @@ class Vault:
         details: dict[str, object] | None = None,
     ) -> None:
         """Records a key lifecycle event in the caller's transaction (fail closed)."""
-        del session, action, subject, version, kek_id, kek_version, details
+        self.audit.append(
+            session,
+            action=action,
+            subject=subject if version is None else f"{subject}#{version}",
+            kms_key_id=None if kek_id is None else str(kek_id),
+            kms_key_version=None if kek_version is None else str(kek_version),
+            details=details,
+        )
+
+    def _audit_failure(self, action: str, subject: str, error: KeyCustodyError) -> None:
+        """Records a denied or failed operation in a transaction of its own (the operation's
+        own transaction has rolled back). A failure to record is not allowed to hide the
+        original error."""
+        outcome = "denied" if isinstance(error, KeyRevokedError | ShreddedError) else "failed"
+        with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
+            self.audit.record(
+                action, subject, outcome=outcome, details={"error": type(error).__name__}
+            )

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keycustody import __version__
+from keycustody.cli.bench import bench as bench_command
 from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
 from keycustody.cli.ingest import IngestReport, ingest_tree
 from keycustody.cli.walk import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES, SkipLog, file_ids
@@ -595,6 +596,9 @@ def demo(
         print_skips(err, result.ingest.log, verbose=verbose)
         if not result.ok:
             fail(f"demo failed: {'; '.join(result.failures)}", result.exit_code)
+
+
+app.command("bench")(bench_command)
 
 
 kek_app = typer.Typer(

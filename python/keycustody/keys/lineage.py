@@ -240,15 +240,21 @@ def _subtree(
     todo = list(roots)
     while todo:
         scope_id, versions = todo.pop()
-        found[scope_id] = versions
+        if scope_id in found:
+            known = found[scope_id]
+            if known is None or versions is None:
+                found[scope_id] = None
+            else:
+                known |= versions
+        else:
+            found[scope_id] = None if versions is None else set(versions)
         for child_id, child_version, parent_version in s.execute(
             select(ScopeKeyRow.scope_id, ScopeKeyRow.version, ScopeKeyRow.parent_version)
             .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
             .where(ScopeRow.parent_id == scope_id)
         ).all():
             if versions is None or parent_version in versions:
-                existing = found.get(child_id, set())
-                todo.append((child_id, (existing or set()) | {child_version}))
+                todo.append((child_id, {child_version}))
     return found
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from keycustody import _core
@@ -395,15 +395,21 @@ def rewrap(
         )
         now = _now()
         with vault._write() as s, s.begin():
-            moved = 0
-            for r, h in zip(rows, headers, strict=True):
-                # Compare-and-swap: a record replaced or deleted meanwhile is left alone.
-                result = s.execute(
-                    update(RecordRow)
-                    .where(RecordRow.record_id == r.record_id, RecordRow.header == r.header)
-                    .values(header=h, key_version=ref.active_version)
+            # Compare-and-swap on the old header: a record replaced or deleted meanwhile is
+            # left alone. One executemany for the batch.
+            result = s.connection().execute(
+                update(RecordRow.__table__)
+                .where(
+                    RecordRow.__table__.c.record_id == bindparam("rid"),
+                    RecordRow.__table__.c.header == bindparam("old"),
                 )
-                moved += result.rowcount  # type: ignore[attr-defined]
+                .values(header=bindparam("new"), key_version=ref.active_version),
+                [
+                    {"rid": r.record_id, "old": r.header, "new": h}
+                    for r, h in zip(rows, headers, strict=True)
+                ],
+            )
+            moved = int(result.rowcount)
             by_version: dict[int, int] = {}
             for r in rows:
                 by_version[r.key_version] = by_version.get(r.key_version, 0) + 1
