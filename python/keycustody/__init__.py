@@ -6,6 +6,7 @@ the customer's KEK in their KMS.
 
 from keycustody.errors import (
     AuditError,
+    ConcurrentRotationError,
     ConfigError,
     IntegrityError,
     InvalidInputError,
@@ -18,6 +19,7 @@ from keycustody.errors import (
     StorageError,
     UnsupportedKeyIdError,
 )
+from keycustody.keys.shredding import ErasureCertificate
 from keycustody.kms import KmsProvider, LocalKMS
 from keycustody.scope import Scope
 from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
@@ -27,8 +29,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditError",
+    "ConcurrentRotationError",
     "ConfigError",
     "EncryptionContext",
+    "ErasureCertificate",
     "IntegrityError",
     "InvalidInputError",
     "KeyCustodyError",

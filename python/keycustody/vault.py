@@ -32,10 +32,11 @@ from keycustody.errors import (
     ShreddedError,
     StorageError,
 )
-from keycustody.keys import lineage, rotation
+from keycustody.keys import lineage, rotation, shredding
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.hierarchy import KeyHierarchy, ScopeRef, load_scope
 from keycustody.keys.lineage import Protection
+from keycustody.keys.shredding import ErasureCertificate
 from keycustody.keys.states import ACTIVE
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
@@ -106,6 +107,7 @@ class Vault:
         if rotation_period is not None and rotation_period <= timedelta(0):
             raise ConfigError("rotation_period must be positive")
         self.rotation_period = rotation_period
+        self.audit_kek = audit_kek
         self.audit = AuditLog(
             self.id, actor, self._write, registry, audit_kek, read_sessions=self._read
         )
@@ -338,6 +340,53 @@ class Vault:
         Counts include child scopes whose keys hang below the key.
         """
         return lineage.protected_by(self, key)
+
+    # -- crypto-shredding ----------------------------------------------------------------
+
+    def shred(
+        self, path: str, *, reason: str, destroy_kek: bool = False, durable: bool = False
+    ) -> ErasureCertificate:
+        """Crypto-shreds a scope and its subtree: destroys every key version, purges key
+        caches in every process, scrubs the database files and issues a certificate.
+
+        Cost depends on the number of keys, not records. Reads of the scope's records then
+        raise ShreddedError naming the certificate. Idempotent and crash-safe (one
+        transaction; a rerun completes the scrub and certificate).
+
+        Args:
+            path: The scope to erase (a tenant or any child, e.g. ``acme/subjects/7f3a``).
+            reason: The request reference (e.g. ``GDPR Art.17 request #123``).
+            destroy_kek: For a tenant with a KEK of its own, also destroy the KEK in the KMS
+                (as far as the provider allows).
+            durable: Also run phase 2 now (:meth:`complete_erasures`).
+
+        Returns:
+            The erasure certificate (also stored, and bound into the audit trail).
+        """
+        certificate = shredding.shred(self, path, reason, destroy_kek=destroy_kek)
+        if durable:
+            updated = {c.id: c for c in shredding.complete_erasures(self)}
+            certificate = updated.get(certificate.id, certificate)
+        return certificate
+
+    def complete_erasures(self) -> list[ErasureCertificate]:
+        """Phase 2 for every pending erasure: re-keys the scopes above each shredded scope up
+        to the KEK, gives the KEK a new version, rewraps every tenant under it and destroys
+        the old KEK versions in the KMS, so no copy of the database (backups included) can
+        unwrap the shredded keys. Returns the updated certificates."""
+        return shredding.complete_erasures(self)
+
+    def certificates(self) -> list[ErasureCertificate]:
+        """Every erasure certificate, oldest first."""
+        return shredding.certificates(self)
+
+    def verify_certificate(self, document: dict[str, object]) -> tuple[bool, str]:
+        """Checks a certificate (as parsed JSON) against the audit trail: ``(ok, why)``."""
+        return shredding.verify_certificate(self, dict(document))
+
+    def purge(self) -> int:
+        """Deletes the record rows of shredded scopes (already unreadable); returns how many."""
+        return shredding.purge(self)
 
     def _audit_change(
         self,

@@ -29,8 +29,9 @@ TABLES = {
     "lineage_events",
     "audit_events",
     "audit_keys",
+    "erasure_certificates",
 }
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture

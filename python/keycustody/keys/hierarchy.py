@@ -99,7 +99,7 @@ class KeyHierarchy:
         self._lock = threading.Lock()
         self._epoch: str | None = None
         self._checked_at = float("-inf")
-        self._states: dict[bytes, tuple[str, bytes | None, str]] = {}
+        self._states: dict[bytes, tuple[str, bytes | None, str, str | None]] = {}
 
     # -- revocation -----------------------------------------------------------------------
 
@@ -124,18 +124,20 @@ class KeyHierarchy:
             self._epoch = epoch
             self._checked_at = time.monotonic()
 
-    def _state(self, session: Session, scope_id: bytes) -> tuple[str, bytes | None, str]:
+    def _state(
+        self, session: Session, scope_id: bytes
+    ) -> tuple[str, bytes | None, str, str | None]:
         cached = self._states.get(scope_id)
         if cached is not None:
             return cached
         row = session.execute(
-            select(ScopeRow.state, ScopeRow.parent_id, ScopeRow.path).where(
-                ScopeRow.id == scope_id
-            )
+            select(
+                ScopeRow.state, ScopeRow.parent_id, ScopeRow.path, ScopeRow.erasure_certificate
+            ).where(ScopeRow.id == scope_id)
         ).one_or_none()
         if row is None:
             raise NotFoundError("a scope of this key chain no longer exists")
-        state = (row.state, row.parent_id, row.path)
+        state = (row.state, row.parent_id, row.path, row.erasure_certificate)
         with self._lock:
             self._states[scope_id] = state
         return state
@@ -150,12 +152,15 @@ class KeyHierarchy:
         self.revalidate(session)
         scope_id: bytes | None = scope.id
         while scope_id is not None:
-            state, parent_id, path = self._state(session, scope_id)
+            state, parent_id, path, certificate = self._state(session, scope_id)
             if state == SUSPENDED:
                 where = "" if scope_id == scope.id else f" (through {path!r})"
                 raise KeyRevokedError(f"scope {scope.path!r} is suspended{where}")
             if state == SHREDDED:
-                raise ShreddedError(f"scope {path!r} was shredded; its keys are destroyed")
+                raise ShreddedError(
+                    f"scope {path!r} was shredded (erasure certificate {certificate}); "
+                    "its keys are destroyed and its data can never be read again"
+                )
             scope_id = parent_id
 
     # -- keys -----------------------------------------------------------------------------

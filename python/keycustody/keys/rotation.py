@@ -20,9 +20,9 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from keycustody import _core
@@ -58,6 +58,7 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of a long job."""
 
 DEFAULT_BATCH = 5000
+_RECORDS = cast(Table, RecordRow.__table__)
 
 
 def _now() -> datetime:
@@ -398,10 +399,10 @@ def rewrap(
             # Compare-and-swap on the old header: a record replaced or deleted meanwhile is
             # left alone. One executemany for the batch.
             result = s.connection().execute(
-                update(RecordRow.__table__)
+                update(_RECORDS)
                 .where(
-                    RecordRow.__table__.c.record_id == bindparam("rid"),
-                    RecordRow.__table__.c.header == bindparam("old"),
+                    _RECORDS.c.record_id == bindparam("rid"),
+                    _RECORDS.c.header == bindparam("old"),
                 )
                 .values(header=bindparam("new"), key_version=ref.active_version),
                 [

@@ -65,6 +65,7 @@ class ScopeRow(Base):
     active_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
     state_changed_at: Mapped[datetime]
+    erasure_certificate: Mapped[str | None] = mapped_column(String(64))
 
 
 class ScopeKeyRow(Base):
@@ -172,3 +173,16 @@ class AuditKeyRow(Base):
     kek_version: Mapped[str] = mapped_column(String(256))
     wrapped: Mapped[bytes]
     created_at: Mapped[datetime]
+
+
+class ErasureCertificateRow(Base):
+    """An erasure certificate (JSON), bound into the audit trail by its SHA-256."""
+
+    __tablename__ = "erasure_certificates"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope_path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime]
+    phase2_status: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,626 @@
+"""Crypto-shredding with proof: destroy keys, scrub storage, issue an erasure certificate.
+
+Phase 1 (:func:`shred`) destroys every key version of a scope and its subtree in one
+transaction (kill -9 leaves all or nothing; a rerun completes the rest), purges key caches in
+every process (epoch bump), scrubs the SQLite files (``secure_delete=ON`` overwrote the freed
+cells; a ``wal_checkpoint(TRUNCATE)`` empties the WAL) and scans them for the destroyed wrapped
+keys. Its cost depends on the number of keys, never on the number of records: records are
+only counted, and purged later (:func:`purge`).
+
+Phase 2 (:func:`complete_erasures`) makes the erasure hold for every copy of the database,
+backups included: the keys above the shredded scope are re-keyed up to the KEK (new ancestor
+versions, surviving children and records rewrapped), the KEK gets a new version, and the old
+KEK versions are destroyed in the KMS, somewhere the database never was. Many pending erasures
+share one pass.
+
+The certificate follows NIST SP 800-88r1 §4.8 (who, what, how, when, verification) and is bound
+into the audit trail: its SHA-256 is in the audit event that records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from sqlalchemy import delete, func, select, update
+
+from keycustody.errors import (
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    ShreddedError,
+)
+from keycustody.keys import rotation
+from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope
+from keycustody.keys.states import DESTROYED, SHREDDED
+from keycustody.storage.models import (
+    ErasureCertificateRow,
+    RecordRow,
+    ScopeKeyRow,
+    ScopeRow,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from keycustody.vault import Vault
+
+CERTIFICATE_FORMAT = "keycustody-erasure-certificate/v1"
+PENDING = "pending"
+SCHEDULED = "scheduled"
+CONFIRMED = "confirmed"
+
+
+@runtime_checkable
+class KeyVersionDestroyer(Protocol):
+    """A KMS provider that can add a KEK version and destroy old ones (LocalKMS; PKCS#11)."""
+
+    def rotate_key(self, key_id: str) -> str: ...
+
+    def destroy_key(self, key_id: str, version: str | None = None) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """Canonical JSON bytes (sorted keys, no whitespace) of a certificate without its seal."""
+    body = {k: v for k, v in document.items() if k != "integrity"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureCertificate:
+    """A signed-off record of a crypto-shred (NIST SP 800-88r1 sanitization record).
+
+    ``document`` is the whole certificate; ``sha256`` is the digest of its canonical JSON
+    (everything but the ``integrity`` section), which the audit trail records.
+    """
+
+    document: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        """Certificate id."""
+        return str(self.document["certificate_id"])
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 (hex) of the canonical JSON, as bound into the audit trail."""
+        return hashlib.sha256(canonical(self.document)).hexdigest()
+
+    @property
+    def records_unreadable(self) -> int:
+        """Records made unreadable."""
+        return int(self.document["what"]["records_unreadable"])
+
+    @property
+    def phase2_status(self) -> str:
+        """pending, scheduled or confirmed."""
+        return str(self.document["when"]["phase2"]["status"])
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The certificate as JSON text."""
+        return json.dumps(self.document, indent=indent, sort_keys=True, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> None:
+        """Writes the certificate to ``path`` as JSON."""
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+
+def subtree(session: Session, root: ScopeRef) -> list[ScopeRow]:
+    """The scope and all its descendants, parents first."""
+    rows = [session.get(ScopeRow, root.id)]
+    out: list[ScopeRow] = []
+    while rows:
+        row = rows.pop(0)
+        if row is None:
+            continue
+        out.append(row)
+        rows.extend(session.scalars(select(ScopeRow).where(ScopeRow.parent_id == row.id)))
+    return out
+
+
+def _database_files(vault: Vault) -> list[Path]:
+    database = vault._engine.url.database if vault._engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return []
+    main = Path(database)
+    return [p for p in (main, *(Path(f"{main}{s}") for s in ("-wal", "-shm", "-journal")))]
+
+
+def _scrub(vault: Vault) -> dict[str, Any]:
+    """Empties the SQLite WAL into the (securely deleted) main file."""
+    if vault._engine.dialect.name != "sqlite":
+        return {"backend": vault._engine.dialect.name, "performed": "none (not SQLite)"}
+    with vault._engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)  # noqa: S101 - SQLite dialect
+        secure = raw.execute("PRAGMA secure_delete").fetchone()[0]
+        journal = raw.execute("PRAGMA journal_mode").fetchone()[0]
+        busy, log, moved = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return {
+        "backend": "sqlite",
+        "secure_delete": "ON" if secure else "OFF",
+        "journal_mode": journal,
+        "checkpoint": "wal_checkpoint(TRUNCATE)",
+        "checkpoint_complete": not busy,
+        "wal_frames": log,
+        "frames_checkpointed": moved,
+    }
+
+
+def _scan(files: Iterable[Path], needles: list[bytes]) -> dict[str, Any]:
+    """Searches the files for each needle and each 16-byte half (WAL pages can split values)."""
+    parts = {part for n in needles for part in (n, n[:16], n[-16:])}
+    scanned = []
+    hits = 0
+    for path in files:
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        found = sum(1 for part in parts if part in data)
+        hits += found
+        scanned.append(
+            {
+                "file": path.name,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "hits": found,
+            }
+        )
+    return {
+        "method": "byte search for every destroyed wrapped key, whole and 16-byte halves",
+        "values_searched": len(needles),
+        "files": scanned,
+        "hits": hits,
+    }
+
+
+def shred(
+    vault: Vault, path: str, reason: str, *, destroy_kek: bool = False
+) -> ErasureCertificate:
+    """See :meth:`keycustody.Vault.shred`."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInputError("a shred needs a reason (the request reference, e.g. a ticket)")
+    with vault._read() as s:
+        ref = load_scope(s, path)
+        existing = _certificate_for(s, ref)
+        if existing is not None and existing.document["how"]["storage_scrub"]:
+            return existing  # idempotent: already shredded and certified
+        scopes = subtree(s, ref)
+        ids = [r.id for r in scopes]
+        keys = s.scalars(select(ScopeKeyRow).where(ScopeKeyRow.scope_id.in_(ids))).all()
+        needles = [k.wrapped for k in keys if k.wrapped is not None]
+        destroyed = [
+            {
+                "scope": next(r.path for r in scopes if r.id == k.scope_id),
+                "version": k.version,
+                "state_before": k.state,
+                "wrapped_by": (
+                    f"kek:{k.kek_id}#{k.kek_version}"
+                    if k.kek_id
+                    else f"parent scope key v{k.parent_version}"
+                ),
+            }
+            for k in keys
+            if k.state != DESTROYED
+        ]
+        counts = dict(
+            s.execute(
+                select(RecordRow.scope_id, func.count())
+                .where(RecordRow.scope_id.in_(ids))
+                .group_by(RecordRow.scope_id)
+            ).all()
+        )
+        tenant = scopes[0] if ref.parent_id is None else _tenant(s, ref)
+    certificate_id = existing.id if existing else f"ec-{secrets.token_hex(8)}"
+    now = _now()
+    if existing is None:
+        with vault._write() as s, s.begin():
+            for k in keys:
+                if k.state != DESTROYED:
+                    rotation._set_key_state(s, k.scope_id, k.version, DESTROYED)
+            s.execute(
+                update(ScopeRow)
+                .where(ScopeRow.id.in_(ids))
+                .values(state=SHREDDED, state_changed_at=now, erasure_certificate=certificate_id)
+            )
+            rotation.lineage_event(
+                s,
+                ref.id,
+                "shredded",
+                count=sum(counts.values()),
+                at=now,
+                details={"certificate": certificate_id, "reason": reason},
+            )
+            vault._audit_change(
+                s,
+                "scope.shred",
+                ref.path,
+                details={
+                    "certificate": certificate_id,
+                    "reason": reason,
+                    "scopes": len(ids),
+                    "key_versions_destroyed": len(destroyed),
+                },
+            )
+            epoch = bump_epoch(s)
+        vault._keys.changed(epoch)
+    scrub = _scrub(vault)
+    scan = _scan(_database_files(vault), needles)
+    sample = _verify_sample(vault, ref, scopes)
+    kek_result = _destroy_kek(vault, tenant, ref) if destroy_kek else None
+    by_scope = {r.path: int(counts.get(r.id, 0)) for r in scopes}
+    document = _document(
+        vault,
+        certificate_id,
+        ref,
+        reason,
+        now,
+        scopes,
+        destroyed,
+        by_scope,
+        tenant,
+        scrub,
+        scan,
+        sample,
+        kek_result,
+    )
+    return _store(vault, document, "erasure.certificate")
+
+
+def _tenant(s: Session, ref: ScopeRef) -> ScopeRow:
+    row = s.get(ScopeRow, ref.id)
+    while row is not None and row.parent_id is not None:
+        row = s.get(ScopeRow, row.parent_id)
+    if row is None:
+        raise NotFoundError("the tenant of this scope is missing")
+    return row
+
+
+def _verify_sample(vault: Vault, ref: ScopeRef, scopes: list[ScopeRow]) -> dict[str, Any]:
+    """Tries to read a sample of the shredded records through the library."""
+    from keycustody.scope import Scope  # here: scope.py imports the vault, which imports us
+
+    tried = refused = 0
+    for row in scopes[:20]:
+        scope = Scope(vault, ScopeRef.of(row))
+        tried += 1
+        try:
+            scope.list()
+        except ShreddedError:
+            refused += 1
+    return {
+        "method": "sampling: list every shredded scope (up to 20) through the library",
+        "tried": tried,
+        "refused_with_shredded_error": refused,
+        "result": "pass" if tried == refused else "FAIL",
+    }
+
+
+def _destroy_kek(vault: Vault, tenant: ScopeRow, ref: ScopeRef) -> dict[str, Any]:
+    if ref.parent_id is not None:
+        raise ConfigError("destroy_kek applies to shredding a whole tenant, not a child scope")
+    kek = tenant.kek_id or ""
+    with vault._read() as s:
+        others = s.scalar(
+            select(func.count())
+            .select_from(ScopeRow)
+            .where(ScopeRow.kek_id == kek, ScopeRow.id != tenant.id, ScopeRow.state != SHREDDED)
+        )
+    if others:
+        return {"kek": kek, "destroyed": False, "why": f"shared with {others} other tenant(s)"}
+    provider = vault._registry.provider(kek)
+    if kek == vault.audit_kek:
+        return {"kek": kek, "destroyed": False, "why": "it also protects the audit trail"}
+    if not isinstance(provider, KeyVersionDestroyer):
+        return {"kek": kek, "destroyed": False, "why": "the provider cannot destroy keys"}
+    provider.destroy_key(kek)
+    return {
+        "kek": kek,
+        "destroyed": True,
+        "at": _iso(_now()),
+        "call": "destroy_key (all versions)",
+    }
+
+
+def _document(
+    vault: Vault,
+    certificate_id: str,
+    ref: ScopeRef,
+    reason: str,
+    at: datetime,
+    scopes: list[ScopeRow],
+    destroyed: list[dict[str, Any]],
+    by_scope: dict[str, int],
+    tenant: ScopeRow,
+    scrub: dict[str, Any],
+    scan: dict[str, Any],
+    sample: dict[str, Any],
+    kek_result: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from keycustody import __version__  # here: the package imports this module
+
+    kek_destroyed = bool(kek_result and kek_result.get("destroyed"))
+    residual = [
+        "Record rows (ciphertext and wrapped DEKs) stay in the database until "
+        "`keycustody purge`; without the destroyed keys they cannot be decrypted.",
+        "Database backups, replicas, snapshots and WAL archives made before this shred still "
+        "hold the destroyed scope keys wrapped by the tenant's KEK; whoever holds that KEK "
+        "could unwrap them from such a copy until phase 2 destroys the old KEK version.",
+        "SSD wear levelling and file-system snapshots may keep old pages; they hold only "
+        "ciphertext and wrapped keys.",
+    ]
+    if kek_destroyed:
+        residual[1] = (
+            "The tenant's KEK was destroyed in the KMS, so backups of the database can no "
+            "longer be decrypted either."
+        )
+    return {
+        "format": CERTIFICATE_FORMAT,
+        "certificate_id": certificate_id,
+        "who": {"operator": vault.actor, "role": "keycustody operator", "approver": None},
+        "what": {
+            "vault_id": vault.id,
+            "tenant": tenant.path,
+            "scope": ref.path,
+            "subtree": [r.path for r in scopes],
+            "reason": reason,
+            "key_versions_destroyed": destroyed,
+            "kek": {"id": tenant.kek_id, "provider": (tenant.kek_id or ":").split(":")[0]},
+            "records_unreadable": sum(by_scope.values()),
+            "records_by_scope": by_scope,
+            "backups": "unknown to keycustody: the operator must list backups and replicas",
+        },
+        "how": {
+            "method_type": "Purge",
+            "technique": "Cryptographic Erase by key destruction",
+            "tool": f"keycustody {__version__}",
+            "key_strength": "AES-256",
+            "precondition": (
+                "every record was stored encrypted (AES-256-GCM under a per-record DEK); "
+                "keycustody writes no plaintext payload, name or key to the database"
+            ),
+            "storage_scrub": scrub,
+            "kek_destruction": kek_result,
+        },
+        "when": {
+            "requested": _iso(at),
+            "phase1_completed": _iso(_now()),
+            "phase2": {
+                "status": CONFIRMED if kek_destroyed else PENDING,
+                "scheduled_at": None,
+                "confirmed_at": kek_result.get("at") if kek_destroyed and kek_result else None,
+                "events": [],
+            },
+        },
+        "verification": {"sample": sample, "forensic_scan": scan},
+        "residual_risk": residual,
+    }
+
+
+def _store(vault: Vault, document: dict[str, Any], action: str) -> ErasureCertificate:
+    """Binds the certificate into the audit trail and stores it (insert or update)."""
+    certificate = ErasureCertificate(document)
+    digest = certificate.sha256
+    with vault._write() as s, s.begin():
+        event = vault.audit.append(
+            s,
+            action=action,
+            subject=document["what"]["scope"],
+            details={"certificate": certificate.id, "sha256": digest},
+        )
+        document["integrity"] = {
+            "sha256": digest,
+            "audit_seq": event.seq,
+            "audit_event_hash": event.hash.hex(),
+        }
+        text = certificate.to_json(indent=None)
+        row = s.get(ErasureCertificateRow, certificate.id)
+        if row is None:
+            s.add(
+                ErasureCertificateRow(
+                    id=certificate.id,
+                    scope_path=document["what"]["scope"],
+                    created_at=_now(),
+                    phase2_status=certificate.phase2_status,
+                    body=text,
+                    sha256=digest,
+                )
+            )
+        else:
+            row.body, row.sha256, row.phase2_status = text, digest, certificate.phase2_status
+    return certificate
+
+
+def _certificate_for(s: Session, ref: ScopeRef) -> ErasureCertificate | None:
+    row = s.get(ScopeRow, ref.id)
+    if row is None or row.erasure_certificate is None:
+        return None
+    cert = s.get(ErasureCertificateRow, row.erasure_certificate)
+    if cert is None:
+        # Keys destroyed, certificate not written yet (a crash between): the rerun writes it.
+        return ErasureCertificate(
+            {"certificate_id": row.erasure_certificate, "how": {"storage_scrub": None}}
+        )
+    return ErasureCertificate(json.loads(cert.body))
+
+
+def certificates(vault: Vault) -> list[ErasureCertificate]:
+    """Every erasure certificate, oldest first."""
+    with vault._read() as s:
+        rows = s.scalars(
+            select(ErasureCertificateRow).order_by(ErasureCertificateRow.created_at)
+        ).all()
+        return [ErasureCertificate(json.loads(r.body)) for r in rows]
+
+
+def verify_certificate(vault: Vault, document: dict[str, Any]) -> tuple[bool, str]:
+    """Checks a certificate against the audit trail: its digest is the one the trail recorded
+    for it, and the trail itself verifies. Returns ``(ok, why)``."""
+    certificate = ErasureCertificate(document)
+    integrity = document.get("integrity") or {}
+    if integrity.get("sha256") != certificate.sha256:
+        return False, "the certificate was modified: its SHA-256 does not match its seal"
+    seq = integrity.get("audit_seq")
+    event = next((e for e in vault.audit.events(since=(seq or 1) - 1) if e.seq == seq), None)
+    if event is None:
+        return False, f"the audit trail has no event {seq}"
+    details = event.details_dict()
+    if details.get("certificate") != certificate.id or details.get("sha256") != certificate.sha256:
+        return False, f"audit event {seq} does not record this certificate's digest"
+    if event.hash.hex() != integrity.get("audit_event_hash"):
+        return False, f"audit event {seq} is not the one the certificate names"
+    report = vault.audit.verify()
+    if not report.ok:
+        return False, f"the audit trail is broken at event {report.first_bad_seq}: {report.reason}"
+    return True, f"bound to audit event {seq}; trail verified ({report.events_checked} events)"
+
+
+# -- phase 2 ------------------------------------------------------------------------------
+
+
+def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
+    """See :meth:`keycustody.Vault.complete_erasures`."""
+    pending = [c for c in certificates(vault) if c.phase2_status != CONFIRMED]
+    if not pending:
+        return []
+    done: list[ErasureCertificate] = []
+    keks: dict[str, set[str]] = {}  # KEK id -> versions to destroy
+    rekeyed: dict[str, list[str]] = {}
+    with vault._read() as s:
+        for cert in pending:
+            scope = load_scope(s, cert.document["what"]["scope"])
+            chain = _ancestors(s, scope)
+            rekeyed[cert.id] = [a.path for a in chain]
+    # Re-key every ancestor, bottom-up, once (shared by all pending erasures).
+    seen: set[str] = set()
+    for cert in pending:
+        with vault._read() as s:
+            chain = _ancestors(s, load_scope(s, cert.document["what"]["scope"]))
+        for ancestor in chain:
+            if ancestor.path in seen:
+                continue
+            seen.add(ancestor.path)
+            rotation.rotate_key(vault, ancestor)
+            rotation.rewrap(vault, ancestor)
+    # The KEKs that wrapped any tenant key of these erasures: new version, rewrap, destroy old.
+    with vault._read() as s:
+        for cert in pending:
+            tenant = load_scope(s, cert.document["what"]["tenant"])
+            kek = tenant.kek_id or ""
+            old = set(
+                s.scalars(
+                    select(ScopeKeyRow.kek_version).where(
+                        ScopeKeyRow.kek_id == kek, ScopeKeyRow.kek_version.is_not(None)
+                    )
+                )
+            )
+            keks.setdefault(kek, set()).update(v for v in old if v)
+            # Versions of destroyed tenant keys still name their KEK version in metadata.
+            keks[kek].update(
+                str(k["wrapped_by"]).rpartition("#")[2]
+                for k in cert.document["what"]["key_versions_destroyed"]
+                if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
+            )
+    events: dict[str, list[str]] = {}
+    for kek, versions in keks.items():
+        if kek == vault.audit_kek:
+            raise ConfigError("a tenant shares the audit KEK; phase 2 would destroy the evidence")
+        provider = vault._registry.provider(kek)
+        if not isinstance(provider, KeyVersionDestroyer):
+            raise ConfigError(
+                f"phase 2 needs a KMS that adds and destroys key versions; {kek!r} cannot "
+                "(its provider will schedule deletion when it supports it)"
+            )
+        new_version = provider.rotate_key(kek)
+        with vault._read() as s:
+            tenants = s.scalars(
+                select(ScopeRow).where(
+                    ScopeRow.parent_id.is_(None),
+                    ScopeRow.kek_id == kek,
+                    ScopeRow.state != SHREDDED,
+                )
+            ).all()
+        for t in tenants:
+            rotation.rotate_kek(vault, ScopeRef.of(t), kek)
+        for version in sorted(versions - {new_version}):
+            try:
+                provider.destroy_key(kek, version)
+            except NotFoundError:
+                continue
+            events.setdefault(kek, []).append(f"{kek} version {version} destroyed")
+    confirmed = _iso(_now())
+    for cert in pending:
+        document = dict(cert.document)
+        kek = document["what"]["kek"]["id"]
+        document["when"] = dict(document["when"])
+        document["when"]["phase2"] = {
+            "status": CONFIRMED,
+            "scheduled_at": confirmed,
+            "confirmed_at": confirmed,
+            "ancestors_rekeyed": rekeyed[cert.id],
+            "events": events.get(kek, []),
+        }
+        document["residual_risk"] = [
+            r for r in document["residual_risk"] if "phase 2" not in r
+        ] + [
+            "Phase 2 confirmed: the KEK versions that wrapped the destroyed keys no longer "
+            "exist, so no copy of the database (backups included) can unwrap them."
+        ]
+        document.pop("integrity", None)
+        done.append(_store(vault, document, "erasure.phase2"))
+    return done
+
+
+def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:
+    """The surviving ancestors of a scope, nearest first (the tenant last)."""
+    out: list[ScopeRef] = []
+    parent_id = ref.parent_id
+    while parent_id is not None:
+        row = s.get(ScopeRow, parent_id)
+        if row is None:
+            break
+        if row.state != SHREDDED:
+            out.append(ScopeRef.of(row))
+        parent_id = row.parent_id
+    return out
+
+
+def purge(vault: Vault, *, batch_size: int = 5000) -> int:
+    """Deletes the records (and segments) of shredded scopes; returns how many."""
+    total = 0
+    with vault._read() as s:
+        ids = list(s.scalars(select(ScopeRow.id).where(ScopeRow.state == SHREDDED)))
+    if not ids:
+        return 0
+    while True:
+        with vault._write() as s, s.begin():
+            batch = list(
+                s.scalars(
+                    select(RecordRow.record_id)
+                    .where(RecordRow.scope_id.in_(ids))
+                    .limit(batch_size)
+                )
+            )
+            if not batch:
+                break
+            s.execute(delete(RecordRow).where(RecordRow.record_id.in_(batch)))
+            total += len(batch)
+    with vault._write() as s, s.begin():
+        vault._audit_change(s, "records.purge", "shredded scopes", details={"records": total})
+    _scrub(vault)
+    return total
