@@ -159,7 +159,11 @@ def test_upgrade_is_idempotent(migrated: Engine) -> None:
     with migrated.begin() as conn:
         conn.execute(text("INSERT INTO vault_meta VALUES ('vault_id', 'v-1')"))
         conn.execute(
-            text("INSERT INTO scopes VALUES (:id, 'acme', NULL, 'local:k', 'active', 1, :t, :t)"),
+            text(
+                "INSERT INTO scopes (id, path, parent_id, kek_id, state, active_version, "
+                "created_at, state_changed_at) "
+                "VALUES (:id, 'acme', NULL, 'local:k', 'active', 1, :t, :t)"
+            ),
             {"id": bytes(16), "t": now},
         )
     before = {t: _describe(migrated, t) for t in TABLES}
