@@ -232,7 +232,10 @@ def test_foreign_keys_are_enforced_after_upgrade(migrated: Engine) -> None:
 
 def test_unique_path_is_enforced_after_upgrade(migrated: Engine) -> None:
     now = datetime.now(UTC)
-    insert = text("INSERT INTO scopes VALUES (:id, 'acme', NULL, NULL, 'active', 1, :t, :t)")
+    insert = text(
+        "INSERT INTO scopes (id, path, parent_id, kek_id, state, active_version, created_at, "
+        "state_changed_at) VALUES (:id, 'acme', NULL, NULL, 'active', 1, :t, :t)"
+    )
     with migrated.begin() as conn:
         conn.execute(insert, {"id": bytes(16), "t": now})
     with pytest.raises(IntegrityError, match="UNIQUE"), migrated.begin() as conn:
