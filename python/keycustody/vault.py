@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from keycustody import _core
+from keycustody import _core, usage
 from keycustody.audit import AuditLog
 from keycustody.errors import (
     ConfigError,
@@ -46,6 +46,7 @@ from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
+from keycustody.usage import ScopeUsage
 from keycustody.validation import MAX_RECORD_BYTES, check_path
 
 AUDIT_KEK_NAME = "keycustody-audit"
@@ -186,7 +187,10 @@ class Vault:
         self.close()
 
     def close(self) -> None:
-        """Drops cached keys and closes database connections."""
+        """Writes this process's KMS usage counts to the audit trail, drops cached keys and
+        closes database connections."""
+        with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
+            usage.flush_kms_usage(self)
         self._keys.cache.purge()
         self._engine.dispose()
 
@@ -272,7 +276,7 @@ class Vault:
         try:
             # The KMS wrap happens before the write transaction: no lock held across a KMS call.
             with self._read() as s:
-                wrapped = self._keys.wrap_version(s, scope_id, parent, kek_id, 1, key)
+                wrapped = self._keys.wrap_version(s, scope_id, parent, kek_id, 1, key, path=path)
             with self._write() as s, s.begin():
                 s.add(
                     ScopeRow(
@@ -383,6 +387,14 @@ class Vault:
     def verify_certificate(self, document: dict[str, object]) -> tuple[bool, str]:
         """Checks a certificate (as parsed JSON) against the audit trail: ``(ok, why)``."""
         return shredding.verify_certificate(self, dict(document))
+
+    def usage(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[ScopeUsage]:
+        """Usage per scope for chargeback: records and bytes stored now; writes, key
+        operations, KMS calls and denied accesses in ``[since, until)`` (from the audit trail,
+        plus this process's KMS calls not yet written to it)."""
+        return usage.usage(self, since=since, until=until)
 
     def purge(self) -> int:
         """Deletes the record rows of shredded scopes (already unreadable); returns how many."""

@@ -35,6 +35,7 @@ from keycustody.keys.states import COMPROMISED, DESTROYED, SHREDDED, SUSPENDED
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
+from keycustody.usage import KmsUsage
 
 EPOCH_KEY = "key_epoch"
 
@@ -100,6 +101,8 @@ class KeyHierarchy:
         self._epoch: str | None = None
         self._checked_at = float("-inf")
         self._states: dict[bytes, tuple[str, bytes | None, str, str | None]] = {}
+        self.kms_usage = KmsUsage()
+        """KMS calls made for each scope's keys by this process (see keycustody.usage)."""
 
     # -- revocation -----------------------------------------------------------------------
 
@@ -184,13 +187,16 @@ class KeyHierarchy:
         kek_id: str | None,
         version: int,
         key: KeyHandle,
+        *,
+        path: str,
     ) -> dict[str, object]:
         """Wraps a scope key version under the KEK (tenants) or the parent's active key;
-        returns the ``scope_keys`` column values to store."""
+        returns the ``scope_keys`` column values to store (``path`` is for usage counts)."""
         if parent is None:
             if kek_id is None:
                 raise ConfigError("a tenant scope needs a KEK")
             wrapped = self.registry.wrap(KeyId(kek_id), key, self.context(scope_id, version))
+            self.kms_usage.add(path)
             return {
                 "wrapped": wrapped.ciphertext,
                 "kek_id": wrapped.key_id,
@@ -236,6 +242,7 @@ class KeyHierarchy:
         if scope.parent_id is None:
             wrapped = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped)
             handle = self.registry.unwrap(wrapped, self.context(scope.id, version))
+            self.kms_usage.add(scope.path)
         else:
             parent_row = session.get(ScopeRow, scope.parent_id)
             if parent_row is None or row.parent_version is None:

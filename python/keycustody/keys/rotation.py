@@ -147,7 +147,9 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
         new_version = ref.active_version + 1
         parent = fresh(s, ref.parent_id) if ref.parent_id else None
         # The KMS wrap (tenants) happens outside the write transaction.
-        columns = hierarchy.wrap_version(s, ref.id, parent, ref.kek_id, new_version, new_key)
+        columns = hierarchy.wrap_version(
+            s, ref.id, parent, ref.kek_id, new_version, new_key, path=ref.path
+        )
     now = _now()
     with vault._write() as s, s.begin():
         swapped = s.execute(
@@ -213,6 +215,7 @@ def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str) -> int:
             old = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped or b"")
             handle = vault._registry.unwrap(old, ctx)
             rewrapped.append((row, vault._registry.wrap(KeyId(new_kek), handle, ctx)))
+            hierarchy.kms_usage.add(ref.path, 2)
     now = _now()
     with vault._write() as s, s.begin():
         for row, new in rewrapped:
