@@ -24,12 +24,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keycustody import __version__
+from keycustody.cli import keys
 from keycustody.cli.bench import bench as bench_command
 from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
 from keycustody.cli.ingest import IngestReport, ingest_tree
 from keycustody.cli.walk import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES, SkipLog, file_ids
 from keycustody.errors import (
     AuditError,
+    ConcurrentRotationError,
     ConfigError,
     IntegrityError,
     InvalidInputError,
@@ -51,6 +53,7 @@ EXIT_USAGE = 2
 EXIT_CODES: tuple[tuple[type[KeyCustodyError], int], ...] = (
     # Order matters: the first match wins (UnsupportedKeyIdError is a KmsError and a ConfigError).
     (NotFoundError, 3),
+    (ConcurrentRotationError, 10),
     (IntegrityError, 4),
     (KeyRevokedError, 5),
     (ShreddedError, 6),
@@ -73,7 +76,7 @@ app = typer.Typer(
         "Quick start:  `keycustody demo`   (runs in a temporary folder, no setup)\n\n"
         "Exit codes: 0 ok, 1 other failure, 2 usage/config/invalid input, 3 not found, "
         "4 integrity failure (tampered data), 5 key revoked, 6 key shredded, 7 KMS failure, "
-        "8 storage failure, 9 audit failure."
+        "8 storage failure, 9 audit failure, 10 concurrent rotation (retry)."
     ),
     rich_markup_mode="markdown",
     no_args_is_help=True,
@@ -105,11 +108,11 @@ def printable(text: str) -> str:
     return escape(_UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
-def _stdout() -> Console:
+def stdout() -> Console:
     return Console(highlight=False)
 
 
-def _stderr() -> Console:
+def stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
@@ -124,9 +127,7 @@ def exit_code(exc: KeyCustodyError) -> int:
 def fail(message: str, code: int) -> NoReturn:
     """Prints ``error: message`` in red on stderr, on one line, and exits with ``code``."""
     one_line = " ".join(message.split())
-    _stderr().print(
-        f"[bold red]error:[/bold red] [red]{printable(one_line)}[/red]", soft_wrap=True
-    )
+    stderr().print(f"[bold red]error:[/bold red] [red]{printable(one_line)}[/red]", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -210,7 +211,7 @@ def _vault_files(settings: Settings) -> dict[tuple[int, int], str]:
     return protect
 
 
-def _settings(ctx: typer.Context) -> Settings:
+def get_settings(ctx: typer.Context) -> Settings:
     settings = ctx.find_object(Settings)
     if settings is None:  # a command invoked without the app callback (tests, embedding)
         settings = Settings(DEFAULT_DB, DEFAULT_KMS_DIR, None)
@@ -254,7 +255,7 @@ def main_options(
         typer.Option(
             "--actor",
             envvar="KEYCUSTODY_ACTOR",
-            help="Who acts, for the audit trail (planned); default user@host. "
+            help="Who acts, recorded in the audit trail; default user@host. "
             "Example: `--actor ops@acme`",
         ),
     ] = None,
@@ -273,7 +274,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def _summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+def summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -400,8 +401,8 @@ def ingest(
 
     Example: `keycustody ingest ./repo --scope acme/repos/api -x .git`
     """
-    settings = _settings(ctx)
-    out, err = _stdout(), _stderr()
+    settings = get_settings(ctx)
+    out, err = stdout(), stderr()
     report = IngestReport()
     with handle_errors(), open_vault(settings, must_exist=not create) as vault:
         target = vault.scope(scope, kek=kek, create=create)
@@ -425,7 +426,7 @@ def ingest(
                 )
             print_skips(err, report.log, verbose=verbose)
             raise
-        _summary(
+        summary(
             out,
             f"ingested [bold]{printable(str(directory))}[/bold] into scope "
             f"[bold]{escape(target.path)}[/bold]",
@@ -480,7 +481,7 @@ def get(
 
     Example: `keycustody get src/app.py --scope acme -o app.py`
     """
-    settings = _settings(ctx)
+    settings = get_settings(ctx)
     with handle_errors():
         with open_vault(settings, must_exist=True) as vault:
             data = vault.scope(scope).get(name)
@@ -495,7 +496,7 @@ def get(
             stream.flush()
         else:
             _write_private(output, data)
-            _stderr().print(
+            stderr().print(
                 f"wrote {len(data):,} bytes to {printable(str(output))}", soft_wrap=True
             )
 
@@ -521,7 +522,7 @@ def list_records(
 
     Example: `keycustody ls --scope acme --prefix src/ --json`
     """
-    settings = _settings(ctx)
+    settings = get_settings(ctx)
     with handle_errors():
         with open_vault(settings, must_exist=True) as vault:
             infos = vault.scope(scope).list(prefix=prefix)
@@ -546,7 +547,7 @@ def list_records(
         for i in infos:
             table.add_row(printable(i.name), f"{i.size:,}", str(i.key_version), i.record_id)
         table.caption = f"{len(infos):,} records, {_mb(sum(i.size for i in infos))}"
-        _stdout().print(table)
+        stdout().print(table)
 
 
 @app.command()
@@ -586,7 +587,7 @@ def demo(
 
     Example: `keycustody demo`  or  `keycustody demo --source package --keep`
     """
-    out, err = _stdout(), _stderr()
+    out, err = stdout(), stderr()
     with handle_errors():
         root = resolve_source(source)
         exclude = DEMO_EXCLUDES if source == "stdlib" else ("__pycache__",)
@@ -619,7 +620,7 @@ def kek_create(
     Example: `keycustody kek create acme-kek`, then
     `keycustody ingest ./repo --scope acme --kek local:acme-kek`
     """
-    settings = _settings(ctx)
+    settings = get_settings(ctx)
     with handle_errors():
         key_id = LocalKMS(settings.kms_dir).create_key(name)
         typer.echo(key_id)
@@ -631,7 +632,7 @@ def kek_list(ctx: typer.Context) -> None:
 
     Example: `keycustody --kms-dir ~/kek kek ls`
     """
-    settings = _settings(ctx)
+    settings = get_settings(ctx)
     with handle_errors():
         kms = LocalKMS(settings.kms_dir)
         table = Table(title=f"LocalKMS {escape(str(settings.kms_dir))}")
@@ -641,4 +642,11 @@ def kek_list(ctx: typer.Context) -> None:
         for key_id in kms.list_keys():
             meta = kms.describe_key(key_id)
             table.add_row(escape(key_id), str(meta.get("state")), str(meta.get("primary")))
-        _stdout().print(table)
+        stdout().print(table)
+
+
+# Old private names, still used by cli/evidence.py until it moves to the public ones.
+_settings, _stdout, _stderr, _summary = get_settings, stdout, stderr, summary
+
+# Registration of the command groups that live in their own modules.
+keys.register(app)
