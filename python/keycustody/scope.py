@@ -173,6 +173,7 @@ class Scope:
     def seal_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
         names, datas = self._prepare(items)
+        self._rotate_if_due()
         with self._vault._read() as s:
             version, key = self._active_key(s)
         return _core.seal_blobs(key, self._ref.id, version, names, datas)
@@ -418,6 +419,7 @@ class Scope:
         """
         raw = encode_name(name)
         writer = self._vault._records
+        self._rotate_if_due()
         try:
             with self._vault._write() as s, s.begin():
                 version, key = self._active_key(s)

@@ -265,7 +265,11 @@ def protected_by(vault: Vault, key: str) -> Protection:
             rows = s.execute(
                 select(ScopeKeyRow.scope_id, ScopeKeyRow.version)
                 .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
-                .where(ScopeRow.parent_id.is_(None), ScopeKeyRow.kek_id == key)
+                .where(
+                    ScopeRow.parent_id.is_(None),
+                    ScopeKeyRow.kek_id == key,
+                    ScopeKeyRow.wrapped.is_not(None),
+                )
             ).all()
             per_scope: dict[bytes, set[int]] = {}
             for scope_id, version in rows:

@@ -446,7 +446,9 @@ def rewrap(
 def mark_compromised(vault: Vault, scope: ScopeRef, version: int | None, reason: str) -> int:
     """Marks a key version COMPROMISED (rotating first if it is the active one); returns it.
 
-    Its records stop decrypting until :func:`reencrypt` gives them new DEKs.
+    Its records stop decrypting until :func:`reencrypt` gives them new DEKs. The compromise
+    cascades: a child scope key version wrapped under the compromised version was exposed with
+    it, so it is marked COMPROMISED too (after the child is rotated), down the tree.
     """
     with vault._read() as s:
         ref = fresh(s, scope.id)
@@ -463,6 +465,19 @@ def mark_compromised(vault: Vault, scope: ScopeRef, version: int | None, reason:
         )
         epoch = bump_epoch(s)
     vault._keys.changed(epoch)
+    with vault._read() as s:
+        exposed = s.execute(
+            select(ScopeKeyRow.scope_id, ScopeKeyRow.version)
+            .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+            .where(
+                ScopeRow.parent_id == ref.id,
+                ScopeKeyRow.parent_version == target,
+                ScopeKeyRow.state.not_in([COMPROMISED, DESTROYED]),
+            )
+        ).all()
+        children = [(fresh(s, scope_id), version) for scope_id, version in exposed]
+    for child, child_version in children:
+        mark_compromised(vault, child, child_version, f"{reason} (parent {ref.path} v{target})")
     return target
 
 
@@ -475,7 +490,29 @@ def reencrypt(
     dry_run: bool = False,
 ) -> JobReport:
     """Gives every record under a COMPROMISED version a new DEK and fresh ciphertext under the
-    active version, then destroys the compromised versions. Resumable: rerun after a crash."""
+    active version, then destroys the compromised versions; then does the same for every
+    descendant scope (a compromise cascades down the tree). Resumable: rerun after a crash."""
+    report = _reencrypt_scope(
+        vault, scope, batch_size=batch_size, progress=progress, dry_run=dry_run
+    )
+    with vault._read() as s:
+        children = [
+            ScopeRef.of(r)
+            for r in s.scalars(select(ScopeRow).where(ScopeRow.parent_id == scope.id))
+        ]
+    for child in children:
+        reencrypt(vault, child, batch_size=batch_size, progress=progress, dry_run=dry_run)
+    return report
+
+
+def _reencrypt_scope(
+    vault: Vault,
+    scope: ScopeRef,
+    *,
+    batch_size: int,
+    progress: Progress | None,
+    dry_run: bool,
+) -> JobReport:
     if batch_size < 1:
         raise InvalidInputError("batch_size must be positive")
     hierarchy = vault._keys
