@@ -494,8 +494,13 @@ def test_mark_compromised_then_reencrypt(
         ids_after["exact.bin"],
     }
     assert len(after["segments"]) == 4 + 3
-    # The child's key left the compromised parent version.
-    assert [k.wrapped_by for k in versions_of(vault.scope("acme/subjects"))] == ["scope:acme#v2"]
+    # The child's key was exposed with the parent's: the compromise cascaded, so it was
+    # rotated (a fresh version under acme v2) and its exposed version destroyed.
+    subjects = versions_of(vault.scope("acme/subjects"))
+    assert [(k.state, k.wrapped_by) for k in subjects] == [
+        (DESTROYED, "scope:acme#v2"),
+        (ACTIVE, "scope:acme#v2"),
+    ]
     assert child.get("alice.txt") == b"alice"
     with kc.Vault.open(db_url, kms=kms) as cold:
         assert cold.scope("acme").get_many(data) == data
