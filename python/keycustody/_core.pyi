@@ -18,11 +18,13 @@ __all__ = [
     "begin_stream",
     "header_key_version",
     "open_blobs",
+    "open_derived",
     "open_names",
     "open_records",
     "open_stream",
     "rewrap_headers",
     "seal_blobs",
+    "seal_derived",
     "seal_records",
 ]
 
@@ -185,4 +187,34 @@ def open_stream(
 
     Raises:
         IntegrityError: the header does not authenticate or names another record.
+    """
+
+def seal_derived(
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    source_name: Buffer,
+    source_header: Buffer,
+    names: Sequence[Buffer],
+    datas: Sequence[Buffer],
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Seals records derived from a source record (suite 3): their DEKs are wrapped under a
+    key derived from the source's DEK. Returns ``(headers, encrypted_names, bodies)``.
+
+    Raises:
+        IntegrityError: the source header does not authenticate under ``source_name``.
+    """
+
+def open_derived(
+    scope_id: Buffer,
+    keys: Mapping[int, KeyHandle],
+    source_header: Buffer,
+    names: Sequence[Buffer] | None,
+    headers: Sequence[Buffer],
+    bodies: Sequence[Buffer],
+) -> list[bytes]:
+    """Opens derived records through their source's header: payloads (with ``names``) or,
+    with ``names=None`` and the encrypted names as ``bodies``, their names.
+
+    Raises:
+        IntegrityError: a record does not authenticate (``.index`` names its position).
     """

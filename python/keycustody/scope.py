@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from keycustody import _core
+from keycustody import _core, derived
 from keycustody.errors import (
     ConcurrentRotationError,
     IntegrityError,
@@ -60,7 +60,7 @@ def _utc(ts: datetime) -> datetime:
 class _StoredRow(Protocol):
     record_id: bytes
     name_index: bytes
-    key_version: int
+    key_version: int | None
     header: bytes
     size: int
 
@@ -72,7 +72,7 @@ def _check_row(row: _StoredRow) -> None:
         len(header) != _core.HEADER_LEN
         or header[24:40] != row.record_id
         or header[40:72] != row.name_index
-        or _core.header_key_version(header) != row.key_version
+        or _core.header_key_version(header) != (row.key_version or 0)
     ):
         raise IntegrityError("a stored record's columns do not match its header")
 
@@ -211,8 +211,18 @@ class Scope:
 
     # -- storage ------------------------------------------------------------------------
 
-    def put(self, name: str, data: Data) -> RecordInfo:
-        """Stores one record, replacing (and destroying the DEK of) any record of that name."""
+    def put(self, name: str, data: Data, *, derived_from: str | None = None) -> RecordInfo:
+        """Stores one record, replacing (and destroying the DEK of) any record of that name.
+
+        Args:
+            derived_from: Name of a record of this scope that this one is derived from (an
+                embedding, chunk or summary of it). Its DEK is then wrapped under a key bound
+                to the source: deleting, replacing or shredding the source makes it unreadable
+                in the same step.
+        """
+        if derived_from is not None:
+            check_data(data, self._vault.max_record_bytes)
+            return derived.put_derived(self, [(name, data)], derived_from)[0]
         return self.put_many([(name, data)])[0]
 
     @_audit_failures("put_many")
@@ -313,7 +323,19 @@ class Scope:
                     conn,
                     self._ref.id,
                     [
-                        (h[24:40], self._ref.id, h[40:72], version, h, n, b, size, ts, version)
+                        (
+                            h[24:40],
+                            self._ref.id,
+                            h[40:72],
+                            version,
+                            h,
+                            n,
+                            b,
+                            size,
+                            ts,
+                            version,
+                            None,
+                        )
                         for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
                     ],
                 )
@@ -365,6 +387,7 @@ class Scope:
                         RecordRow.size,
                         RecordRow.header,
                         RecordRow.body,
+                        RecordRow.source_id,
                     ).where(
                         RecordRow.scope_id == self._ref.id, RecordRow.name_index.in_(list(index))
                     )
@@ -381,7 +404,20 @@ class Scope:
                     i = index[r.name_index]
                     with self._open_stream_row(s, chunk_raw[i], r) as reader:
                         out[chunk[i]] = reader.readall()
-                rows = [r for r in rows if r.header[3] != SUITE_SEGMENTED]
+                deriv = [r for r in rows if derived.is_derived(r.header)]
+                for r, data in zip(
+                    deriv,
+                    derived.open_payloads(
+                        s, self, deriv, [chunk_raw[index[r.name_index]] for r in deriv]
+                    ),
+                    strict=True,
+                ):
+                    out[chunk[index[r.name_index]]] = data
+                rows = [
+                    r
+                    for r in rows
+                    if r.header[3] != SUITE_SEGMENTED and not derived.is_derived(r.header)
+                ]
                 for r in rows:
                     if r.size != len(r.body) - _core.TAG_LEN:
                         raise IntegrityError("a stored record's size does not match its body")
@@ -428,7 +464,9 @@ class Scope:
                 conn = s.connection()
                 now = _now()
                 row = (record_id, self._ref.id, header[40:72], version, header, name_ct, b"")
-                writer.replace(conn, self._ref.id, [(*row, 0, writer.timestamp(now), version)])
+                writer.replace(
+                    conn, self._ref.id, [(*row, 0, writer.timestamp(now), version, None)]
+                )
                 size = 0
                 for seq, (segment, last) in enumerate(read_segments(fileobj)):
                     sealed = sealer.seal_segment(segment, last)
@@ -597,7 +635,8 @@ class Scope:
     def list(self, prefix: str = "") -> list[RecordInfo]:
         """Records whose names start with ``prefix``, sorted by name.
 
-        Names are stored encrypted, so listing decrypts them (in Rust, batched).
+        Names are stored encrypted, so listing decrypts them (in Rust, batched). Derived
+        records whose source was deleted cannot be decrypted any more and are left out.
         """
         if not isinstance(prefix, str):
             raise InvalidInputError("prefix must be a str")
@@ -613,24 +652,34 @@ class Scope:
                     RecordRow.size,
                     RecordRow.key_version,
                     RecordRow.created_at,
+                    RecordRow.source_id,
                 ).where(RecordRow.scope_id == self._ref.id)
             )
-            for rows in result.partitions(BATCH_RECORDS):
+            for batch in result.partitions(BATCH_RECORDS):
+                rows = [r for r in batch if not derived.is_derived(r.header)]
+                deriv = [r for r in batch if derived.is_derived(r.header)]
                 headers = [r.header for r in rows]
                 keys = self._keys_for(s, headers)
                 try:
-                    names = _core.open_names(
-                        self._ref.id, keys, headers, [r.name_ct for r in rows]
+                    names: list[bytes | None] = list(
+                        _core.open_names(self._ref.id, keys, headers, [r.name_ct for r in rows])
                     )
+                    names += derived.open_names(s, self, deriv)
                 except IntegrityError as exc:
                     raise IntegrityError("a stored record name failed authentication") from exc
-                for r, raw in zip(rows, names, strict=True):
+                for r, raw in zip([*rows, *deriv], names, strict=True):
+                    if raw is None:
+                        continue  # a derivative whose source is gone: unreadable for good
                     _check_row(r)
                     name = raw.decode("utf-8")
                     if name.startswith(prefix):
                         infos.append(
                             RecordInfo(
-                                name, r.record_id.hex(), r.size, r.key_version, _utc(r.created_at)
+                                name,
+                                r.record_id.hex(),
+                                r.size,
+                                r.key_version or 0,
+                                _utc(r.created_at),
                             )
                         )
         infos.sort(key=lambda i: i.name)

@@ -463,8 +463,8 @@ def test_mark_compromised_then_reencrypt(
     assert report.records_done == 122
     assert report.versions_destroyed == [1]
     assert report.child_keys_done == 1
-    # acme's 122 records, then (the compromise cascades) the child scope's one record.
-    assert calls == [(50, 122), (100, 122), (122, 122), (1, 1)]
+    # acme's 122 records, then (the compromise cascades) the child scope's one: one progress.
+    assert calls == [(50, 123), (100, 123), (122, 123), (123, 123)]
 
     assert [(k.version, k.state, k.records) for k in versions_of(acme)] == [
         (1, DESTROYED, 0),

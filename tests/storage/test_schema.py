@@ -31,7 +31,7 @@ TABLES = {
     "audit_keys",
     "erasure_certificates",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, overload
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from keycustody.errors import InvalidInputError, NotFoundError
+from keycustody import derived
+from keycustody.errors import InvalidInputError, NotFoundError, ShreddedError
 from keycustody.keys.hierarchy import ScopeRef, load_scope
 from keycustody.storage.models import LineageEventRow, RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.types import KeyVersionInfo
@@ -72,6 +73,10 @@ class RecordLineage(Sequence[LineageEvent]):
     kek_version: str
     chain: list[KeyLink]
     events: list[LineageEvent]
+    derivatives: list[str] = field(default_factory=list)
+    """Names of the records derived from this one (they die with it)."""
+    source: str | None = None
+    """For a derived record: the record id of its source."""
 
     @overload
     def __getitem__(self, index: int) -> LineageEvent: ...
@@ -134,11 +139,26 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
                 RecordRow.key_version,
                 RecordRow.sealed_version,
                 RecordRow.created_at,
+                RecordRow.header,
+                RecordRow.source_id,
             ).where(RecordRow.scope_id == ref.id, RecordRow.name_index == name_index)
         ).one_or_none()
         if row is None:
             raise NotFoundError(f"no record of that name in scope {ref.path!r}")
-        chain = _chain(s, ref, row.key_version)
+        source_id = row.source_id
+        if source_id is not None:  # a derived record's key path is its source's
+            source = s.execute(
+                select(RecordRow.key_version).where(RecordRow.record_id == source_id)
+            ).one_or_none()
+            if source is None or source.key_version is None:
+                raise ShreddedError("the source record of this derived record was deleted")
+            chain = _chain(s, ref, source.key_version)
+            derivatives: list[str] = []
+        else:
+            assert row.key_version is not None  # noqa: S101 - only derived rows lack it
+            chain = _chain(s, ref, row.key_version)
+            keys = vault._keys.keys(s, ref, {row.key_version})
+            derivatives = derived.derivatives(s, ref.id, row.record_id, row.header, keys)
         created = _utc(row.created_at)
         assert created is not None  # noqa: S101 - NOT NULL
         events = [LineageEvent(created, "sealed", ref.path, None, row.sealed_version)]
@@ -184,12 +204,14 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
         name,
         ref.path,
         row.record_id.hex(),
-        row.key_version,
+        row.key_version or 0,
         row.sealed_version,
         kek_id,
         kek_version,
         chain,
         events,
+        derivatives,
+        source_id.hex() if source_id is not None else None,
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from keycustody import _core
+from keycustody import _core, derived
 from keycustody.errors import (
     ConcurrentRotationError,
     ConfigError,
@@ -271,7 +271,7 @@ def _count_by_version(s: Session, scope_id: bytes, versions: Sequence[int]) -> d
         .where(RecordRow.scope_id == scope_id, RecordRow.key_version.in_(list(versions)))
         .group_by(RecordRow.key_version)
     ).all()
-    return {int(v): int(n) for v, n in rows}
+    return {int(v): int(n) for v, n in rows if v is not None}
 
 
 def _rewrap_children(vault: Vault, ref: ScopeRef, old: set[int]) -> int:
@@ -492,17 +492,37 @@ def reencrypt(
     """Gives every record under a COMPROMISED version a new DEK and fresh ciphertext under the
     active version, then destroys the compromised versions; then does the same for every
     descendant scope (a compromise cascades down the tree). Resumable: rerun after a crash."""
-    report = _reencrypt_scope(
-        vault, scope, batch_size=batch_size, progress=progress, dry_run=dry_run
-    )
+    scopes = [scope]
     with vault._read() as s:
-        children = [
-            ScopeRef.of(r)
-            for r in s.scalars(select(ScopeRow).where(ScopeRow.parent_id == scope.id))
+        walked = 0
+        while walked < len(scopes):  # the whole subtree, parents first
+            parent_id = scopes[walked].id
+            walked += 1
+            children = s.scalars(select(ScopeRow).where(ScopeRow.parent_id == parent_id))
+            scopes += [ScopeRef.of(r) for r in children]
+        totals = [
+            sum(
+                _count_by_version(
+                    s,
+                    sc.id,
+                    [v for v, st in _versions(s, sc.id).items() if st == COMPROMISED],
+                ).values()
+            )
+            for sc in scopes
         ]
-    for child in children:
-        reencrypt(vault, child, batch_size=batch_size, progress=progress, dry_run=dry_run)
-    return report
+    grand, before = sum(totals), 0
+    reports = []
+    for sc in scopes:
+
+        def overall(done: int, _total: int, base: int = before) -> None:
+            if progress is not None:
+                progress(base + done, grand)
+
+        reports.append(
+            _reencrypt_scope(vault, sc, batch_size=batch_size, progress=overall, dry_run=dry_run)
+        )
+        before += reports[-1].records_done
+    return reports[0]
 
 
 def _reencrypt_scope(
@@ -586,10 +606,14 @@ def _reencrypt_scope(
                     len(d),
                     ts,
                     ref.active_version,
+                    None,
                 )
                 for h, n, b, d in zip(new_headers, new_names, new_bodies, plain, strict=True)
             ]
             writer.replace(s.connection(), ref.id, new_rows)
+            active_keys = {ref.active_version: active}
+            for i, h in zip(whole, new_headers, strict=True):
+                derived.rederive(writer, s, ref.id, (headers[i], keys), (h, active_keys), names[i])
             for i, h in zip(whole, new_headers, strict=True):
                 lineage_event(
                     s,
@@ -602,7 +626,7 @@ def _reencrypt_scope(
                     details={"previous_record_id": rows[i].record_id.hex()},
                 )
             for i in streamed:
-                _reencrypt_stream(vault, s, ref, active, names[i], rows[i], openers[i], now)
+                _reencrypt_stream(vault, s, ref, active, names[i], rows[i], openers[i], now, keys)
         done += len(rows)
         if progress is not None:
             progress(done, total)
@@ -628,6 +652,7 @@ def _reencrypt_stream(
     row: Any,
     opener: _core.StreamOpener,
     now: datetime,
+    old_keys: dict[int, _core.KeyHandle],
 ) -> None:
     """Re-seals a stream record segment by segment (constant memory), in the caller's
     transaction: the old record steps aside (its name index is replaced by a random one) so the
@@ -658,6 +683,7 @@ def _reencrypt_stream(
                 0,
                 writer.timestamp(now),
                 ref.active_version,
+                None,
             )
         ],
     )
@@ -676,6 +702,9 @@ def _reencrypt_stream(
         writer.add_segments(conn, [(record_id, seq, sealer.seal_segment(plain, last))])
         size += len(plain)
     s.execute(update(RecordRow).where(RecordRow.record_id == record_id).values(size=size))
+    derived.rederive(
+        writer, s, ref.id, (row.header, old_keys), (header, {ref.active_version: active}), name
+    )
     s.execute(delete(RecordRow).where(RecordRow.record_id == row.record_id))
     lineage_event(
         s,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sqlalchemy import delete, func, select, update
 
+from keycustody import derived
 from keycustody.errors import (
     ConfigError,
     InvalidInputError,
@@ -601,13 +602,12 @@ def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:
 
 
 def purge(vault: Vault, *, batch_size: int = 5000) -> int:
-    """Deletes the records (and segments) of shredded scopes; returns how many."""
+    """Deletes the records (and segments) of shredded scopes, and derived records whose
+    source is gone; returns how many."""
     total = 0
     with vault._read() as s:
         ids = list(s.scalars(select(ScopeRow.id).where(ScopeRow.state == SHREDDED)))
-    if not ids:
-        return 0
-    while True:
+    while ids:
         with vault._write() as s, s.begin():
             batch = list(
                 s.scalars(
@@ -621,6 +621,13 @@ def purge(vault: Vault, *, batch_size: int = 5000) -> int:
             s.execute(delete(RecordRow).where(RecordRow.record_id.in_(batch)))
             total += len(batch)
     with vault._write() as s, s.begin():
-        vault._audit_change(s, "records.purge", "shredded scopes", details={"records": total})
+        orphans = derived.purge_orphans(s)
+        total += orphans
+        vault._audit_change(
+            s,
+            "records.purge",
+            "shredded scopes",
+            details={"records": total, "orphaned_derivatives": orphans},
+        )
     _scrub(vault)
     return total

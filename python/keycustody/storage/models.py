@@ -102,13 +102,16 @@ class RecordRow(Base):
     record_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     scope_id: Mapped[bytes] = mapped_column(LargeBinary(16))
     name_index: Mapped[bytes] = mapped_column(LargeBinary(32))
-    key_version: Mapped[int] = mapped_column(Integer)
+    key_version: Mapped[int | None] = mapped_column(Integer)
+    """The scope key version wrapping the DEK; NULL for a derived record (see source_id)."""
     header: Mapped[bytes]
     name_ct: Mapped[bytes]
     body: Mapped[bytes]
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
     sealed_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    source_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    """For a derived record: the record whose DEK wraps this record's DEK."""
 
 
 class SegmentRow(Base):

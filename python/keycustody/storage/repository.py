@@ -27,6 +27,7 @@ RECORD_COLUMNS = (
     "size",
     "created_at",
     "sealed_version",
+    "source_id",
 )
 """Order of the values in a record row tuple."""
 

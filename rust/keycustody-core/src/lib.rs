@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod derived;
 pub mod error;
 pub mod kdf;
 pub mod key;

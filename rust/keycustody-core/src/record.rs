@@ -54,13 +54,13 @@ pub const RECORD_ID_LEN: usize = 16;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 176;
 
-const SCOPE_ID: std::ops::Range<usize> = 4..20;
-const KEY_VERSION: std::ops::Range<usize> = 20..24;
+pub(crate) const SCOPE_ID: std::ops::Range<usize> = 4..20;
+pub(crate) const KEY_VERSION: std::ops::Range<usize> = 20..24;
 pub(crate) const RECORD_ID: std::ops::Range<usize> = 24..40;
 const NAME_INDEX: std::ops::Range<usize> = 40..72;
 const DEK_AAD_END: usize = 72;
 const WRAP_NONCE: std::ops::Range<usize> = 72..84;
-const WRAPPED_DEK: std::ops::Range<usize> = 84..132;
+pub(crate) const WRAPPED_DEK: std::ops::Range<usize> = 84..132;
 pub(crate) const DATA_NONCE: std::ops::Range<usize> = 132..144;
 const COMMITMENT: std::ops::Range<usize> = 144..176;
 pub(crate) const DATA_AAD_LEN: usize = 20 + (DEK_AAD_END - RECORD_ID.start);
@@ -153,7 +153,11 @@ pub struct OpenJob<'a> {
     pub out: &'a mut [u8],
 }
 
-fn check_header(header: &[u8], scope_id: &[u8; SCOPE_ID_LEN], suites: &[u8]) -> Result<()> {
+pub(crate) fn check_header(
+    header: &[u8],
+    scope_id: &[u8; SCOPE_ID_LEN],
+    suites: &[u8],
+) -> Result<()> {
     if header.len() != HEADER_LEN
         || &header[..2] != MAGIC
         || header[2] != FORMAT_VERSION
@@ -188,6 +192,42 @@ pub(crate) fn write_header(
     random: &[u8],
     h: &mut [u8],
 ) -> Result<LessSafeKey> {
+    let wrap = DekWrap {
+        index: key.key,
+        key: key.key.aead(),
+        aad_extra: &[],
+    };
+    write_header_with(&wrap, key.scope_id, key.version, name, suite, random, h)
+}
+
+/// What wraps a record's DEK: the scope key (suites 1, 2) or a source record's derivation key
+/// (suite 3), with extra associated data appended to header[0..72] for the latter.
+pub(crate) struct DekWrap<'a> {
+    /// Scope key whose name-index half indexes the record's name.
+    pub index: &'a SecretKey,
+    /// The AES-256-GCM key that wraps the DEK.
+    pub key: &'a LessSafeKey,
+    /// Appended to header[0..72] as the wrap's associated data (the source record id).
+    pub aad_extra: &'a [u8],
+}
+
+/// Associated data of a DEK wrap: header[0..72], then the wrap's extra binding.
+pub(crate) fn dek_aad(header: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DEK_AAD_END + extra.len());
+    aad.extend_from_slice(&header[..DEK_AAD_END]);
+    aad.extend_from_slice(extra);
+    aad
+}
+
+pub(crate) fn write_header_with(
+    wrap: &DekWrap<'_>,
+    scope_id: [u8; SCOPE_ID_LEN],
+    version: u32,
+    name: &[u8],
+    suite: u8,
+    random: &[u8],
+    h: &mut [u8],
+) -> Result<LessSafeKey> {
     let (record_id, rest) = random.split_at(RECORD_ID_LEN);
     let (dek, nonces) = rest.split_at(KEY_LEN);
     let (wrap_nonce, data_nonce) = nonces.split_at(GCM_NONCE_LEN);
@@ -197,23 +237,33 @@ pub(crate) fn write_header(
     h[..2].copy_from_slice(MAGIC);
     h[2] = FORMAT_VERSION;
     h[3] = suite;
-    h[SCOPE_ID].copy_from_slice(&key.scope_id);
-    h[KEY_VERSION].copy_from_slice(&key.version.to_be_bytes());
+    h[SCOPE_ID].copy_from_slice(&scope_id);
+    h[KEY_VERSION].copy_from_slice(&version.to_be_bytes());
     h[RECORD_ID].copy_from_slice(record_id);
-    h[NAME_INDEX].copy_from_slice(&key.key.name_index(name)?);
+    h[NAME_INDEX].copy_from_slice(&wrap.index.name_index(name)?);
     h[WRAP_NONCE].copy_from_slice(wrap_nonce);
-    let (aad, tail) = h.split_at_mut(DEK_AAD_END);
-    seal_into(
-        key.key.aead(),
-        wrap_nonce,
-        aad,
-        dek,
-        &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN],
-    )?;
+    let aad = dek_aad(h, wrap.aad_extra);
+    seal_into(wrap.key, wrap_nonce, &aad, dek, &mut h[WRAPPED_DEK])?;
     h[DATA_NONCE].copy_from_slice(data_nonce);
     let (data_key, commitment) = derive_record_keys(dek, record_id)?;
     h[COMMITMENT].copy_from_slice(&commitment);
     Ok(data_key)
+}
+
+/// Decrypts a record's name under its data key.
+pub(crate) fn open_name_with(
+    data_key: &LessSafeKey,
+    header: &[u8],
+    name_ct: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    open_into(
+        data_key,
+        &name_nonce(header),
+        &header[RECORD_ID],
+        name_ct,
+        out,
+    )
 }
 
 /// Encrypts a record's name under its data key (see the module docs for the nonce).
@@ -244,17 +294,27 @@ fn seal_one(key: &SealKey<'_>, job: &mut SealJob<'_>, random: &[u8]) -> Result<(
 
 /// Unwraps the DEK and checks the key commitment; returns the data key.
 pub(crate) fn open_data_key(key: &SecretKey, header: &[u8]) -> Result<LessSafeKey> {
+    Ok(unwrap_dek(key.aead(), &[], header)?.1)
+}
+
+/// Unwraps a record's DEK and checks its key commitment; returns the DEK and the data key.
+pub(crate) fn unwrap_dek(
+    wrap: &LessSafeKey,
+    aad_extra: &[u8],
+    header: &[u8],
+) -> Result<(Zeroizing<[u8; KEY_LEN]>, LessSafeKey)> {
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+    let aad = dek_aad(header, aad_extra);
     open_into(
-        key.aead(),
+        wrap,
         &header[WRAP_NONCE],
-        &header[..DEK_AAD_END],
+        &aad,
         &header[WRAPPED_DEK],
         &mut dek[..],
     )?;
     let (data_key, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
     verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
-    Ok(data_key)
+    Ok((dek, data_key))
 }
 
 pub(crate) fn check_name(key: &SecretKey, header: &[u8], name: &[u8]) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod aead;
 mod buffers;
+mod derived;
 mod errors;
 mod gil;
 mod keys;
@@ -15,6 +16,8 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use super::aead::{aes256gcm_open, aes256gcm_seal};
+    #[pymodule_export]
+    use super::derived::{open_derived, seal_derived};
     #[pymodule_export]
     use super::keys::KeyHandle;
     #[pymodule_export]

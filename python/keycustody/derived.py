@@ -1,0 +1,197 @@
+"""Derived records: embeddings, chunks and summaries that die with their source record.
+
+A derived record's DEK is wrapped under a key derived from its source record's DEK (suite 3,
+see ``rust/keycustody-core/src/derived.rs``). Deleting, replacing or shredding the source
+destroys that key in the same step, so every derivative becomes unreadable at once, without
+touching its rows (``purge`` removes them later). "Forget this file" then really forgets its
+embeddings too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from keycustody import _core
+from keycustody.errors import IntegrityError, NotFoundError, ShreddedError
+from keycustody.storage.models import RecordRow
+from keycustody.storage.repository import RecordWriter
+from keycustody.types import RecordInfo
+from keycustody.validation import Data, encode_name, size_of
+
+if TYPE_CHECKING:
+    from keycustody.scope import Scope
+
+SUITE_DERIVED = 3
+
+
+def is_derived(header: bytes) -> bool:
+    """Whether a stored header is a derived record's (suite 3)."""
+    return header[3] == SUITE_DERIVED
+
+
+def _source_row(
+    s: Session, scope: Scope, *, name_index: bytes | None = None, record_id: bytes | None = None
+) -> Any:
+    query = select(RecordRow.record_id, RecordRow.header, RecordRow.key_version).where(
+        RecordRow.scope_id == scope._ref.id
+    )
+    query = (
+        query.where(RecordRow.name_index == name_index)
+        if name_index is not None
+        else query.where(RecordRow.record_id == record_id)
+    )
+    return s.execute(query).one_or_none()
+
+
+def put_derived(scope: Scope, items: Iterable[tuple[str, Data]], source: str) -> list[RecordInfo]:
+    """Stores records derived from record ``source`` of the same scope (one transaction)."""
+    raw_source = encode_name(source)
+    names: list[str] = []
+    raws: list[bytes] = []
+    datas: list[Data] = []
+    for name, data in items:
+        raws.append(encode_name(name))
+        names.append(name)
+        datas.append(data)
+    vault = scope._vault
+    writer = vault._records
+    with vault._write() as s, s.begin():
+        _, key = scope._active_key(s)
+        row = _source_row(s, scope, name_index=key.name_index(raw_source))
+        if row is None:
+            raise NotFoundError(f"no source record of that name in scope {scope.path!r}")
+        if row.key_version is None:
+            raise IntegrityError("a derived record cannot be the source of another")
+        keys = vault._keys.keys(s, scope._ref, {row.key_version})
+        headers, name_cts, bodies = _core.seal_derived(
+            scope._ref.id, keys, raw_source, row.header, raws, datas
+        )
+        now = datetime.now(UTC)
+        ts = writer.timestamp(now)
+        sizes = [size_of(d) for d in datas]
+        writer.replace(
+            s.connection(),
+            scope._ref.id,
+            [
+                (h[24:40], scope._ref.id, h[40:72], None, h, n, b, size, ts, 0, row.record_id)
+                for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
+            ],
+        )
+        vault._audit_change(
+            s,
+            "record.put_derived",
+            scope.path,
+            details={"records": len(headers), "source_record": row.record_id.hex()},
+        )
+    return [
+        RecordInfo(name, h[24:40].hex(), size, 0, now)
+        for name, h, size in zip(names, headers, sizes, strict=True)
+    ]
+
+
+def _source_for(s: Session, scope: Scope, source_id: bytes | None) -> tuple[bytes, dict[int, Any]]:
+    row = _source_row(s, scope, record_id=source_id) if source_id is not None else None
+    if row is None or row.key_version is None:
+        raise ShreddedError(
+            "the source record of this derived record was deleted or replaced: the key that "
+            "protected it is gone, so it can never be read again"
+        )
+    return row.header, scope._vault._keys.keys(s, scope._ref, {row.key_version})
+
+
+def open_payloads(
+    s: Session, scope: Scope, rows: Sequence[Any], raw_names: Sequence[bytes]
+) -> list[bytes]:
+    """Opens derived records (``rows`` with source_id, header, body) by name."""
+    out: list[bytes] = []
+    for row, raw in zip(rows, raw_names, strict=True):
+        header, keys = _source_for(s, scope, row.source_id)
+        out += _core.open_derived(scope._ref.id, keys, header, [raw], [row.header], [row.body])
+    return out
+
+
+def open_names(s: Session, scope: Scope, rows: Sequence[Any]) -> list[bytes | None]:
+    """Decrypts the names of derived records (``rows`` with source_id, header, name_ct);
+    None for a record whose source is gone (unreadable for good; ``purge`` removes it)."""
+    out: list[bytes | None] = []
+    for row in rows:
+        try:
+            header, keys = _source_for(s, scope, row.source_id)
+        except ShreddedError:
+            out.append(None)
+            continue
+        out += _core.open_derived(scope._ref.id, keys, header, None, [row.header], [row.name_ct])
+    return out
+
+
+def derivatives(
+    s: Session, scope_id: bytes, record_id: bytes, header: bytes, keys: dict[int, Any]
+) -> list[str]:
+    """Names of the records derived from record ``record_id`` (its ``header`` and keys)."""
+    rows = s.execute(
+        select(RecordRow.header, RecordRow.name_ct).where(RecordRow.source_id == record_id)
+    ).all()
+    if not rows:
+        return []
+    names = _core.open_derived(
+        scope_id, keys, header, None, [r.header for r in rows], [r.name_ct for r in rows]
+    )
+    return sorted(n.decode("utf-8") for n in names)
+
+
+def rederive(
+    writer: RecordWriter,
+    s: Session,
+    scope_id: bytes,
+    old: tuple[bytes, dict[int, Any]],
+    new: tuple[bytes, dict[int, Any]],
+    source_name: bytes,
+) -> int:
+    """Re-seals the derivatives of a source record that got a new DEK (re-encryption) under
+    the new source, in the caller's transaction; returns how many. ``old`` and ``new`` are
+    ``(source header, keys)``."""
+    (old_header, old_keys), (new_header, new_keys) = old, new
+    rows = s.execute(
+        select(RecordRow.record_id, RecordRow.header, RecordRow.name_ct, RecordRow.body).where(
+            RecordRow.source_id == old_header[24:40]
+        )
+    ).all()
+    if not rows:
+        return 0
+    headers = [r.header for r in rows]
+    names = _core.open_derived(
+        scope_id, old_keys, old_header, None, headers, [r.name_ct for r in rows]
+    )
+    datas = _core.open_derived(
+        scope_id, old_keys, old_header, names, headers, [r.body for r in rows]
+    )
+    new_headers, name_cts, bodies = _core.seal_derived(
+        scope_id, new_keys, source_name, new_header, names, datas
+    )
+    s.execute(delete(RecordRow).where(RecordRow.record_id.in_([r.record_id for r in rows])))
+    ts = writer.timestamp(datetime.now(UTC))
+    writer.replace(
+        s.connection(),
+        scope_id,
+        [
+            (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40])
+            for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
+        ],
+    )
+    return len(rows)
+
+
+def purge_orphans(s: Session) -> int:
+    """Deletes derived records whose source record is gone (unreadable for good)."""
+    sources = select(RecordRow.record_id).scalar_subquery()
+    result = s.execute(
+        delete(RecordRow).where(
+            RecordRow.source_id.is_not(None), RecordRow.source_id.not_in(sources)
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

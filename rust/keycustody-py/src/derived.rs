@@ -1,0 +1,119 @@
+//! Derived records (suite 3): sealed and opened through their source record's header.
+
+use keycustody_core::aead::TAG_LEN;
+use keycustody_core::derived::Source;
+use keycustody_core::record::{OpenKeys, HEADER_LEN};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::buffers::Input;
+use crate::errors::{batch_error, Error, InvalidInputError};
+use crate::gil::run_detached;
+use crate::records::{borrow_keys, key_table, scope_id};
+
+type Lists<'py> = (
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+);
+
+fn same_len(a: usize, b: usize) -> PyResult<()> {
+    if a != b {
+        return Err(InvalidInputError::new_err(format!(
+            "lists differ in length: {a} and {b}"
+        )));
+    }
+    Ok(())
+}
+
+/// Seals records derived from a source record; returns `(headers, encrypted_names, bodies)`.
+#[pyfunction]
+pub fn seal_derived<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    source_name: Input,
+    source_header: Input,
+    names: Vec<Input>,
+    datas: Vec<Input>,
+) -> PyResult<Lists<'py>> {
+    same_len(names.len(), datas.len())?;
+    let table = key_table(keys)?;
+    let pairs = borrow_keys(&table);
+    let keys = OpenKeys {
+        scope_id: self::scope_id(&scope_id)?,
+        keys: &pairs,
+    };
+    let (source, index) =
+        Source::from_header(&keys, Some(&source_name), &source_header).map_err(Error)?;
+    let total: usize = datas.iter().map(|d| d.len()).sum();
+    let sealed = run_detached(py, total, || {
+        names
+            .iter()
+            .zip(&datas)
+            .map(|(name, data)| {
+                let mut header = vec![0u8; HEADER_LEN];
+                let mut body = vec![0u8; data.len() + TAG_LEN];
+                let mut name_ct = vec![0u8; name.len() + TAG_LEN];
+                source.seal(index, name, data, &mut header, &mut body, &mut name_ct)?;
+                Ok((header, name_ct, body))
+            })
+            .collect::<keycustody_core::Result<Vec<_>>>()
+    })
+    .map_err(Error)?;
+    let mut out: Lists<'py> = (vec![], vec![], vec![]);
+    for (header, name_ct, body) in sealed {
+        out.0.push(PyBytes::new(py, &header));
+        out.1.push(PyBytes::new(py, &name_ct));
+        out.2.push(PyBytes::new(py, &body));
+    }
+    Ok(out)
+}
+
+/// Opens derived records (payloads, or names when `names` is None and `bodies` are the
+/// encrypted names) through their source record's header.
+#[pyfunction]
+#[pyo3(signature = (scope_id, keys, source_header, names, headers, bodies))]
+pub fn open_derived<'py>(
+    py: Python<'py>,
+    scope_id: Input,
+    keys: &Bound<'py, PyDict>,
+    source_header: Input,
+    names: Option<Vec<Input>>,
+    headers: Vec<Input>,
+    bodies: Vec<Input>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    same_len(headers.len(), bodies.len())?;
+    if let Some(names) = &names {
+        same_len(names.len(), headers.len())?;
+    }
+    let table = key_table(keys)?;
+    let pairs = borrow_keys(&table);
+    let keys = OpenKeys {
+        scope_id: self::scope_id(&scope_id)?,
+        keys: &pairs,
+    };
+    let (source, index) = Source::from_header(&keys, None, &source_header).map_err(Error)?;
+    let total: usize = bodies.iter().map(|b| b.len()).sum();
+    let opened = run_detached(py, total, || {
+        headers
+            .iter()
+            .zip(&bodies)
+            .enumerate()
+            .map(|(i, (header, body))| {
+                let len = body
+                    .len()
+                    .checked_sub(TAG_LEN)
+                    .ok_or((i, keycustody_core::CoreError::Integrity))?;
+                let mut out = vec![0u8; len];
+                let result = match &names {
+                    Some(names) => source.open_record(index, &names[i], header, body, &mut out),
+                    None => source.open_name(index, header, body, &mut out),
+                };
+                result.map(|()| out).map_err(|e| (i, e))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(|(i, e)| batch_error(py, i, e))?;
+    Ok(opened.iter().map(|o| PyBytes::new(py, o)).collect())
+}
