@@ -20,7 +20,7 @@ from keycustody.errors import (
     UnsupportedKeyIdError,
 )
 from keycustody.keys.shredding import ErasureCertificate
-from keycustody.kms import KmsProvider, LocalKMS
+from keycustody.kms import KmsProvider, LocalKMS, Pkcs11KMS
 from keycustody.scope import Scope
 from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
 from keycustody.vault import Vault
@@ -43,6 +43,7 @@ __all__ = [
     "KmsUnavailableError",
     "LocalKMS",
     "NotFoundError",
+    "Pkcs11KMS",
     "RecordInfo",
     "Scope",
     "ShreddedError",

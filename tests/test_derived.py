@@ -1,0 +1,96 @@
+"""Derived records (embeddings, chunks, summaries) die with their source record."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import keycustody as kc
+
+
+def test_round_trip_list_and_lineage(acme: kc.Scope) -> None:
+    acme.put("src/app.py", b"print('hi')")
+    info = acme.put("src/app.py#embedding", b"\x00\x01" * 384, derived_from="src/app.py")
+    acme.put("src/app.py#summary", b"prints hi", derived_from="src/app.py")
+    assert info.size == 768
+    assert acme.get("src/app.py#embedding") == b"\x00\x01" * 384
+    assert acme.get_many(["src/app.py#summary", "src/app.py"]) == {
+        "src/app.py#summary": b"prints hi",
+        "src/app.py": b"print('hi')",
+    }
+    assert [i.name for i in acme.list()] == [
+        "src/app.py",
+        "src/app.py#embedding",
+        "src/app.py#summary",
+    ]
+    source = acme.lineage("src/app.py")
+    assert source.derivatives == ["src/app.py#embedding", "src/app.py#summary"]
+    derived = acme.lineage("src/app.py#embedding")
+    assert derived.source == source.dek_id
+    assert derived.kek_id == source.kek_id
+
+
+@pytest.mark.parametrize("how", ["delete", "replace", "shred"])
+def test_deleting_the_source_makes_derivatives_unreadable(
+    vault: kc.Vault, acme: kc.Scope, how: str
+) -> None:
+    scope = vault.scope("acme/repos/api", create=True)
+    scope.put("a.py", b"source")
+    scope.put("a.py#emb", b"vector", derived_from="a.py")
+    scope.put("b.py", b"other")
+    scope.put("b.py#emb", b"other vector", derived_from="b.py")
+    if how == "delete":
+        scope.delete("a.py")
+    elif how == "replace":
+        scope.put("a.py", b"new version")
+    else:
+        vault.shred("acme/repos/api", reason="test")
+    with pytest.raises(kc.ShreddedError):
+        scope.get("a.py#emb")
+    if how != "shred":
+        assert scope.get("b.py#emb") == b"other vector"  # other derivatives are untouched
+        assert "a.py#emb" not in [i.name for i in scope.list()]
+        assert vault.purge() == 1  # the orphan goes; the rest stays
+        assert scope.get("b.py#emb") == b"other vector"
+    del acme
+
+
+def test_rotation_rewrap_and_reencrypt_keep_derivatives(acme: kc.Scope) -> None:
+    acme.put_many((f"f{i}.py", os.urandom(100)) for i in range(20))
+    acme.put_stream("big.bin", io.BytesIO(os.urandom(1_500_000)))
+    acme.put("f3.py#emb", b"emb3", derived_from="f3.py")
+    acme.put("big.bin#chunk", b"chunk", derived_from="big.bin")
+    acme.rotate_key()
+    acme.rewrap()
+    assert acme.get("f3.py#emb") == b"emb3"
+    acme.mark_compromised(reason="test")
+    acme.reencrypt()
+    assert acme.get("f3.py#emb") == b"emb3"
+    assert acme.get("big.bin#chunk") == b"chunk"
+    assert acme.lineage("f3.py").derivatives == ["f3.py#emb"]
+
+
+def test_derived_misuse(acme: kc.Scope) -> None:
+    with pytest.raises(kc.NotFoundError):
+        acme.put("x#emb", b"v", derived_from="missing.py")
+    acme.put("a.py", b"a")
+    acme.put("a.py#emb", b"v", derived_from="a.py")
+    with pytest.raises(kc.IntegrityError, match="derived"):
+        acme.put("a.py#emb#emb", b"v", derived_from="a.py#emb")
+    with pytest.raises(kc.InvalidInputError):
+        acme.put("b#emb", "text", derived_from="a.py")  # type: ignore[arg-type]
+
+
+def test_a_derivative_cannot_be_moved_to_another_source(acme: kc.Scope, db_path: Path) -> None:
+    acme.put("a.py", b"a")
+    acme.put("b.py", b"b")
+    emb = bytes.fromhex(acme.put("a.py#emb", b"vector", derived_from="a.py").record_id)
+    b_id = bytes.fromhex(acme.lineage("b.py").dek_id)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("UPDATE records SET source_id = ? WHERE record_id = ?", (b_id, emb))
+    with pytest.raises(kc.IntegrityError):
+        acme.get("a.py#emb")
