@@ -386,7 +386,7 @@ class Vault:
 
     def verify_certificate(self, document: dict[str, object]) -> tuple[bool, str]:
         """Checks a certificate (as parsed JSON) against the audit trail: ``(ok, why)``."""
-        return shredding.verify_certificate(self, dict(document))
+        return shredding.verify_certificate(self, document)
 
     def usage(
         self, *, since: datetime | None = None, until: datetime | None = None

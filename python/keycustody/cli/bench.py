@@ -96,6 +96,14 @@ def bench(
             help="Files of the synthetic ingest (default 400,000; --quick 10,000; 0 skips it).",
         ),
     ] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            dir_okay=False,
+            help="Also write the JSON report to this file (the tables still print).",
+        ),
+    ] = None,
     directory: Annotated[
         Path | None,
         typer.Option(
@@ -116,7 +124,7 @@ def bench(
     page faults, disk). Prints ratios, peak RSS, the targets with PASS/FAIL and the bound that
     stops each missed one. Needs pyca/cryptography (`pip install cryptography`).
 
-    Example: `keycustody bench --quick`  or  `keycustody bench --sizes 4KiB,1MiB --json`
+    Example: `keycustody bench --quick`  or  `keycustody bench --save bench.json`
     """
     from keycustody.bench import BenchConfig, run_bench
     from keycustody.cli.commands import fail, handle_errors
@@ -144,6 +152,8 @@ def bench(
             report = run_bench(config, progress=progress)
         except RuntimeError as exc:  # a child process failed; its stderr already shows why
             fail(str(exc), 1)
+        if save is not None:
+            save.write_text(report.to_json() + "\n")
     if as_json:
         typer.echo(report.to_json())
         return

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keycustody import __version__
-from keycustody.cli import keys
+from keycustody.cli import evidence, keys
 from keycustody.cli.bench import bench as bench_command
 from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
 from keycustody.cli.ingest import IngestReport, ingest_tree
@@ -75,8 +75,9 @@ app = typer.Typer(
         "tenant's KEK in a KMS (LocalKMS by default: key files under --kms-dir).\n\n"
         "Quick start:  `keycustody demo`   (runs in a temporary folder, no setup)\n\n"
         "Exit codes: 0 ok, 1 other failure, 2 usage/config/invalid input, 3 not found, "
-        "4 integrity failure (tampered data), 5 key revoked, 6 key shredded, 7 KMS failure, "
-        "8 storage failure, 9 audit failure, 10 concurrent rotation (retry)."
+        "4 integrity failure (tampered data, or a certificate or audit trail that does not "
+        "verify), 5 key revoked, 6 key shredded, 7 KMS failure, 8 storage failure, "
+        "9 audit failure, 10 concurrent rotation (retry)."
     ),
     rich_markup_mode="markdown",
     no_args_is_help=True,
@@ -645,8 +646,6 @@ def kek_list(ctx: typer.Context) -> None:
         stdout().print(table)
 
 
-# Old private names, still used by cli/evidence.py until it moves to the public ones.
-_settings, _stdout, _stderr, _summary = get_settings, stdout, stderr, summary
-
 # Registration of the command groups that live in their own modules.
 keys.register(app)
+evidence.register(app)

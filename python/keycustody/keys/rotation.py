@@ -39,6 +39,7 @@ from keycustody.keys.states import (
     COMPROMISED,
     DEACTIVATED,
     DESTROYED,
+    SHREDDED,
     check_key_transition,
     check_scope_transition,
 )
@@ -498,7 +499,9 @@ def reencrypt(
         while walked < len(scopes):  # the whole subtree, parents first
             parent_id = scopes[walked].id
             walked += 1
-            children = s.scalars(select(ScopeRow).where(ScopeRow.parent_id == parent_id))
+            children = s.scalars(
+                select(ScopeRow).where(ScopeRow.parent_id == parent_id, ScopeRow.state != SHREDDED)
+            )
             scopes += [ScopeRef.of(r) for r in children]
         totals = [
             sum(
