@@ -6,10 +6,12 @@ message and a distinct exit code (see :data:`EXIT_CODES`); it never prints a tra
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keycustody import __version__
+from keycustody._core import KeyHandle
 from keycustody.cli import evidence, keys
 from keycustody.cli.bench import bench as bench_command
 from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
@@ -42,7 +45,11 @@ from keycustody.errors import (
     ShreddedError,
     StorageError,
 )
+from keycustody.kms import plugins
+from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
+from keycustody.kms.registry import ProviderRegistry
+from keycustody.types import EncryptionContext, KeyId
 from keycustody.vault import Vault
 
 DEFAULT_HOME = Path(".keycustody")
@@ -95,6 +102,9 @@ class Settings:
     db: str
     kms_dir: Path
     actor: str | None
+    kms: str = "local"
+    """Comma-separated KMS providers (``--kms``): local, aws, azure, pkcs11 or a plugin."""
+    audit_kek: str | None = None
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
@@ -193,9 +203,22 @@ def open_vault(settings: Settings, *, must_exist: bool) -> Iterator[Vault]:
                 "or point --db / KEYCUSTODY_DB at an existing vault"
             )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    kms = LocalKMS(settings.kms_dir)
-    with Vault.open(settings.db, kms=kms, actor=settings.actor) as vault:
+    with Vault.open(
+        settings.db,
+        kms=kms_providers(settings),
+        actor=settings.actor,
+        audit_kek=settings.audit_kek,
+    ) as vault:
         yield vault
+
+
+def kms_providers(settings: Settings) -> list[KmsProvider]:
+    """The providers of ``--kms``; LocalKMS is added when no audit KEK is named, because the
+    audit trail's key lives there by default."""
+    found = plugins.providers(settings.kms, kms_dir=settings.kms_dir)
+    if settings.audit_kek is None and not any(isinstance(p, LocalKMS) for p in found):
+        found.append(LocalKMS(settings.kms_dir))
+    return found
 
 
 def _vault_files(settings: Settings) -> dict[tuple[int, int], str]:
@@ -260,6 +283,26 @@ def main_options(
             "Example: `--actor ops@acme`",
         ),
     ] = None,
+    kms: Annotated[
+        str,
+        typer.Option(
+            "--kms",
+            envvar="KEYCUSTODY_KMS",
+            help=(
+                "KMS providers, comma-separated: `local`, `aws`, `azure`, `pkcs11`, or an "
+                "installed plugin; key ids route to them by prefix. Cloud providers read their "
+                "settings from the environment (see README). Example: `--kms local,aws`"
+            ),
+        ),
+    ] = "local",
+    audit_kek: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-kek",
+            envvar="KEYCUSTODY_AUDIT_KEK",
+            help="KEK wrapping the audit trail's key (default: LocalKMS local:keycustody-audit).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -268,7 +311,9 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options; every one can also be set in the environment."""
-    ctx.obj = Settings(db=db, kms_dir=kms_dir.expanduser(), actor=actor)
+    ctx.obj = Settings(
+        db=db, kms_dir=kms_dir.expanduser(), actor=actor, kms=kms, audit_kek=audit_kek
+    )
 
 
 def _mb(n: int) -> str:
@@ -644,6 +689,65 @@ def kek_list(ctx: typer.Context) -> None:
             meta = kms.describe_key(key_id)
             table.add_row(escape(key_id), str(meta.get("state")), str(meta.get("primary")))
         stdout().print(table)
+
+
+kms_app = typer.Typer(
+    help="Check the KMS providers and keys this vault uses (see --kms).", no_args_is_help=True
+)
+app.add_typer(kms_app, name="kms")
+
+
+@kms_app.command("check")
+def kms_check(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="KEK id, e.g. local:acme-kek or aws:alias/acme.")],
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Round trips to time.")] = 3,
+) -> None:
+    """Wrap and unwrap a random key under KEY_ID, check it comes back intact, and show the
+    latency: can this vault use that KEK right now?
+
+    Example: `keycustody --kms local,aws kms check aws:alias/acme`
+    """
+    settings = get_settings(ctx)
+    with handle_errors():
+        registry = ProviderRegistry(kms_providers(settings))
+        context = EncryptionContext({"keycustody": "kms-check", "key": key_id})
+        timings = []
+        for _ in range(rounds):
+            key = KeyHandle.generate()
+            started = time.perf_counter()
+            wrapped = registry.wrap(KeyId(key_id), key, context)
+            back = registry.unwrap(wrapped, context)
+            timings.append(time.perf_counter() - started)
+            original, returned = key.export_secret(), back.export_secret()
+            try:
+                same = hmac.compare_digest(original, returned)
+            finally:
+                original[:] = bytes(len(original))
+                returned[:] = bytes(len(returned))
+            if not same:
+                raise IntegrityError(f"{key_id} returned a different key than it wrapped")
+        median = sorted(timings)[len(timings) // 2] * 1000
+        summary(
+            stdout(),
+            f"KMS check {escape(key_id)}",
+            [
+                ("provider", escape(type(registry.provider(key_id)).__name__)),
+                ("key version", escape(wrapped.key_version)),
+                ("round trips", f"{rounds} ok (wrap + unwrap, context bound)"),
+                ("latency", f"median {median:.1f} ms per wrap + unwrap"),
+            ],
+        )
+
+
+@kms_app.command("providers")
+def kms_providers_command() -> None:
+    """List the built-in KMS providers and the installed plugins (entry point group
+    keycustody.kms)."""
+    for name in plugins.BUILTIN:
+        typer.echo(f"{name}\tbuilt-in")
+    for name in plugins.plugin_names():
+        typer.echo(f"{name}\tplugin")
 
 
 # Registration of the command groups that live in their own modules.
