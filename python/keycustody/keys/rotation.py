@@ -359,6 +359,29 @@ def _destroy_emptied(vault: Vault, ref: ScopeRef, candidates: set[int]) -> list[
     return destroyed
 
 
+def _finish_job(
+    vault: Vault,
+    ref: ScopeRef,
+    versions: set[int],
+    action: str,
+    counts: dict[int, int],
+    done: int,
+) -> JobReport:
+    """The common end of rewrap and re-encryption: child keys follow the scope to its active
+    version, the emptied versions are destroyed, and one audit event sums it up."""
+    children = _rewrap_children(vault, ref, versions)
+    destroyed = _destroy_emptied(vault, ref, versions)
+    with vault._write() as s, s.begin():
+        vault._audit_change(
+            s,
+            action,
+            ref.path,
+            version=ref.active_version,
+            details={"records": done, "child_keys": children, "destroyed": destroyed},
+        )
+    return JobReport(ref.path, ref.active_version, counts, done, children, destroyed)
+
+
 def rewrap(
     vault: Vault,
     scope: ScopeRef,
@@ -431,17 +454,7 @@ def rewrap(
         done += moved
         if progress is not None:
             progress(done, total)
-    children = _rewrap_children(vault, ref, old)
-    destroyed = _destroy_emptied(vault, ref, old)
-    with vault._write() as s, s.begin():
-        vault._audit_change(
-            s,
-            "key.rewrap",
-            ref.path,
-            version=ref.active_version,
-            details={"records": done, "child_keys": children, "destroyed": destroyed},
-        )
-    return JobReport(ref.path, ref.active_version, counts, done, children, destroyed)
+    return _finish_job(vault, ref, old, "key.rewrap", counts, done)
 
 
 def mark_compromised(vault: Vault, scope: ScopeRef, version: int | None, reason: str) -> int:
@@ -633,17 +646,7 @@ def _reencrypt_scope(
         done += len(rows)
         if progress is not None:
             progress(done, total)
-    children = _rewrap_children(vault, ref, targets)
-    destroyed = _destroy_emptied(vault, ref, targets)
-    with vault._write() as s, s.begin():
-        vault._audit_change(
-            s,
-            "key.reencrypt",
-            ref.path,
-            version=ref.active_version,
-            details={"records": done, "child_keys": children, "destroyed": destroyed},
-        )
-    return JobReport(ref.path, ref.active_version, counts, done, children, destroyed)
+    return _finish_job(vault, ref, targets, "key.reencrypt", counts, done)
 
 
 def _reencrypt_stream(
