@@ -20,7 +20,7 @@ from keycustody.errors import (
     UnsupportedKeyIdError,
 )
 from keycustody.keys.shredding import ErasureCertificate
-from keycustody.kms import KmsProvider, LocalKMS, Pkcs11KMS
+from keycustody.kms import AwsKMS, AzureKeyVault, KmsProvider, LocalKMS, Pkcs11KMS, RetryPolicy
 from keycustody.scope import Scope
 from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
 from keycustody.vault import Vault
@@ -29,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditError",
+    "AwsKMS",
+    "AzureKeyVault",
     "ConcurrentRotationError",
     "ConfigError",
     "EncryptionContext",
@@ -45,6 +47,7 @@ __all__ = [
     "NotFoundError",
     "Pkcs11KMS",
     "RecordInfo",
+    "RetryPolicy",
     "Scope",
     "ShreddedError",
     "StorageError",
