@@ -42,7 +42,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     measurements = config.stash.get(MEASUREMENTS, [])
     if not measurements:
         return
-    families = {"envelope": ("seal", "open"), "store": ("put", "get")}
+    families = {
+        "envelope": ("seal", "open"),
+        "store": ("put", "get"),
+        "streams": ("put_stream", "open_stream"),
+    }
     for title, ops in (*families.items(), ("threads", ("threads-seal", "threads-open"))):
         rows = [m for m in measurements if m.op in ops]
         if rows:

@@ -35,9 +35,15 @@ class BenchRunner:
         *,
         setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
         rounds: int = ROUNDS,
+        label: str = "",
+        nbytes: int = 0,
     ) -> Any:
-        """Benchmarks ``fn`` as case ``case`` of group ``f"{op}-{size}"``; returns its result."""
-        m = Measurement(op, case, size, records, ())
+        """Benchmarks ``fn`` as case ``case`` of group ``f"{op}-{size}"``; returns its result.
+
+        ``label`` names a mixed-size payload instead of ``size`` (group ``f"{op}-{label}"``),
+        whose ``nbytes`` payload bytes per round give the throughput.
+        """
+        m = Measurement(op, case, size, records, (), label=label, nbytes=nbytes)
         self.benchmark.group = m.group
         self.benchmark.extra_info.update(op=op, case=case, size=size, records=records)
         result = self.benchmark.pedantic(
@@ -46,5 +52,7 @@ class BenchRunner:
         stats = self.benchmark.stats
         if stats is not None:  # None when benchmarks are disabled
             seconds = tuple(stats.stats.data)
-            self.measurements.append(Measurement(op, case, size, records, seconds))
+            self.measurements.append(
+                Measurement(op, case, size, records, seconds, label=label, nbytes=nbytes)
+            )
         return result
