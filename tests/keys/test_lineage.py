@@ -189,3 +189,21 @@ def test_protected_by_counts_every_key_version_of_a_child(vault: kc.Vault, acme:
     assert protection.by_scope == {"acme": 0, "acme/api": 2}
     assert protection.key_versions == ["acme#1", "acme/api#1", "acme/api#2"]
     assert vault.protected_by("acme#1").records == 2
+
+
+def test_child_record_lineage_shows_the_parent_rewrapping_its_key(vault: kc.Vault) -> None:
+    """A child record's key path changes when an ancestor is rotated and rewrapped: the
+    record's lineage says so, naming the ancestor, and its chain shows the new versions."""
+    vault.scope("acme", create=True)
+    child = vault.scope("acme/repos/api", create=True)
+    child.put("a.py", b"a")
+    vault.scope("acme").rotate_key()
+    vault.scope("acme").rewrap()
+    vault.scope("acme/repos").rotate_key()
+    vault.scope("acme/repos").rewrap()
+    lineage = child.lineage("a.py")
+    moved = [(e.scope, e.to_version) for e in lineage if e.event == "child_keys_rewrapped"]
+    assert moved == [("acme", 2), ("acme/repos", 2)]
+    assert lineage[0].event == "sealed"
+    chain = [(link.scope, link.version) for link in lineage.chain]
+    assert chain == [("acme/repos/api", 1), ("acme/repos", 2), ("acme", 2)]

@@ -198,6 +198,20 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
             .order_by(LineageEventRow.id)
         ).all()
         events += [_event(e, tenant.path) for e in kek_events]
+        # Moves of the key chain above the record: each ancestor rewrapping its children's
+        # keys (after a rotation, a rewrap or an erasure's re-key) changed this record's path.
+        for link in chain[1:]:
+            ancestor = load_scope(s, link.scope)
+            moved = s.scalars(
+                select(LineageEventRow)
+                .where(
+                    LineageEventRow.scope_id == ancestor.id,
+                    LineageEventRow.event == "child_keys_rewrapped",
+                    LineageEventRow.at >= row.created_at,
+                )
+                .order_by(LineageEventRow.id)
+            ).all()
+            events += [_event(e, ancestor.path) for e in moved]
     events.sort(key=lambda e: e.at)
     kek_id, _, kek_version = chain[-1].wrapped_by.removeprefix("kek:").rpartition("#")
     return RecordLineage(
