@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, delete, insert
+from sqlalchemy import Connection, Dialect, bindparam, delete, insert
 
 from keycustody.storage.models import RecordRow, SegmentRow
 
@@ -64,9 +64,22 @@ class RecordWriter:
     def __init__(self, dialect: Dialect) -> None:
         self._records = _Insert(dialect, RecordRow, RECORD_COLUMNS)
         self._segments = _Insert(dialect, SegmentRow, ("record_id", "seq", "body"))
-        self._timestamp: Callable[[Any], Any] | None = (
-            RecordRow.__table__.c.created_at.type.bind_processor(dialect)
+        # The dialect's own DateTime processor (the generic type has none), so sqlite3's
+        # deprecated default datetime adapter is never used.
+        created_at = RecordRow.__table__.c.created_at.type
+        self._timestamp: Callable[[Any], Any] | None = created_at.dialect_impl(
+            dialect
+        ).bind_processor(dialect)
+        compiled = (
+            delete(RecordRow)
+            .where(
+                RecordRow.scope_id == bindparam("scope_id"),
+                RecordRow.name_index == bindparam("name_index"),
+            )
+            .compile(dialect=dialect)
         )
+        self._delete_sql = str(compiled)
+        self._delete_order = list(compiled.positiontup or []) if compiled.positional else None
 
     def timestamp(self, when: datetime) -> Any:
         """``when`` as the driver expects it for the created_at column."""
@@ -80,14 +93,17 @@ class RecordWriter:
         self._records.run(conn, list(latest.values()))
 
     def delete_names(self, conn: Connection, scope_id: bytes, indexes: Collection[bytes]) -> int:
-        """Deletes the records with these name indexes; returns how many there were."""
+        """Deletes the records with these name indexes (one executemany); returns how many
+        there were."""
         if not indexes:
             return 0
-        result = conn.execute(
-            delete(RecordRow).where(
-                RecordRow.scope_id == scope_id, RecordRow.name_index.in_(list(indexes))
-            )
+        rows = [{"scope_id": scope_id, "name_index": index} for index in indexes]
+        params: list[Any] = (
+            rows
+            if self._delete_order is None
+            else [tuple(r[k] for k in self._delete_order) for r in rows]
         )
+        result = conn.exec_driver_sql(self._delete_sql, params)
         return int(result.rowcount)
 
     def add_segments(self, conn: Connection, rows: Sequence[tuple[bytes, int, bytes]]) -> None:
