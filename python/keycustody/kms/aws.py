@@ -22,7 +22,7 @@ reach: Python frees them but cannot wipe them. Errors are raised outside the SDK
 context, so no traceback keeps those frames alive, and messages never carry key bytes.
 
 Retries: botocore's own retries are switched off (``total_max_attempts=1``) and
-:func:`~keycustody.kms.retry.call_with_retries` retries ``ThrottlingException``,
+:func:`~keycustody.kms.retry.call_translated` retries ``ThrottlingException``,
 ``KMSInternalException``, ``DependencyTimeoutException``, ``KeyUnavailableException``, any
 5xx, connection errors and timeouts with full-jitter backoff. Each attempt has ``timeout``
 seconds to connect and to read; no attempt starts after ``min(retries.total_timeout,
@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -68,7 +67,7 @@ from keycustody.errors import (
     KmsUnavailableError,
     ShreddedError,
 )
-from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_with_retries
+from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 T = TypeVar("T")
@@ -273,23 +272,14 @@ class AwsKMS:
 
     def _call(self, op: str, ref: _Ref, fn: Callable[[], T]) -> T:
         """Runs one KMS API call with retries; every failure leaves as a keycustody error."""
-        attempts = 0
-        start = time.monotonic()
-
-        def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            return fn()
-
-        try:
-            return call_with_retries(attempt, is_retryable=self._is_retryable, policy=self._policy)
-        except KeyCustodyError:
-            raise
-        except Exception as exc:
-            error = self._translate(exc, op, ref, attempts, time.monotonic() - start)
-        # Raised outside the except block: the SDK exception and its frames (which may hold
-        # the request body) are not kept as __context__.
-        raise error
+        return call_translated(
+            fn,
+            is_retryable=self._is_retryable,
+            policy=self._policy,
+            translate=lambda exc, attempts, elapsed: self._translate(
+                exc, op, ref, attempts, elapsed
+            ),
+        )
 
     def _translate(
         self, exc: Exception, op: str, ref: _Ref, attempts: int, elapsed: float

@@ -49,7 +49,7 @@ base64 text, HTTP buffers) are out of keycustody's reach: freed, never wiped. Er
 outside the SDK's exception context, and messages never carry key bytes.
 
 Retries: clients made here switch the SDK's retry policy off (``retry_total=0``);
-:func:`~keycustody.kms.retry.call_with_retries` retries 429, 5xx, connection errors and
+:func:`~keycustody.kms.retry.call_translated` retries 429, 5xx, connection errors and
 timeouts with full-jitter backoff, each attempt with ``timeout`` seconds to connect and to
 read, and no attempt starting after ``min(retries.total_timeout, timeout)`` seconds.
 
@@ -75,7 +75,6 @@ import json
 import re
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
@@ -90,7 +89,7 @@ from keycustody.errors import (
     KmsError,
     KmsUnavailableError,
 )
-from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_with_retries
+from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 T = TypeVar("T")
@@ -304,22 +303,14 @@ class AzureKeyVault:
 
     def _call(self, op: str, ref: _Ref, fn: Callable[[], T]) -> T:
         """Runs one Key Vault operation with retries; every failure leaves as our error."""
-        attempts = 0
-        start = time.monotonic()
-
-        def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            return fn()
-
-        try:
-            return call_with_retries(attempt, is_retryable=self._is_retryable, policy=self._policy)
-        except KeyCustodyError:
-            raise
-        except Exception as exc:
-            error = self._translate(exc, op, ref, attempts, time.monotonic() - start)
-        # Raised outside the except block, so the SDK's frames are not kept as __context__.
-        raise error
+        return call_translated(
+            fn,
+            is_retryable=self._is_retryable,
+            policy=self._policy,
+            translate=lambda exc, attempts, elapsed: self._translate(
+                exc, op, ref, attempts, elapsed
+            ),
+        )
 
     def _translate(
         self, exc: Exception, op: str, ref: _Ref, attempts: int, elapsed: float

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from keycustody.errors import ConfigError, KmsError, NotFoundError
+from keycustody.errors import ConfigError, KeyCustodyError, KmsError, NotFoundError
 
 T = TypeVar("T")
 
@@ -111,3 +111,33 @@ def call_with_retries(
         # Sleep outside the except block: the failed attempt's exception, with SDK frames that
         # may hold the request body, is released first.
         sleep(delay)
+
+
+def call_translated(
+    fn: Callable[[], T],
+    *,
+    is_retryable: Callable[[Exception], bool],
+    policy: RetryPolicy,
+    translate: Callable[[Exception, int, float], KeyCustodyError],
+) -> T:
+    """:func:`call_with_retries`, then every SDK failure leaves as a keycustody error.
+
+    ``translate(exc, attempts, elapsed_seconds)`` maps the last failure. The error is raised
+    outside the ``except`` block, so the SDK exception and its frames (which may hold the
+    request body, key material included) are not kept as ``__context__``.
+    """
+    attempts = 0
+    start = time.monotonic()
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        return fn()
+
+    try:
+        return call_with_retries(attempt, is_retryable=is_retryable, policy=policy)
+    except KeyCustodyError:
+        raise
+    except Exception as exc:
+        error = translate(exc, attempts, time.monotonic() - start)
+    raise error
