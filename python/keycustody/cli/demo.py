@@ -358,7 +358,11 @@ def render(result: DemoResult, console: Console) -> None:
         f"{result.scanned_bytes / 1e6:,.1f} MB of database files",
         _mark(result.hits == 0 if result.probes else None),
     )
-    table.add_row("KMS calls", f"{result.kms_calls:,} (per scope key, not per record)", "")
+    table.add_row(
+        "KMS calls",
+        f"{result.kms_calls:,} (one per key: the scope key and the audit key; none per record)",
+        "",
+    )
     console.print(table)
 
 
