@@ -36,7 +36,7 @@ from keycustody.keys.hierarchy import ScopeRef
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, SegmentRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
-from keycustody.types import KeyVersionInfo, RecordInfo
+from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_data, encode_name, size_of
 
 if TYPE_CHECKING:
@@ -50,11 +50,6 @@ _Batch = tuple[list[str], list[bytes], list[Data]]
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(ts: datetime) -> datetime:
-    # SQLite stores no zone; every timestamp we write is UTC.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 class _StoredRow(Protocol):
@@ -146,7 +141,7 @@ class Scope:
                     ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.version == ref.active_version
                 )
             )
-        if created is not None and _now() - _utc(created) >= period:
+        if created is not None and _now() - utc(created) >= period:
             # Another process may rotate it first: that is what was due anyway.
             with contextlib.suppress(ConcurrentRotationError):
                 rotation.rotate_key(self._vault, ref)
@@ -679,7 +674,7 @@ class Scope:
                                 r.record_id.hex(),
                                 r.size,
                                 r.key_version or 0,
-                                _utc(r.created_at),
+                                utc(r.created_at),
                             )
                         )
         infos.sort(key=lambda i: i.name)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NewType
+
+
+def utc(at: datetime) -> datetime:
+    """``at`` in UTC; a naive time (SQLite stores no zone) is taken as UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
 
 KeyId = NewType("KeyId", str)
 """A KEK id with its provider prefix: ``local:NAME``, ``aws:ARN``, ``azure:URL``, ``pkcs11:L``."""

@@ -30,10 +30,11 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from keycustody.errors import InvalidInputError
+from keycustody.types import utc
 
 DOMAIN = b"keycustody/audit-event/v1"
 HASH_LEN = 32
@@ -126,11 +127,6 @@ class AuditReport:
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
         }
-
-
-def utc(at: datetime) -> datetime:
-    """``at`` in UTC; a naive time (SQLite stores no zone) is taken as UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def format_at(at: datetime) -> str:

@@ -45,12 +45,11 @@ from keycustody.audit.events import (
     canonical_details,
     check_text,
     event_hash,
-    utc,
 )
 from keycustody.errors import AuditError, IntegrityError, InvalidInputError, KeyCustodyError
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.storage.models import AuditEventRow, AuditKeyRow
-from keycustody.types import EncryptionContext, KeyId, WrappedKey
+from keycustody.types import EncryptionContext, KeyId, WrappedKey, utc
 
 AUDIT_KEY_LEN = 32
 _AUDIT_KEY_ID = 1

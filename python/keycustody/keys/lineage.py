@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import func, select
@@ -21,16 +21,14 @@ from keycustody import derived
 from keycustody.errors import InvalidInputError, NotFoundError, ShreddedError
 from keycustody.keys.hierarchy import ScopeRef, load_scope
 from keycustody.storage.models import LineageEventRow, RecordRow, ScopeKeyRow, ScopeRow
-from keycustody.types import KeyVersionInfo
+from keycustody.types import KeyVersionInfo, utc
 
 if TYPE_CHECKING:
     from keycustody.vault import Vault
 
 
 def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    return None if ts is None else utc(ts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from keycustody.storage.models import (
     ScopeRow,
     SegmentRow,
 )
+from keycustody.streams import segment_count
 from keycustody.types import KeyId, WrappedKey
 
 if TYPE_CHECKING:
@@ -693,7 +694,7 @@ def _reencrypt_stream(
             )
         ],
     )
-    count = max(1, -(-row.size // _core.SEGMENT_LEN))
+    count = segment_count(row.size)
     size = 0
     for seq in range(count):
         body = s.scalar(

@@ -371,28 +371,13 @@ pub fn rewrap_header(
     if !key.same_index(to.key) {
         return Err(invalid("the new key is not a version of this scope's key"));
     }
-    let mut dek = Zeroizing::new([0u8; KEY_LEN]);
-    open_into(
-        key.aead(),
-        &header[WRAP_NONCE],
-        &header[..DEK_AAD_END],
-        &header[WRAPPED_DEK],
-        &mut dek[..],
-    )?;
-    let (_, commitment) = derive_record_keys(&dek[..], &header[RECORD_ID])?;
-    verify_slices_are_equal(&commitment, &header[COMMITMENT]).map_err(|_| CoreError::Integrity)?;
+    let (dek, _) = unwrap_dek(key.aead(), &[], header)?;
     out.copy_from_slice(header);
     out[KEY_VERSION].copy_from_slice(&to.version.to_be_bytes());
     fill_random(&mut out[WRAP_NONCE])?;
-    let (aad, tail) = out.split_at_mut(DEK_AAD_END);
-    let nonce: [u8; GCM_NONCE_LEN] = tail[..GCM_NONCE_LEN].try_into().expect("12 bytes");
-    seal_into(
-        to.key.aead(),
-        &nonce,
-        aad,
-        &dek[..],
-        &mut tail[GCM_NONCE_LEN..GCM_NONCE_LEN + KEY_LEN + TAG_LEN],
-    )
+    let aad = dek_aad(out, &[]);
+    let nonce: [u8; GCM_NONCE_LEN] = out[WRAP_NONCE].try_into().expect("12 bytes");
+    seal_into(to.key.aead(), &nonce, &aad, &dek[..], &mut out[WRAPPED_DEK])
 }
 
 fn task_len(total_bytes: usize, records: usize) -> usize {
