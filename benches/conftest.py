@@ -45,6 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     families = {
         "envelope": ("seal", "open"),
         "store": ("put", "get"),
+        "postgresql": ("pg-put", "pg-get"),
         "streams": ("put_stream", "open_stream"),
     }
     for title, ops in (*families.items(), ("threads", ("threads-seal", "threads-open"))):

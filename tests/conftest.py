@@ -1,19 +1,86 @@
-"""Shared fixtures: a real LocalKMS directory and a real file-backed SQLite vault per test."""
+"""Shared fixtures: a real LocalKMS directory and a real vault per test, on every backend.
+
+Tests that take ``db_url`` (directly or through ``vault``) run once on a file-backed SQLite
+database and once on a fresh database of a real PostgreSQL server when ``KEYCUSTODY_PG_URL``
+names one (``.ci/run`` starts it; ``KEYCUSTODY_REQUIRE_POSTGRES=1`` makes its absence an
+error). Tests that also take ``db_path`` look at SQLite's files and run on SQLite only.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 import keycustody as kc
+from keycustody.storage import schema
+from keycustody.storage.engine import make_engine
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("ci")
+
+PG_URL = os.environ.get("KEYCUSTODY_PG_URL")
+"""A PostgreSQL server's URL (any database on it); the tests create their own databases."""
+PG_TEMPLATE = f"kc_template_{os.getpid()}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("KEYCUSTODY_REQUIRE_POSTGRES") == "1" and not PG_URL:
+        raise pytest.UsageError("KEYCUSTODY_REQUIRE_POSTGRES=1 but KEYCUSTODY_PG_URL is not set")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    backends = ["sqlite"]
+    if PG_URL and "db_path" not in metafunc.fixturenames:
+        backends.append("postgresql")
+    metafunc.parametrize("backend", backends)
+
+
+def _admin_url(database: str) -> str:
+    assert PG_URL is not None
+    return make_url(PG_URL).set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated to the current schema, copied for each test (fast: no migrations)."""
+    admin = create_engine(_admin_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {PG_TEMPLATE}"))
+    engine = make_engine(_admin_url(PG_TEMPLATE))
+    schema.upgrade(engine)
+    engine.dispose()
+    yield PG_TEMPLATE
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a fresh database on the test PostgreSQL server, dropped after the test."""
+    if not PG_URL:
+        pytest.skip("no PostgreSQL server: set KEYCUSTODY_PG_URL (see .ci/postgres-setup.sh)")
+    template = request.getfixturevalue("pg_template")
+    name = f"kc_{secrets.token_hex(6)}"
+    admin = create_engine(_admin_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    yield _admin_url(name)
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture
@@ -26,14 +93,16 @@ def kms(tmp_path: Path) -> kc.LocalKMS:
 def db_path(tmp_path: Path) -> Path:
     """Where the test's SQLite database lives."""
     folder = tmp_path / "db"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     return folder / "ctx.db"
 
 
 @pytest.fixture
-def db_url(db_path: Path) -> str:
-    """SQLAlchemy URL of the test database."""
-    return f"sqlite:///{db_path}"
+def db_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """SQLAlchemy URL of the test database (SQLite file or a fresh PostgreSQL database)."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{request.getfixturevalue('db_path')}"
 
 
 @pytest.fixture

@@ -78,12 +78,14 @@ VAULT: Final = "vault"
 PYCA_LOOP: Final = "pyca-loop"
 PYCA_RAW: Final = "pyca-raw-aesgcm"
 PYCA_SQLITE: Final = "pyca-loop-sqlite3"
+#: The pyca loop writing the same rows to PostgreSQL with psycopg's executemany.
+PYCA_PSYCOPG: Final = "pyca-loop-psycopg"
 #: The same records stored unencrypted with sqlite3: the floor of any envelope store.
 SQLITE_PLAIN: Final = "sqlite3-plain"
 #: Cases in table order.
 CASES: Final = (KEYCUSTODY, VAULT, PYCA_LOOP, PYCA_RAW)
 #: Baselines every other case is compared with, in column order (the store baseline last).
-BASELINES: Final = (PYCA_LOOP, PYCA_RAW, PYCA_SQLITE)
+BASELINES: Final = (PYCA_LOOP, PYCA_RAW, PYCA_SQLITE, PYCA_PSYCOPG)
 
 # Layout of a pyca-loop blob: wrap nonce | wrapped DEK (32 + tag) | data nonce | ciphertext+tag.
 _NONCE_LEN: Final = 12

@@ -45,7 +45,8 @@ def _source_row(
         if name_index is not None
         else query.where(RecordRow.record_id == record_id)
     )
-    return s.execute(query).one_or_none()
+    # FOR SHARE (PostgreSQL): the source cannot be deleted until the derivatives commit.
+    return s.execute(query.with_for_update(read=True)).one_or_none()
 
 
 def put_derived(scope: Scope, items: Iterable[tuple[str, Data]], source: str) -> list[RecordInfo]:
@@ -60,7 +61,7 @@ def put_derived(scope: Scope, items: Iterable[tuple[str, Data]], source: str) ->
         datas.append(data)
     vault = scope._vault
     writer = vault._records
-    with vault._write() as s, s.begin():
+    with vault._write_records() as s, s.begin():
         _, key = scope._active_key(s)
         row = _source_row(s, scope, name_index=key.name_index(raw_source))
         if row is None:

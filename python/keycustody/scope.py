@@ -249,7 +249,7 @@ class Scope:
             while (first := next(iterator, None)) is not None:
                 # One transaction per commit_every records (or for everything).
                 chunk = islice(chain([first], iterator), commit_every)
-                with self._vault._write() as s, s.begin():
+                with self._vault._write_records() as s, s.begin():
                     version, key = self._active_key(s)
                     self._write_pipelined(s, key, version, self._batches(chunk), infos)
             return infos
@@ -452,7 +452,7 @@ class Scope:
         writer = self._vault._records
         self._rotate_if_due()
         try:
-            with self._vault._write() as s, s.begin():
+            with self._vault._write_records() as s, s.begin():
                 version, key = self._active_key(s)
                 header, name_ct, sealer = _core.begin_stream(key, self._ref.id, version, raw)
                 record_id = header[24:40]
@@ -617,7 +617,7 @@ class Scope:
             NotFoundError: no such record.
         """
         raw = encode_name(name)
-        with self._vault._write() as s, s.begin():
+        with self._vault._write_records() as s, s.begin():
             _, key = self._active_key(s)
             deleted = self._vault._records.delete_names(
                 s.connection(), self._ref.id, [key.name_index(raw)]

@@ -43,7 +43,7 @@ from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.scope import Scope
 from keycustody.storage import schema
-from keycustody.storage.engine import WRITE, make_engine
+from keycustody.storage.engine import RECORD_WRITE, WRITE, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
 from keycustody.usage import ScopeUsage
@@ -205,7 +205,13 @@ class Vault:
         return self._sessions()
 
     def _write(self) -> Session:
+        """A session for transactions that change keys (one at a time)."""
         return self._sessions(bind=self._engine.execution_options(**WRITE))
+
+    def _write_records(self) -> Session:
+        """A session for transactions that write records under key versions they leave
+        alone (several at once on PostgreSQL, never during a key change)."""
+        return self._sessions(bind=self._engine.execution_options(**RECORD_WRITE))
 
     def _vault_id(self) -> str:
         try:

@@ -48,6 +48,7 @@ from keycustody.audit.events import (
 )
 from keycustody.errors import AuditError, IntegrityError, InvalidInputError, KeyCustodyError
 from keycustody.kms.registry import ProviderRegistry
+from keycustody.storage.engine import lock_audit_head
 from keycustody.storage.models import AuditEventRow, AuditKeyRow
 from keycustody.types import EncryptionContext, KeyId, WrappedKey, utc
 
@@ -395,12 +396,12 @@ class AuditLog:
         details_text = canonical_details(details)
         try:
             key = self._key_in(session)
-            # invariant(audit-serial): the head is read inside the caller's write transaction.
-            # On SQLite that transaction began with BEGIN IMMEDIATE and holds the database's
-            # write lock, so no other writer can append between this read and the insert.
-            # PostgreSQL (planned) needs an explicit lock here, e.g. pg_advisory_xact_lock or
-            # SELECT ... FOR UPDATE on the head row; the seq primary key already turns a lost
-            # race into a failed append instead of a forked chain.
+            # invariant(audit-serial): no other writer appends between this read of the head
+            # and the insert. On SQLite the caller's transaction began with BEGIN IMMEDIATE
+            # and holds the database's write lock; on PostgreSQL record writers run side by
+            # side, so the head has an advisory lock of its own, held until commit. The seq
+            # primary key would in any case turn a lost race into a failed append.
+            lock_audit_head(session.connection())
             head = session.execute(
                 select(*_raw(_T.seq, _T.hash)).order_by(_T.seq.desc()).limit(1)
             ).first()

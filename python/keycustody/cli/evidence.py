@@ -63,6 +63,11 @@ def _scan_text(scan: dict[str, Any]) -> str:
 
 
 def _scrub_text(scrub: dict[str, Any]) -> str:
+    if scrub.get("backend") == "postgresql":
+        command = escape(str(scrub.get("command")))
+        if scrub.get("performed"):
+            return f"{command} done; WAL: {escape(str(scrub.get('wal')))}"
+        return f"[red]{command} not done[/red]: {escape(str(scrub.get('why')))}"
     if scrub.get("backend") != "sqlite":
         return escape(str(scrub.get("performed", "none")))
     complete = "complete" if scrub.get("checkpoint_complete") else "[red]incomplete[/red]"

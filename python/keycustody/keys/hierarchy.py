@@ -39,6 +39,9 @@ from keycustody.usage import KmsUsage
 
 EPOCH_KEY = "key_epoch"
 
+MAX_KEY_VERSION = 2**31 - 1
+"""Key versions are stored as 32-bit signed integers (PostgreSQL ``integer``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ScopeRef:
@@ -229,6 +232,9 @@ class KeyHierarchy:
         cached = self.cache.get(scope.id, version)
         if cached is not None:
             return cached  # compromised versions are never cached
+        if not 0 < version <= MAX_KEY_VERSION:
+            # A tampered header can carry any u32; no database column needs to see it.
+            raise IntegrityError(f"scope {scope.path!r} has no key version {version}")
         row = session.get(ScopeKeyRow, (scope.id, version))
         if row is None:
             raise IntegrityError(f"scope {scope.path!r} has no key version {version}")

@@ -408,24 +408,25 @@ def rewrap(
         return JobReport(ref.path, ref.active_version, counts, dry_run=True)
     done = 0
     while True:
-        with vault._read() as s:
+        # A batch is claimed, rewrapped and written in one record transaction: on PostgreSQL
+        # the rows are locked, and other workers running the same job skip them.
+        with vault._write_records() as s, s.begin():
             ref = fresh(s, scope.id)
             rows = s.execute(
                 select(RecordRow.record_id, RecordRow.header, RecordRow.key_version)
                 .where(RecordRow.scope_id == ref.id, RecordRow.key_version.in_(sorted(old)))
                 .limit(batch_size)
+                .with_for_update(skip_locked=True)
             ).all()
             if not rows:
                 break
             keys = hierarchy.keys(s, ref, {r.key_version for r in rows})
             new_key = hierarchy.key(s, ref, ref.active_version)
-        headers = _core.rewrap_headers(
-            ref.id, keys, new_key, ref.active_version, [r.header for r in rows]
-        )
-        now = _now()
-        with vault._write() as s, s.begin():
-            # Compare-and-swap on the old header: a record replaced or deleted meanwhile is
-            # left alone. One executemany for the batch.
+            headers = _core.rewrap_headers(
+                ref.id, keys, new_key, ref.active_version, [r.header for r in rows]
+            )
+            # Compare-and-swap on the old header (SQLite, where rows are not locked: a record
+            # replaced or deleted meanwhile is left alone). One executemany for the batch.
             result = s.connection().execute(
                 update(_RECORDS)
                 .where(
@@ -442,6 +443,7 @@ def rewrap(
             by_version: dict[int, int] = {}
             for r in rows:
                 by_version[r.key_version] = by_version.get(r.key_version, 0) + 1
+            now = _now()
             for version, n in sorted(by_version.items()):
                 lineage_event(
                     s,

@@ -1,9 +1,16 @@
-"""Engine creation: one URL picks the backend; SQLite gets the pragmas erasure depends on.
+"""Engine creation: one URL picks the backend; each backend gets the settings keycustody's
+invariants depend on.
 
 SQLite: WAL journal (never PERSIST, which keeps page pre-images), ``secure_delete=ON`` so
 deleted key bytes are overwritten (``FAST`` is not enough, see TESTPLAN §2), and
 ``synchronous=FULL`` so an acknowledged write survives power loss. Write transactions start
 with ``BEGIN IMMEDIATE`` so two processes never deadlock upgrading a read lock.
+
+PostgreSQL (psycopg 3): many processes write at once. Transactions that change keys (rotate,
+shred, suspend, KEK moves) take a transaction-scoped advisory lock exclusively, so they see and
+change key state as SQLite's single writer would; record writes (put, delete, rewrap batches)
+take it shared, so they run side by side but never across a key change. The audit trail's head
+has a lock of its own (see :mod:`keycustody.audit.log`).
 """
 
 from __future__ import annotations
@@ -26,8 +33,17 @@ SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=30000",
 )
 
-WRITE = {"keycustody_write": True}
-"""Execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)."""
+WRITE = {"keycustody_write": "keys"}
+"""Execution option marking a transaction that changes keys (SQLite: BEGIN IMMEDIATE;
+PostgreSQL: the vault's write lock, exclusive)."""
+
+RECORD_WRITE = {"keycustody_write": "records"}
+"""Execution option marking a transaction that writes records only, under key versions it
+does not change (SQLite: BEGIN IMMEDIATE; PostgreSQL: the vault's write lock, shared)."""
+
+# Advisory lock ids (one-key space, per database): arbitrary constants no other code uses.
+PG_WRITE_LOCK = 0x2C3A6E1F0B9D4A57
+PG_AUDIT_LOCK = 0x5B17C9E2D04F3A86
 
 
 def _sqlite_hooks(engine: Engine) -> None:
@@ -44,6 +60,23 @@ def _sqlite_hooks(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         write = conn.get_execution_options().get("keycustody_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _postgres_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("keycustody_write")
+        if write == "keys":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+        elif write == "records":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({PG_WRITE_LOCK})")
+
+
+def lock_audit_head(conn: Any) -> None:
+    """Serialises appends to the audit chain until the transaction ends (PostgreSQL; on
+    SQLite the write transaction already holds the database's only write lock)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_AUDIT_LOCK})")
 
 
 def make_engine(url: str) -> Engine:
@@ -71,8 +104,20 @@ def make_engine(url: str) -> Engine:
         _sqlite_hooks(engine)
         return engine
     if backend == "postgresql":
-        raise ConfigError(
-            "PostgreSQL support is planned (issue: scale out) and not available yet; "
-            "use a sqlite:/// URL"
-        )
-    raise ConfigError(f"unsupported database backend {backend!r}; use sqlite:///PATH")
+        if parsed.get_driver_name() != "psycopg":
+            raise ConfigError(
+                "PostgreSQL is supported through psycopg 3: use a postgresql+psycopg://… URL"
+            )
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "PostgreSQL needs psycopg 3: pip install 'keycustody[postgres]'"
+            ) from None
+        # pool_pre_ping: a worker whose connection the server dropped reconnects on checkout.
+        engine = create_engine(parsed, pool_pre_ping=True)
+        _postgres_hooks(engine)
+        return engine
+    raise ConfigError(
+        f"unsupported database backend {backend!r}; use sqlite:///PATH or postgresql+psycopg://…"
+    )

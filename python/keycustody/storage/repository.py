@@ -3,7 +3,8 @@
 The hot path (put_many) bypasses per-row ORM and Core parameter processing: rows are plain
 tuples handed to the driver's executemany, with the one non-trivial bind (the batch timestamp)
 processed once per batch. A record replacing one of the same name first deletes it (and its
-segments, by cascade), so the old wrapped DEK is overwritten rather than left behind.
+segments, by cascade), so the old wrapped DEK is overwritten rather than left behind. On
+PostgreSQL, where record writers run side by side, writers of one scope's names take turns.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ RECORD_COLUMNS = (
     "source_id",
 )
 """Order of the values in a record row tuple."""
+
+SCOPE_LOCK_SPACE = 0x6B63
+"""First key of the two-key PostgreSQL advisory locks on a scope's names (the second is the
+scope id's first four bytes; the two-key space never meets the one-key locks of engine.py)."""
 
 
 class _Insert:
@@ -62,6 +67,7 @@ class RecordWriter:
     """Writes record and segment rows for one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
+        self._postgres = dialect.name == "postgresql"
         self._records = _Insert(dialect, RecordRow, RECORD_COLUMNS)
         self._segments = _Insert(dialect, SegmentRow, ("record_id", "seq", "body"))
         # The dialect's own DateTime processor (the generic type has none), so sqlite3's
@@ -81,6 +87,16 @@ class RecordWriter:
         self._delete_sql = str(compiled)
         self._delete_order = list(compiled.positiontup or []) if compiled.positional else None
 
+    def lock_names(self, conn: Connection, scope_id: bytes) -> None:
+        """Makes this transaction the only one replacing or deleting records by name in the
+        scope until it ends (PostgreSQL; SQLite has one writer anyway). Without it, two
+        writers of the same names deadlock between their deletes and inserts."""
+        if self._postgres:
+            conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(space)s, %(scope)s)",
+                {"space": SCOPE_LOCK_SPACE, "scope": int.from_bytes(scope_id[:4], signed=True)},
+            )
+
     def timestamp(self, when: datetime) -> Any:
         """``when`` as the driver expects it for the created_at column."""
         return when if self._timestamp is None else self._timestamp(when)
@@ -89,6 +105,7 @@ class RecordWriter:
         """Inserts ``rows`` (tuples in :data:`RECORD_COLUMNS` order), deleting any record of
         the same name first. Within ``rows`` the last record of a name wins."""
         latest = {row[2]: row for row in rows}
+        self.lock_names(conn, scope_id)
         self.delete_names(conn, scope_id, latest.keys())
         self._records.run(conn, list(latest.values()))
 
@@ -97,6 +114,7 @@ class RecordWriter:
         there were."""
         if not indexes:
             return 0
+        self.lock_names(conn, scope_id)
         rows = [{"scope_id": scope_id, "name_index": index} for index in indexes]
         params: list[Any] = (
             rows

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs PostgreSQL from Debian packages if missing, initialises a throwaway cluster in a
+# temp dir, starts it on 127.0.0.1 and prints the URL the tests use (KEYCUSTODY_PG_URL).
+# Usage: eval "$(bash .ci/postgres-setup.sh start)"   ...   bash .ci/postgres-setup.sh stop DIR
+set -euo pipefail
+
+PORT="${KEYCUSTODY_PG_PORT:-55432}"
+
+pg_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+case "${1:-start}" in
+start)
+    if ! BIN=$(pg_bin); then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq postgresql >&2
+        BIN=$(pg_bin)
+    fi
+    DATA=$(mktemp -d /tmp/keycustody-pg.XXXXXX)
+    chown postgres:postgres "$DATA"
+    # Trust auth on loopback only; fsync off: a CI cluster that is thrown away after the run.
+    runuser -u postgres -- "$BIN/initdb" -D "$DATA/data" -U postgres --auth=trust \
+        --encoding=UTF8 --no-instructions >&2
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$DATA/data" -l "$DATA/server.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$DATA \
+            -c fsync=off -c full_page_writes=off -c max_connections=300" start >&2
+    echo "export KEYCUSTODY_PG_URL=postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
+    echo "export KEYCUSTODY_PG_DIR=$DATA"
+    ;;
+stop)
+    BIN=$(pg_bin)
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$2/data" -m fast -w stop >&2 || true
+    rm -rf "$2"
+    ;;
+*)
+    echo "usage: $0 start | stop DIR" >&2
+    exit 2
+    ;;
+esac
