@@ -8,6 +8,7 @@ error). Tests that also take ``db_path`` look at SQLite's files and run on SQLit
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import Iterator
@@ -78,6 +79,9 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
     yield _admin_url(name)
+    # A connection the test left open is reported here (ResourceWarning, an error under
+    # filterwarnings=error), against this test, rather than at some later test's GC.
+    gc.collect()
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()

@@ -114,7 +114,11 @@ def test_certificate_holds_the_sp800_88_record(
     assert how["tool"] == f"keycustody {kc.__version__}"
     assert how["key_strength"] == "AES-256"
     assert "encrypted" in how["precondition"]
-    assert how["storage_scrub"]["secure_delete"] == "ON"
+    scrub = how["storage_scrub"]
+    if scrub["backend"] == "sqlite":
+        assert scrub["secure_delete"] == "ON" and scrub["checkpoint_complete"] is True
+    else:
+        assert scrub["command"] == "VACUUM FULL scope_keys" and scrub["performed"] is True
     assert how["kek_destruction"] is None
     # When.
     when = doc["when"]
@@ -130,7 +134,10 @@ def test_certificate_holds_the_sp800_88_record(
         "pass",
     )
     scan = doc["verification"]["forensic_scan"]
-    assert scan["hits"] == 0 and scan["values_searched"] == 3
+    if scrub["backend"] == "sqlite":
+        assert scan["hits"] == 0 and scan["values_searched"] == 3
+    else:  # the server's files are out of a client's reach (tests/storage/test_postgres.py)
+        assert scan["performed"] is False and "server" in scan["why"]
     assert all(re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) for f in scan["files"])
     # Residual risk, stated plainly.
     risk = " ".join(doc["residual_risk"]).lower()

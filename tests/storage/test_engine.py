@@ -174,19 +174,25 @@ def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "expected"),
     [
-        "postgresql://u:p@localhost/db",
-        "postgresql+psycopg://u:p@localhost:5432/db",
-        "postgresql+psycopg2://u@localhost/db",
+        ("postgresql://u:p@localhost/db", "postgresql+psycopg"),
+        ("postgresql+psycopg://u:p@localhost:5432/db", "postgresql+psycopg"),
     ],
 )
-def test_postgresql_is_not_supported_yet(url: str) -> None:
+def test_postgresql_goes_through_psycopg_3(url: str, expected: str) -> None:
+    engine = make_engine(url)  # no connection yet: nothing needs a server
+    assert engine.url.drivername == expected
+    assert ":p@" not in repr(engine)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://u:p@localhost/db", "mysql://u@h/db"])
+def test_other_drivers_and_backends_are_refused(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_engine(url)
     message = str(info.value)
-    assert "PostgreSQL" in message
-    assert "not available yet" in message or "not yet supported" in message
+    assert "postgresql+psycopg" in message
     assert ":p@" not in message
 
 

@@ -17,18 +17,9 @@ from sqlalchemy import create_engine, select, text
 
 import keycustody as kc
 from forensics import hits
-from keycustody.errors import ConfigError
 from keycustody.keys.hierarchy import load_scope
 from keycustody.keys.rotation import JobReport
-from keycustody.storage.engine import make_engine
 from keycustody.storage.models import ScopeKeyRow
-
-
-def test_postgres_needs_the_psycopg_driver() -> None:
-    with pytest.raises(ConfigError, match=r"postgresql\+psycopg"):
-        make_engine("postgresql+pg8000://u@127.0.0.1/db")
-    with pytest.raises(ConfigError, match="unsupported database backend"):
-        make_engine("mysql://u@127.0.0.1/db")
 
 
 def test_concurrent_writers_of_one_name_replace_not_fail(pg_url: str, kms: kc.LocalKMS) -> None:

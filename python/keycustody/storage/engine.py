@@ -104,6 +104,8 @@ def make_engine(url: str) -> Engine:
         _sqlite_hooks(engine)
         return engine
     if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # no driver named: ours, not SQLAlchemy's psycopg2
+            parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_driver_name() != "psycopg":
             raise ConfigError(
                 "PostgreSQL is supported through psycopg 3: use a postgresql+psycopg://… URL"
