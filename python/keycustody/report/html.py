@@ -817,7 +817,7 @@ main{max-width:1200px;margin:24px auto;background:#fff;padding:36px 40px 28px;
 border:1px solid #d0d7de;border-radius:6px;box-shadow:0 1px 3px rgba(31,35,40,.08)}
 code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;
 background:#f6f8fa;border:1px solid #eaeef2;border-radius:4px;padding:1px 4px;
-word-break:break-all}
+overflow-wrap:break-word}
 h1{font-size:28px;margin:2px 0 14px;letter-spacing:-.3px}
 h2{font-size:19px;margin:34px 0 12px;padding-bottom:6px;border-bottom:2px solid #1f2d3d;
 color:#1f2d3d}
@@ -872,7 +872,7 @@ padding:1px 7px;border-radius:10px;border:1px solid;white-space:nowrap}
 .tree{display:inline-block;white-space:nowrap}
 .svg-wrap{overflow-x:auto;border:1px solid #d0d7de;border-radius:6px;background:#fff}
 #timeline{display:block;font-family:inherit}
-#timeline .band-suspended,.band-suspended{fill:#ffe8b3;opacity:.9}
+#timeline .band-suspended,.band-suspended{fill:#ffe8b3}
 details{margin:10px 0}
 summary{cursor:pointer;color:#0969da;font-weight:600}
 .cert{border:1px solid #d0d7de;border-radius:6px;padding:12px 16px;margin:12px 0;
