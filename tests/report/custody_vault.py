@@ -27,6 +27,7 @@ COUNTS = {
     "acme/subjects/bob": 5,
     "globex": 25,
     "initech": 8,
+    "initech/repos/legacy": 6,
 }
 CONFIRMED_SHRED = "acme/subjects/alice"
 PENDING_SHRED = "acme/subjects/bob"
@@ -61,7 +62,11 @@ def collect_scope_keys(vault: kc.Vault, into: set[bytes]) -> None:
                     ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
                 )
             ):
-                into.add(bytes(vault._keys.key(s, ref, version).export_secret()))
+                try:
+                    key = vault._keys.key(s, ref, version)
+                except kc.KeyRevokedError:
+                    break  # below a suspended ancestor: collected before the suspension
+                into.add(bytes(key.export_secret()))
 
 
 def build(vault: kc.Vault, kms: kc.LocalKMS) -> Custody:

@@ -370,7 +370,9 @@ def test_include_names_lists_the_names_of_readable_scopes(
     vault: kc.Vault, custody: Custody, tmp_path: Path, db_path: Path
 ) -> None:
     forms = encodings(custody.scope_keys | stored_secrets(db_path))
+    head = vault.audit.verify().head_seq
     paths = write_report(vault, tmp_path / "named", include_names=True)
+    assert vault.audit.verify().head_seq == head  # no refused listing was recorded
     facts = load(paths)
     scopes = by_path(facts)
     listed = {n["name"] for s in scopes.values() for n in s["names"] or []}
@@ -378,6 +380,9 @@ def test_include_names_lists_the_names_of_readable_scopes(
     assert listed == readable
     assert scopes[SUSPENDED]["names"] is None
     assert "SUSPENDED" in scopes[SUSPENDED]["names_note"]
+    child = scopes[f"{SUSPENDED}/repos/legacy"]
+    assert (child["state"], child["names"]) == ("ACTIVE", None)
+    assert child["names_note"] == f"names not listed: scope {SUSPENDED} is SUSPENDED"
     assert scopes[CONFIRMED_SHRED]["names"] is None
     page = paths.html.read_text(encoding="utf-8")
     assert all(name in page for name in readable)

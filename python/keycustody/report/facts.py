@@ -307,9 +307,14 @@ def _tenants(vault: Vault, rows: list[Any]) -> list[TenantFacts]:
 # -- scopes ---------------------------------------------------------------------------------
 
 
-def _names(vault: Vault, path: str, state: str) -> tuple[list[dict[str, Any]] | None, str]:
-    if state != ACTIVE:
-        return None, f"names not listed: the scope is {state}"
+def _names(
+    vault: Vault, path: str, blocked: tuple[str, str] | None
+) -> tuple[list[dict[str, Any]] | None, str]:
+    # Checked here first: a refused listing would be recorded as a denied access.
+    if blocked is not None:
+        where, state = blocked
+        scope = "the scope" if where == path else f"scope {where}"
+        return None, f"names not listed: {scope} is {state}"
     try:
         infos = vault.scope(path).list()
     except KeyCustodyError as exc:
@@ -335,7 +340,9 @@ def _scopes(
         infos = versions.get(r.path, [])
         used = usage.get(r.path)
         records = used.records if used is not None else 0
-        names, note = _names(vault, r.path, r.state) if include_names else (None, None)
+        names, note = (None, None)
+        if include_names:
+            names, note = _names(vault, r.path, _blocked(r, by_id))
         out.append(
             {
                 "path": r.path,
@@ -358,6 +365,15 @@ def _scopes(
             }
         )
     return out
+
+
+def _blocked(row: Any, by_id: dict[bytes, Any]) -> tuple[str, str] | None:
+    """The nearest scope, this one or an ancestor, that is not ACTIVE: (path, state)."""
+    while row is not None:
+        if row.state != ACTIVE:
+            return row.path, row.state
+        row = by_id.get(row.parent_id) if row.parent_id is not None else None
+    return None
 
 
 def _aware(at: datetime) -> datetime:
