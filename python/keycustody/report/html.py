@@ -63,11 +63,20 @@ def _when(at: object) -> str:
     parsed = _parse(at) if isinstance(at, str) else None
     if parsed is None:
         return e(at)
-    return e(parsed.strftime("%Y-%m-%d %H:%M:%S")) + '<span class="tz"> UTC</span>'
+    return (
+        f'<span class="when">{e(parsed.strftime("%Y-%m-%d %H:%M:%S"))}'
+        '<span class="tz"> UTC</span></span>'
+    )
 
 
 def _code(value: object) -> str:
-    return f"<code>{e(value)}</code>"
+    # Short ids stay on one line; hashes and long ids may wrap.
+    nowrap = ' class="nw"' if len(str(value)) <= 40 else ""
+    return f"<code{nowrap}>{e(value)}</code>"
+
+
+def _detail(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 _STATE_CLASS: Final = {
@@ -148,6 +157,7 @@ _PAD_R: Final = 28
 _LANE_H: Final = 30
 _LEGEND_ROW: Final = 22
 _MAX_LANES: Final = 40
+_OPEN_EVENTS: Final = 200
 _TICK_STEPS: Final = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800,
@@ -304,7 +314,7 @@ def _event_title(ev: TimelineEvent) -> str:
     if ev["kms_key_id"]:
         parts.append(f"KEK {ev['kms_key_id']}#{ev['kms_key_version'] or '?'}")
     for key, value in ev["details"].items():
-        parts.append(f"{key}: {value}")
+        parts.append(f"{key}: {_detail(value)}")
     return " · ".join(parts)
 
 
@@ -597,7 +607,7 @@ def _timeline(facts: ReportFacts) -> str:
             e(ev["scope"]),
             f"v{ev['key_version']}" if ev["key_version"] is not None else _NONE,
             _code(f"{ev['kms_key_id']}#{ev['kms_key_version']}") if ev["kms_key_id"] else _NONE,
-            e("; ".join(f"{k}: {v}" for k, v in ev["details"].items())) or _NONE,
+            e("; ".join(f"{k}: {_detail(v)}" for k, v in ev["details"].items())) or _NONE,
             e(ev["actor"]),
         ]
         for ev in events
@@ -609,8 +619,9 @@ def _timeline(facts: ReportFacts) -> str:
     )
     body = (
         f'<div class="svg-wrap">{timeline_svg(events, facts["scopes"])}</div>'
-        f"<details><summary>All {len(events):,} key events as a table</summary>{table}"
-        "</details>"
+        # Open (and so printed) unless it is long.
+        f"<details{' open' if len(events) <= _OPEN_EVENTS else ''}><summary>All "
+        f"{len(events):,} key events as a table</summary>{table}</details>"
     )
     return _section("timeline", "4. Key event timeline", body)
 
@@ -830,6 +841,7 @@ dl.meta,dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 18px
 dl.meta dt,dl.facts dt{color:#57606a;font-weight:600}
 dl.meta dd,dl.facts dd{margin:0;min-width:0}
 .tz{color:#6e7781;font-size:11px}
+.when,code.nw{white-space:nowrap}
 .summary{margin:22px 0 6px;border:1px solid;border-left-width:8px;border-radius:6px;
 padding:16px 20px}
 .status-green{background:#f0fbf3;border-color:#1a7f37}
