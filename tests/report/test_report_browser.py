@@ -138,16 +138,23 @@ def colours(rows: list[bytes], bpp: int) -> Counter[tuple[int, int, int]]:
 
 
 @pytest.fixture
-def report(vault: kc.Vault, kms: kc.LocalKMS, tmp_path: Path) -> tuple[ReportPaths, Any]:
+def browser() -> str:
+    """The Chromium binary (checked before any vault is built)."""
+    return chromium()
+
+
+@pytest.fixture
+def report(
+    browser: str, vault: kc.Vault, kms: kc.LocalKMS, tmp_path: Path
+) -> tuple[ReportPaths, Any]:
     build(vault, kms)
     paths = write_report(vault, tmp_path / "out")
     return paths, json.loads(paths.json.read_bytes())
 
 
 def test_report_opens_in_chromium_with_its_facts_and_a_rendered_timeline(
-    report: tuple[ReportPaths, Any], tmp_path: Path
+    browser: str, report: tuple[ReportPaths, Any], tmp_path: Path
 ) -> None:
-    browser = chromium()
     paths, facts = report
     url = paths.html.resolve().as_uri()
 
