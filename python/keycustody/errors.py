@@ -57,6 +57,11 @@ class StorageError(KeyCustodyError):
     """The database or blob store failed; nothing was half-written."""
 
 
+class OutputError(StorageError):
+    """A file keycustody was asked to write (e.g. a report) could not be written; any
+    previous version of it is left as it was."""
+
+
 class AuditError(KeyCustodyError):
     """The audit trail could not be written or does not verify."""
 
@@ -72,6 +77,7 @@ __all__ = [
     "KmsError",
     "KmsUnavailableError",
     "NotFoundError",
+    "OutputError",
     "ShreddedError",
     "StorageError",
     "UnsupportedKeyIdError",

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NewType
+from typing import Any, NewType
 
 
 def utc(at: datetime) -> datetime:
@@ -63,3 +63,21 @@ class KeyVersionInfo:
     deactivated_at: datetime | None = None
     compromised_at: datetime | None = None
     destroyed_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (times ISO-8601 UTC, None when the state was never reached)."""
+
+        def when(ts: datetime | None) -> str | None:
+            return ts.isoformat() if ts is not None else None
+
+        return {
+            "scope": self.scope,
+            "version": self.version,
+            "state": self.state,
+            "wrapped_by": self.wrapped_by,
+            "records": self.records,
+            "created_at": when(self.created_at),
+            "deactivated_at": when(self.deactivated_at),
+            "compromised_at": when(self.compromised_at),
+            "destroyed_at": when(self.destroyed_at),
+        }

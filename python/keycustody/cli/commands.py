@@ -49,6 +49,7 @@ from keycustody.kms import plugins
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
+from keycustody.report import write_report
 from keycustody.types import EncryptionContext, KeyId
 from keycustody.vault import Vault
 
@@ -322,8 +323,8 @@ def _mb(n: int) -> str:
 
 def summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # hashes and paths wrap whole, never cut with "…"
     for key, value in rows:
         table.add_row(key, value)
     console.print(title)
@@ -748,6 +749,72 @@ def kms_providers_command() -> None:
         typer.echo(f"{name}\tbuilt-in")
     for name in plugins.plugin_names():
         typer.echo(f"{name}\tplugin")
+
+
+@app.command("report", rich_help_panel=evidence.PANEL)
+def report_command(
+    ctx: typer.Context,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            "-s",
+            help="Report only this scope and its subtree, e.g. acme (the audit chain is "
+            "still verified whole).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            file_okay=False,
+            help="Folder for report.html and report.json (created if missing; the two "
+            "files are replaced atomically).",
+        ),
+    ] = Path("keycustody-report"),
+    include_names: Annotated[
+        bool,
+        typer.Option(
+            "--include-names",
+            help="Also decrypt and list every record name (the files are then created "
+            "readable by their owner only). Off by default: the report holds no name.",
+        ),
+    ] = False,
+) -> None:
+    """Write a key custody evidence pack: report.html (one offline page) and report.json.
+
+    Shows the scope tree with each scope's key versions and states, each tenant's KEK, a
+    timeline of key events, records per key version, the audit chain verification, every
+    erasure certificate with its phase, usage per scope and the security settings, under a
+    plain-language summary. No key material, wrapped key or record name is in it. The page
+    carries the SHA-256 of report.json and the audit head (check them with `sha256sum` and
+    `keycustody audit verify --expect-head`). Exits 4 if the audit trail does not verify
+    (the report is still written, and says where it breaks).
+
+    Example: `keycustody report --scope acme -o evidence/acme-2026-11`
+    """
+    settings = get_settings(ctx)
+    with handle_errors():
+        with open_vault(settings, must_exist=True) as vault:
+            paths = write_report(vault, output, scope=scope, include_names=include_names)
+        color = {"green": "green", "amber": "yellow", "red": "bold red"}.get(paths.status, "")
+        summary(
+            stdout(),
+            f"key custody report written to [bold]{printable(str(output))}[/bold]",
+            [
+                ("report.html", printable(str(paths.html))),
+                ("report.json", printable(str(paths.json))),
+                ("report.json sha256", paths.json_sha256),
+                ("audit head", paths.audit_head),
+                ("status", f"[{color}]{paths.status.upper()}[/{color}]: {escape(paths.headline)}"),
+            ],
+        )
+        if not paths.audit_ok:
+            fail(
+                "the audit trail does NOT verify (the report shows the first broken link)",
+                exit_code(IntegrityError("not verified")),
+            )
 
 
 # Registration of the command groups that live in their own modules.

@@ -214,19 +214,6 @@ erasures_app = typer.Typer(
 )
 
 
-def _certificate_json(certificate: ErasureCertificate) -> dict[str, Any]:
-    doc = certificate.document
-    return {
-        "certificate_id": certificate.id,
-        "scope": doc["what"]["scope"],
-        "tenant": doc["what"]["tenant"],
-        "requested": doc["when"]["requested"],
-        "records_unreadable": certificate.records_unreadable,
-        "phase2": certificate.phase2_status,
-        "phase2_confirmed_at": doc["when"]["phase2"].get("confirmed_at"),
-    }
-
-
 def _certificate_table(title: str, certificates: list[ErasureCertificate]) -> Table:
     table = Table(title=title)
     table.add_column("certificate", overflow="fold")
@@ -236,7 +223,7 @@ def _certificate_table(title: str, certificates: list[ErasureCertificate]) -> Ta
     table.add_column("phase 2")
     table.add_column("confirmed")
     for c in certificates:
-        row = _certificate_json(c)
+        row = c.summary()
         table.add_row(
             escape(c.id),
             escape(str(row["scope"])),
@@ -258,7 +245,7 @@ def erasures_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
         certificates = vault.certificates()
     if as_json:
-        _echo_json([_certificate_json(c) for c in certificates])
+        _echo_json([c.summary() for c in certificates])
         return
     table = _certificate_table("erasure certificates", certificates)
     pending = sum(1 for c in certificates if c.phase2_status != CONFIRMED)

@@ -71,20 +71,6 @@ def _echo_json(value: object) -> None:
 # -- keys --------------------------------------------------------------------------------
 
 
-def _version_json(info: KeyVersionInfo) -> dict[str, Any]:
-    return {
-        "scope": info.scope,
-        "version": info.version,
-        "state": info.state,
-        "wrapped_by": info.wrapped_by,
-        "records": info.records,
-        "created_at": _when(info.created_at),
-        "deactivated_at": _when(info.deactivated_at),
-        "compromised_at": _when(info.compromised_at),
-        "destroyed_at": _when(info.destroyed_at),
-    }
-
-
 def _since(info: KeyVersionInfo) -> str:
     """When the version reached its current state (UTC, to the minute)."""
     if info.state == DESTROYED:
@@ -132,7 +118,7 @@ def keys_command(
             for path in paths:
                 versions.extend(vault.scope(path).keys())
         if as_json:
-            _echo_json([_version_json(v) for v in versions])
+            _echo_json([v.to_dict() for v in versions])
             return
         table = Table(title="scope key versions")
         table.add_column("scope", overflow="fold")

@@ -52,6 +52,7 @@ from keycustody.storage.models import (
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from keycustody.audit.events import AuditReport
     from keycustody.vault import Vault
 
 CERTIFICATE_FORMAT = "keycustody-erasure-certificate/v1"
@@ -113,6 +114,20 @@ class ErasureCertificate:
     def phase2_status(self) -> str:
         """pending, scheduled or confirmed."""
         return str(self.document["when"]["phase2"]["status"])
+
+    def summary(self) -> dict[str, Any]:
+        """The facts that list a certificate: id, scope, tenant, request time, records made
+        unreadable and phase 2 status (as ``keycustody erasures ls --json`` prints them)."""
+        doc = self.document
+        return {
+            "certificate_id": self.id,
+            "scope": doc["what"]["scope"],
+            "tenant": doc["what"]["tenant"],
+            "requested": doc["when"]["requested"],
+            "records_unreadable": self.records_unreadable,
+            "phase2": self.phase2_status,
+            "phase2_confirmed_at": doc["when"]["phase2"].get("confirmed_at"),
+        }
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The certificate as JSON text."""
@@ -550,10 +565,15 @@ def certificates(vault: Vault) -> list[ErasureCertificate]:
         return [ErasureCertificate(json.loads(r.body)) for r in rows]
 
 
-def verify_certificate(vault: Vault, document: object) -> tuple[bool, str]:
+def verify_certificate(
+    vault: Vault, document: object, *, trail: AuditReport | None = None
+) -> tuple[bool, str]:
     """Checks a certificate against the audit trail: its digest is the one the trail recorded
     for it, and the trail itself verifies. Returns ``(ok, why)``; never raises on a malformed
-    document (that is a failed verification)."""
+    document (that is a failed verification).
+
+    ``trail`` is a verification of the whole trail made just before (checking many
+    certificates then verifies the chain once, not once per certificate)."""
     if not isinstance(document, dict):
         return False, "malformed certificate: not a JSON object"
     certificate = ErasureCertificate(document)
@@ -577,7 +597,7 @@ def verify_certificate(vault: Vault, document: object) -> tuple[bool, str]:
         return False, f"audit event {seq} does not record this certificate's digest"
     if event.hash.hex() != integrity.get("audit_event_hash"):
         return False, f"audit event {seq} is not the one the certificate names"
-    report = vault.audit.verify()
+    report = vault.audit.verify() if trail is None else trail
     if not report.ok:
         return False, f"the audit trail is broken at event {report.first_bad_seq}: {report.reason}"
     return True, f"bound to audit event {seq}; trail verified ({report.events_checked} events)"

@@ -50,6 +50,10 @@ class ProviderRegistry:
                 f"no KMS provider configured for {prefix!r} key ids (configured: {known})"
             ) from None
 
+    def providers(self) -> dict[str, KmsProvider]:
+        """The configured providers by prefix."""
+        return dict(self._providers)
+
     def default_key_id(self) -> KeyId:
         """The first provider's default KEK."""
         return self._default.default_key_id()
