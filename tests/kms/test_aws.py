@@ -858,3 +858,47 @@ def test_tenant_shred_with_destroy_kek_schedules_the_deletion(
     kms_proxy.advance(timedelta(days=8))
     (confirmed,) = vault.complete_erasures()
     assert confirmed.phase2_status == "confirmed"
+
+
+def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_verify(
+    new_aws_key: NewKey, kms_proxy: ClockProxy, tmp_path: Path, aws_env: None
+) -> None:
+    from typer.testing import CliRunner
+
+    from keycustody.cli import app
+
+    db, keys = f"sqlite:///{tmp_path / 'ctx.db'}", tmp_path / "local-keys"
+    old, new = new_aws_key(), new_aws_key()
+    provider = AwsKMS(REGION, endpoint_url=kms_proxy.url, retries=FAST_RETRIES)
+    with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
+        _fill(vault, old)
+        vault.shred("acme/subjects/alice", reason="GDPR #35").save(tmp_path / "phase1.json")
+    env = {
+        "KEYCUSTODY_DB": db,
+        "KEYCUSTODY_KMS_DIR": str(keys),
+        "KEYCUSTODY_KMS": "local,aws",
+        "KEYCUSTODY_AWS_ENDPOINT": kms_proxy.url,
+        "KEYCUSTODY_AWS_DELETION_DAYS": "7",
+        "COLUMNS": "250",
+    }
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(app, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result
+
+    missing = CliRunner().invoke(app, ["erasures", "complete"], env=env)
+    assert missing.exit_code == 2 and "--new-kek acme=" in missing.output
+    done = run("erasures", "complete", "--new-kek", f"acme={new}")
+    assert "1 scheduled" in done.stdout and "ScheduleKeyDeletion" in done.stdout
+    date = provider.describe_key(old)["deletion_date"].date().isoformat()
+    assert date in done.stdout
+    waiting = run("erasures", "complete")
+    assert "still wait for the KMS's waiting period" in waiting.stdout
+    with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
+        (certificate,) = vault.certificates()
+    certificate.save(tmp_path / "phase2.json")
+    for name in ("phase1.json", "phase2.json"):
+        assert "certificate verified" in run("cert", "verify", str(tmp_path / name)).stdout
+    kms_proxy.advance(timedelta(days=8))
+    assert "phase 2 completed for 1 erasures" in run("erasures", "complete").stdout
