@@ -902,3 +902,33 @@ def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_
         assert "certificate verified" in run("cert", "verify", str(tmp_path / name)).stdout
     kms_proxy.advance(timedelta(days=8))
     assert "phase 2 completed for 1 erasures" in run("erasures", "complete").stdout
+
+
+def test_a_rerun_after_a_failed_schedule_needs_no_new_kek_again(
+    vault_at: Callable[..., kc.Vault],
+    new_aws_key: NewKey,
+    aws7: AwsKMS,
+    kms_proxy: KmsProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = new_aws_key(), new_aws_key()
+    vault = vault_at(aws7)
+    data = _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #36")
+
+    def outage(key_id: str) -> Any:
+        raise KmsUnavailableError("injected: the KMS went away after the tenant moved")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(aws7, "schedule_destruction", outage)
+        with pytest.raises(KmsUnavailableError):
+            vault.complete_erasures(new_keks={"acme": new})
+    assert [c.phase2_status for c in vault.certificates()] == ["pending"]
+    assert aws7.describe_key(old)["state"] == "enabled"
+    assert not [e for e in vault.audit.events() if e.action.startswith("kek.destroy")]
+
+    (certificate,) = vault.complete_erasures()  # the tenant is on the new key already
+    assert certificate.phase2_status == "scheduled"
+    assert [d["key"] for d in certificate.document["when"]["phase2"]["destructions"]] == [old]
+    bob = data["acme/subjects/bob"]
+    assert vault_at(aws7, cache_ttl=0).scope("acme/subjects/bob").get_many(list(bob)) == bob

@@ -640,8 +640,11 @@ def _complete_pending(
             scope = load_scope(s, cert.document["what"]["scope"])
             chain = _ancestors(s, scope)
             rekeyed[cert.id] = [a.path for a in chain]
-    # KMSs that destroy whole keys: who moves where, checked before anything changes.
-    retirements = _plan_retirements(vault, pending, replacements)
+    # KMSs that destroy whole keys: who moves where, checked before anything changes. These
+    # erasures retire the KEK their tenant had when shredded (a rerun after a crash finds the
+    # tenant on its new KEK already).
+    cloud = {c.id: _shred_kek(c) for c in pending if _destroys_whole_keys(vault, c)}
+    retirements = _plan_retirements(vault, [c for c in pending if c.id in cloud], replacements)
     # Re-key every ancestor, bottom-up, once (shared by all pending erasures).
     seen: set[str] = set()
     for cert in pending:
@@ -674,6 +677,8 @@ def _complete_pending(
     tenant_kek: dict[str, str] = {}
     with vault._read() as s:
         for cert in pending:
+            if cert.id in cloud:
+                continue
             tenant = load_scope(s, cert.document["what"]["tenant"])
             kek = tenant_kek[cert.id] = tenant.kek_id or ""
             old = set(
@@ -691,14 +696,11 @@ def _complete_pending(
                 if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
             )
     events: dict[str, list[str]] = {}
-    destructions: dict[str, list[Destruction]] = {}
+    destructions = {kek: _retire(vault, plan) for kek, plan in retirements.items()}
     for kek, versions in keks.items():
         if kek == vault.audit_kek:
             raise ConfigError("a tenant shares the audit KEK; phase 2 would destroy the evidence")
         provider = vault._registry.provider(kek)
-        if isinstance(provider, KeyDestroyer):
-            destructions[kek] = _retire(vault, provider, retirements[kek])
-            continue
         if not isinstance(provider, KeyVersionDestroyer):
             raise ConfigError(
                 f"phase 2 needs a KMS that destroys keys or key versions; the provider of "
@@ -730,9 +732,9 @@ def _complete_pending(
     confirmed = _iso(_now())
     for cert in pending:
         document = dict(cert.document)
-        kek = tenant_kek[cert.id]
         document["when"] = dict(document["when"])
-        if kek in destructions:
+        if cert.id in cloud:
+            kek = cloud[cert.id]
             document["when"]["phase2"] = {
                 "status": SCHEDULED,
                 "scheduled_at": confirmed,
@@ -746,6 +748,7 @@ def _complete_pending(
             document.pop("integrity", None)
             done.append(_store(vault, document, "erasure.phase2"))
             continue
+        kek = tenant_kek[cert.id]
         document["when"]["phase2"] = {
             "status": CONFIRMED,
             "scheduled_at": confirmed,
@@ -772,6 +775,7 @@ class _Retirement:
     """What phase 2 does for one tenant KEK whose KMS destroys only whole keys."""
 
     kek: str
+    provider: KeyDestroyer
     keys: list[str]
     """The whole KMS keys that wrapped the tenant keys (``key_of`` ids): to be destroyed."""
     moves: dict[str, str]
@@ -790,12 +794,11 @@ def _plan_retirements(
     with vault._read() as s:
         keks: dict[str, set[str]] = {}
         for cert in pending:
-            tenant = load_scope(s, cert.document["what"]["tenant"])
-            kek = tenant.kek_id or ""
-            if kek == vault.audit_kek or not isinstance(
-                vault._registry.provider(kek), KeyDestroyer
-            ):
-                continue
+            kek = _shred_kek(cert)
+            if kek == vault.audit_kek:
+                raise ConfigError(
+                    "a tenant shares the audit KEK; phase 2 would destroy the evidence"
+                )
             versions = keks.setdefault(kek, set())
             versions.update(
                 v
@@ -840,7 +843,7 @@ def _plan_retirements(
                     "phase 2 must destroy; name a different key; nothing was changed"
                 )
             moves[row.path] = target
-        plans[kek] = _Retirement(kek, keys, moves)
+        plans[kek] = _Retirement(kek, provider, keys, moves)
     if missing:
         first = missing[0].partition(" ")[0]
         raise ConfigError(
@@ -902,7 +905,16 @@ def _live_users(vault: Vault, keys: list[str]) -> list[str]:
     return users
 
 
-def _retire(vault: Vault, provider: KeyDestroyer, plan: _Retirement) -> list[Destruction]:
+def _shred_kek(cert: ErasureCertificate) -> str:
+    """The KEK the erasure's tenant had when it was shredded."""
+    return str(cert.document["what"]["kek"]["id"] or "")
+
+
+def _destroys_whole_keys(vault: Vault, cert: ErasureCertificate) -> bool:
+    return isinstance(vault._registry.provider(_shred_kek(cert)), KeyDestroyer)
+
+
+def _retire(vault: Vault, plan: _Retirement) -> list[Destruction]:
     """Moves the surviving tenants off the old KMS keys, then schedules their destruction."""
     for path, target in plan.moves.items():
         with vault._read() as s:
@@ -915,7 +927,7 @@ def _retire(vault: Vault, provider: KeyDestroyer, plan: _Retirement) -> list[Des
             "created meanwhile?); nothing was scheduled, the erasure stays pending: run "
             "phase 2 again"
         )
-    return [_schedule(vault, provider, key, reason="phase 2") for key in plan.keys]
+    return [_schedule(vault, plan.provider, key, reason="phase 2") for key in plan.keys]
 
 
 def _schedule(vault: Vault, provider: KeyDestroyer, key: str, *, reason: str) -> Destruction:
