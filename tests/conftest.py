@@ -3,7 +3,8 @@
 Tests that take ``db_url`` (directly or through ``vault``) run once on a file-backed SQLite
 database and once on a fresh database of a real PostgreSQL server when ``KEYCUSTODY_PG_URL``
 names one (``.ci/run`` starts it; ``KEYCUSTODY_REQUIRE_POSTGRES=1`` makes its absence an
-error). Tests that also take ``db_path`` look at SQLite's files and run on SQLite only.
+error). Tests that also take ``db_path`` look at SQLite's files and run on SQLite only, as do
+tests marked ``sqlite_only`` (SQLite pragmas).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
     backends = ["sqlite"]
-    if PG_URL and "db_path" not in metafunc.fixturenames:
+    sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    if PG_URL and not sqlite_only and "db_path" not in metafunc.fixturenames:
         backends.append("postgresql")
     metafunc.parametrize("backend", backends)
 

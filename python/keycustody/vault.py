@@ -11,7 +11,7 @@ import contextlib
 import getpass
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -358,7 +358,13 @@ class Vault:
     # -- crypto-shredding ----------------------------------------------------------------
 
     def shred(
-        self, path: str, *, reason: str, destroy_kek: bool = False, durable: bool = False
+        self,
+        path: str,
+        *,
+        reason: str,
+        destroy_kek: bool = False,
+        durable: bool = False,
+        new_keks: Mapping[str, str] | None = None,
     ) -> ErasureCertificate:
         """Crypto-shreds a scope and its subtree: destroys every key version, purges key
         caches in every process, scrubs the database files and issues a certificate.
@@ -371,24 +377,80 @@ class Vault:
             path: The scope to erase (a tenant or any child, e.g. ``acme/subjects/7f3a``).
             reason: The request reference (e.g. ``GDPR Art.17 request #123``).
             destroy_kek: For a tenant with a KEK of its own, also destroy the KEK in the KMS
-                (as far as the provider allows).
+                as far as the provider allows: at once (LocalKMS, PKCS#11), or scheduled
+                after the KMS's waiting period (AWS KMS, Azure Key Vault; the certificate's
+                phase 2 is then ``scheduled`` until :meth:`complete_erasures` confirms it).
             durable: Also run phase 2 now (:meth:`complete_erasures`).
+            new_keks: With ``durable``: passed to :meth:`complete_erasures`.
 
         Returns:
             The erasure certificate (also stored, and bound into the audit trail).
         """
         certificate = shredding.shred(self, path, reason, destroy_kek=destroy_kek)
         if durable:
-            updated = {c.id: c for c in shredding.complete_erasures(self)}
+            updated = {c.id: c for c in shredding.complete_erasures(self, dict(new_keks or {}))}
             certificate = updated.get(certificate.id, certificate)
+        elif new_keks:
+            raise InvalidInputError("new_keks applies to phase 2: pass durable=True")
         return certificate
 
-    def complete_erasures(self) -> list[ErasureCertificate]:
-        """Phase 2 for every pending erasure: re-keys the scopes above each shredded scope up
-        to the KEK, gives the KEK a new version, rewraps every tenant under it and destroys
-        the old KEK versions in the KMS, so no copy of the database (backups included) can
-        unwrap the shredded keys. Returns the updated certificates."""
-        return shredding.complete_erasures(self)
+    def complete_erasures(
+        self, new_keks: Mapping[str, str] | None = None, *, include_cancelled: bool = False
+    ) -> list[ErasureCertificate]:
+        """Phase 2 for every pending erasure, so that no copy of the database (backups
+        included) can unwrap the shredded keys: re-keys the scopes above each shredded scope
+        up to the KEK, then retires the KEK that wrapped them. Many erasures share one pass.
+
+        - LocalKMS, PKCS#11: the KEK gets a new version, every tenant on it is rewrapped under
+          that version, and the old versions are destroyed at once (``confirmed``).
+        - AWS KMS, Azure Key Vault destroy whole keys only, after a waiting period: every
+          surviving tenant of the old key moves to a key the customer made (``new_keks``;
+          keycustody never creates keys in the customer's KMS), nothing in the vault may
+          still be wrapped by the old key, and its destruction is scheduled (``scheduled``,
+          with the KMS's date in ``not_before_purge``; the KMS refuses the key at once).
+
+        Each call also asks the KMS about scheduled destructions: final ones become
+        ``confirmed``; one cancelled in the KMS (AWS CancelKeyDeletion, Azure recover)
+        becomes ``cancelled`` and is left alone unless ``include_cancelled``. Every schedule,
+        confirmation and cancellation is an audit event, and every updated certificate is
+        bound into the audit trail again.
+
+        Args:
+            new_keks: Where the surviving tenants of an AWS or Azure KEK move, by tenant path
+                or by the KEK id they use now, e.g. ``{"acme": "aws:arn:aws:kms:eu-west-1:
+                111122223333:key/NEW"}``. Not needed for an AWS alias already pointed at a new
+                key (UpdateAlias), nor when no tenant survives on the old key.
+            include_cancelled: Also schedule the cancelled destructions again.
+
+        Returns:
+            The certificates whose phase 2 changed.
+
+        Raises:
+            ConfigError: a surviving tenant of an AWS/Azure KEK has no new KEK, or a KMS
+                cannot destroy keys; nothing was changed.
+            InvalidInputError: ``new_keks`` names something no erasure needs, or an ancestor
+                key version is still compromised (run ``reencrypt`` first).
+        """
+        return shredding.complete_erasures(
+            self, dict(new_keks or {}), include_cancelled=include_cancelled
+        )
+
+    def cancel_erasure(self, certificate_id: str, *, reason: str) -> list[ErasureCertificate]:
+        """Cancels a scheduled phase 2 (e.g. for a legal hold) while the KMS still allows it:
+        AWS CancelKeyDeletion (the key comes back disabled), Azure recover. Backups made
+        before phase 2 become readable again with that key; the records shredded in phase 1
+        stay unreadable through this vault. Audited; every certificate waiting on the same
+        key becomes ``cancelled`` (``complete_erasures(include_cancelled=True)`` resumes).
+
+        Returns:
+            The certificates that changed.
+
+        Raises:
+            NotFoundError: no such certificate.
+            InvalidInputError: its phase 2 is not ``scheduled``, or no reason was given.
+            KmsError: the destruction is already final, or the KMS refused.
+        """
+        return shredding.cancel_erasure(self, certificate_id, reason)
 
     def certificates(self) -> list[ErasureCertificate]:
         """Every erasure certificate, oldest first."""

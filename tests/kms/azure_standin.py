@@ -13,6 +13,16 @@ what keycustody's AzureKeyVault uses, and keeps to what Azure documents for it:
 - Challenge-based auth as the SDK expects it: a request without a bearer token gets
   401 with ``WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/TENANT",
   resource="https://vault.azure.net"``; a wrong token gets 401 too.
+- Soft delete, as every vault has it now: ``DELETE /keys/{name}`` deletes the key with all its
+  versions and answers a DeletedKeyBundle (``recoveryId``, ``deletedDate``,
+  ``scheduledPurgeDate`` = deletion + the retention period, 90 days unless set, as Unix times;
+  ``attributes.recoveryLevel``); from then on every operation on the key is 404 ``KeyNotFound``
+  as if it never existed. ``GET /deletedkeys/{name}`` answers the DeletedKeyBundle until the
+  key is purged; ``DELETE /deletedkeys/{name}`` purges it (204), except that with purge
+  protection on it is refused with 403 ``Forbidden`` ("Operation \"purge\" is not allowed
+  because purge protection is enabled ..."), and the vault purges the key itself once
+  ``scheduledPurgeDate`` has passed; ``POST /deletedkeys/{name}/recover`` brings the key back
+  with every version (a KeyBundle of the current one).
 - Errors are ``{"error": {"code", "message"[, "innererror": {"code"}]}}``: an unknown key or
   version is 404 ``KeyNotFound``; an operation on a disabled key is 403 ``Forbidden`` with inner
   code ``KeyDisabled``; a principal without ``keys/get`` gets 403 ``Forbidden`` on GET; an
@@ -20,8 +30,9 @@ what keycustody's AzureKeyVault uses, and keeps to what Azure documents for it:
   ``BadParameter``; throttling is 429 ``Throttled`` with ``Retry-After``.
 
 Error message texts are this stand-in's own wording, not Azure's. Fault injection (failing
-the next calls, hanging, returning tampered key material) is for tests of the client side
-and has no Azure counterpart.
+the next calls, hanging, returning tampered key material) and the clock that tests move
+forward (:meth:`AzureKeyVaultStandIn.advance`, to reach a purge date without waiting 90 days)
+are for tests of the client side and have no Azure counterpart.
 """
 
 from __future__ import annotations
@@ -61,6 +72,11 @@ API_VERSIONS = frozenset(
 _PATH = re.compile(
     r"/keys/([A-Za-z0-9-]{1,127})(?:/([A-Za-z0-9]{0,64}))?(?:/(wrapkey|unwrapkey))?"
 )
+_DELETED_PATH = re.compile(r"/deletedkeys/([A-Za-z0-9-]{1,127})(/recover)?")
+_PURGE_PROTECTED = (
+    'Operation "purge" is not allowed because purge protection is enabled for this vault. '
+    "Key Vault service will automatically purge it after the retention period has passed."
+)
 _OAEP_256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -98,6 +114,13 @@ class _Version:
     secret: bytes | None = None
     enabled: bool = True
     created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class _Deleted:
+    versions: list[_Version]
+    deleted: int
+    scheduled_purge: int
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -166,6 +189,12 @@ class AzureKeyVaultStandIn:
     def __init__(self, directory: Path) -> None:
         self.cert_path, key_path = _self_signed(directory)
         self._keys: dict[str, list[_Version]] = {}
+        self._deleted: dict[str, _Deleted] = {}
+        self._offset = 0.0
+        self.purge_protection = False
+        """Purge protection of the vault (Azure's default for a new vault: off)."""
+        self.retention_days = 90
+        """Soft-delete retention period, 7-90 days (Azure's default: 90)."""
         self._no_get: set[str] = set()
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -196,8 +225,11 @@ class AzureKeyVaultStandIn:
         self._thread.join(timeout=5)
 
     def reset(self) -> None:
-        """Clears faults and counters (keys stay)."""
+        """Clears faults and counters, purge protection and the clock (keys stay)."""
         with self._lock:
+            self.purge_protection = False
+            self.retention_days = 90
+            self._offset = 0.0
             self.calls.clear()
             self._failures.clear()
             self._tamper = None
@@ -221,6 +253,9 @@ class AzureKeyVaultStandIn:
 
     def _add(self, name: str, version: _Version) -> None:
         with self._lock:
+            self._auto_purge()
+            if name in self._deleted:  # Azure: 409 Conflict, the name is in use until purged
+                raise ValueError(f"key {name} is deleted but recoverable; recover or purge it")
             self._keys.setdefault(name, []).append(version)
 
     def rotate_key(self, name: str) -> str:
@@ -243,9 +278,30 @@ class AzureKeyVaultStandIn:
                     v.enabled = enabled
 
     def delete_key(self, name: str) -> None:
-        """Deletes the key (soft-deleted keys answer 404, like purged ones)."""
+        """Removes the key for good, as a delete and a purge together."""
         with self._lock:
             del self._keys[name]
+
+    def now(self) -> float:
+        """The stand-in's clock (Unix time), :meth:`advance` d by the tests."""
+        return time.time() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Moves the stand-in's clock forward (to reach a purge date)."""
+        with self._lock:
+            self._offset += seconds
+
+    def is_deleted(self, name: str) -> bool:
+        """Whether ``name`` is in the deleted-keys collection (soft-deleted, not purged)."""
+        with self._lock:
+            self._auto_purge()
+            return name in self._deleted
+
+    def _auto_purge(self) -> None:
+        """What the vault does on its own: purge deleted keys whose date has passed."""
+        now = self.now()
+        for name in [n for n, d in self._deleted.items() if d.scheduled_purge <= now]:
+            del self._deleted[name]
 
     def forbid_get(self, name: str) -> None:
         """The caller's principal lacks ``keys/get`` on this key (wrap/unwrap still allowed)."""
@@ -289,9 +345,14 @@ class AzureKeyVaultStandIn:
                 401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token."
             )
             return status, payload, {**extra, "WWW-Authenticate": challenge}
+        d = _DELETED_PATH.fullmatch(parts.path)
+        if d is not None:
+            return self._deleted_op(method, d.group(1), bool(d.group(2)))
         m = _PATH.fullmatch(parts.path)
         if m is None:
             return _error(404, "NotFound", "No such operation.")
+        if method == "DELETE" and m.group(2) is None and m.group(3) is None:
+            return self._delete(m.group(1))
         name, version, op = m.group(1), m.group(2) or None, m.group(3) or "get"
         if op == "get" and version in ("wrapkey", "unwrapkey"):  # /keys/NAME/wrapkey
             version, op = None, version
@@ -318,13 +379,7 @@ class AzureKeyVaultStandIn:
                 )
             forbidden_get = name in self._no_get
         if entry is None:
-            return _error(
-                404,
-                "KeyNotFound",
-                f"A key with (name/id) {name} was not found in this key vault. If you recently "
-                "deleted this key you may be able to recover it using the correct recovery "
-                "command.",
-            )
+            return _not_found(name)
         kid = f"{self.url}/keys/{name}/{entry.version}"
         operation = {"get": "get", "wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}[op]
         if op == "get" and forbidden_get:
@@ -360,6 +415,55 @@ class AzureKeyVaultStandIn:
                 tampered, self._tamper = self._tamper, None
             result = tampered if tampered is not None else result
         return 200, {"kid": kid, "value": b64url(result)}, {}
+
+    def _delete(self, name: str) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        self.calls["delete"] += 1
+        with self._lock:
+            versions = self._keys.pop(name, None)
+            if versions is None:
+                return _not_found(name)
+            now = int(self.now())
+            deleted = _Deleted(versions, now, now + self.retention_days * 86400)
+            self._deleted[name] = deleted
+        return 200, self._deleted_bundle(name, deleted), {}
+
+    def _deleted_op(
+        self, method: str, name: str, recover: bool
+    ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        op = "recover" if recover else {"GET": "get_deleted", "DELETE": "purge"}.get(method)
+        if op is None or (recover and method != "POST"):
+            return _error(405, "MethodNotAllowed", "Method not allowed.")
+        self.calls[op] += 1
+        with self._lock:
+            self._auto_purge()
+            deleted = self._deleted.get(name)
+            if deleted is None:
+                return _error(404, "KeyNotFound", f"Deleted Key not found: {name}")
+            if op == "get_deleted":
+                return 200, self._deleted_bundle(name, deleted), {}
+            if op == "purge":
+                if self.purge_protection:
+                    return _error(403, "Forbidden", _PURGE_PROTECTED)
+                del self._deleted[name]
+                return 204, None, {}
+            del self._deleted[name]
+            self._keys[name] = deleted.versions
+            current = deleted.versions[-1]
+        return 200, self._bundle(current, f"{self.url}/keys/{name}/{current.version}"), {}
+
+    def _deleted_bundle(self, name: str, deleted: _Deleted) -> dict[str, Any]:
+        current = deleted.versions[-1]
+        bundle = self._bundle(current, f"{self.url}/keys/{name}/{current.version}")
+        bundle["attributes"]["recoveryLevel"] = (
+            "Recoverable" if self.purge_protection else "Recoverable+Purgeable"
+        )
+        bundle["attributes"]["recoverableDays"] = self.retention_days
+        return {
+            **bundle,
+            "recoveryId": f"{self.url}/deletedkeys/{name}",
+            "deletedDate": deleted.deleted,
+            "scheduledPurgeDate": deleted.scheduled_purge,
+        }
 
     @staticmethod
     def _bundle(entry: _Version, kid: str) -> dict[str, Any]:
@@ -408,6 +512,15 @@ def _error(
     return status, {"error": error}, {}
 
 
+def _not_found(name: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    return _error(
+        404,
+        "KeyNotFound",
+        f"A key with (name/id) {name} was not found in this key vault. If you recently "
+        "deleted this key you may be able to recover it using the correct recovery command.",
+    )
+
+
 def _handler(standin: AzureKeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -435,6 +548,9 @@ def _handler(standin: AzureKeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -9,6 +9,9 @@ disabled key or a key pending deletion, answers AccessDeniedException where AWS 
 IncorrectKeyException, and its DisableKey takes only the bare key id. The proxy answers those
 cases as AWS documents them, forwards everything else to moto unchanged, and injects faults
 (throttling, 5xx, a hanging server, tampered plaintext) while counting the attempts it sees.
+moto never deletes a key pending deletion and its clock cannot be moved, so the proxy has a
+clock of its own (:meth:`KmsProxy.advance`): once a key's DeletionDate has passed on it, every
+request naming the key gets ``NotFoundException``, as AWS answers for a deleted key.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +146,7 @@ class KmsProxy:
         self._tamper: bytes | None = None
         self._hang = threading.Event()
         self._release = threading.Event()
+        self._offset = timedelta()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -165,6 +170,7 @@ class KmsProxy:
             self.calls.clear()
             self._faults.clear()
             self._tamper = None
+            self._offset = timedelta()
         self._hang.clear()
         self._release.set()
         self._release = threading.Event()
@@ -192,6 +198,15 @@ class KmsProxy:
         with self._lock:
             self._tamper = plaintext
 
+    def advance(self, delta: timedelta) -> None:
+        """Moves the proxy's clock forward: keys whose DeletionDate it passes are deleted."""
+        with self._lock:
+            self._offset += delta
+
+    def now(self) -> datetime:
+        """The proxy's clock."""
+        return datetime.now(UTC) + self._offset
+
     # -- the AWS side ---------------------------------------------------------------------
 
     def _key_meta(self, key: str) -> dict[str, Any] | None:
@@ -217,37 +232,35 @@ class KmsProxy:
                 return status, {"Content-Type": "text/html"}, b"<html>Service Unavailable</html>"
             return _aws_error(status, code, "Injected by the test proxy.")
         request = json.loads(body or b"{}")
-        if op in {"Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt"} and "KeyId" in request:
-            meta = self._key_meta(request["KeyId"])
-            if meta is not None:
-                arn = meta["Arn"]
-                if meta["KeyState"] == "Disabled":
-                    return _aws_error(400, "DisabledException", f"{arn} is disabled.")
-                if meta["KeyState"] == "PendingDeletion":
-                    return _aws_error(
-                        400, "KMSInvalidStateException", f"{arn} is pending deletion."
-                    )
-                if op == "Decrypt":
-                    del request["KeyId"]
-                    status, reply_headers, reply = self._forward(
-                        path, headers, json.dumps(request)
-                    )
-                    if status != 200:
-                        return status, reply_headers, reply
-                    answer = json.loads(reply)
-                    if answer.get("KeyId") != arn:
-                        return _aws_error(
-                            400,
-                            "IncorrectKeyException",
-                            "The key ID in the request does not identify a KMS key that can "
-                            "perform this operation.",
-                        )
-                    with self._lock:
-                        tamper, self._tamper = self._tamper, None
-                    if tamper is not None:
-                        answer["Plaintext"] = base64.b64encode(tamper).decode()
-                        return 200, reply_headers, json.dumps(answer).encode()
+        meta = self._key_meta(request["KeyId"]) if "KeyId" in request else None
+        deletion = meta.get("DeletionDate") if meta is not None else None
+        if meta is not None and deletion is not None and deletion <= self.now():
+            return _aws_error(400, "NotFoundException", f"Key '{meta['Arn']}' does not exist")
+        if op in {"Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt"} and meta is not None:
+            arn = meta["Arn"]
+            if meta["KeyState"] == "Disabled":
+                return _aws_error(400, "DisabledException", f"{arn} is disabled.")
+            if meta["KeyState"] == "PendingDeletion":
+                return _aws_error(400, "KMSInvalidStateException", f"{arn} is pending deletion.")
+            if op == "Decrypt":
+                del request["KeyId"]
+                status, reply_headers, reply = self._forward(path, headers, json.dumps(request))
+                if status != 200:
                     return status, reply_headers, reply
+                answer = json.loads(reply)
+                if answer.get("KeyId") != arn:
+                    return _aws_error(
+                        400,
+                        "IncorrectKeyException",
+                        "The key ID in the request does not identify a KMS key that can "
+                        "perform this operation.",
+                    )
+                with self._lock:
+                    tamper, self._tamper = self._tamper, None
+                if tamper is not None:
+                    answer["Plaintext"] = base64.b64encode(tamper).decode()
+                    return 200, reply_headers, json.dumps(answer).encode()
+                return status, reply_headers, reply
         return self._forward(path, headers, body)
 
     def _forward(

@@ -9,6 +9,7 @@ and hangs, and counts the attempts that reach it.
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import time
 from collections import Counter
@@ -629,3 +630,305 @@ def test_alias_arn_of_another_account_is_refused(aws_kms: AwsKMS, new_aws_key: N
     elsewhere = KeyId(f"aws:arn:aws:kms:{REGION}:999999999999:alias/kc")
     with pytest.raises(IntegrityError, match="region or account"):
         aws_kms.unwrap(WrappedKey(elsewhere, wrapped.key_version, wrapped.ciphertext), CTX)
+
+
+# -- erasure phase 2 with AWS's waiting period (T29) -------------------------------------------
+
+
+class ClockProxy(KmsProxy, Protocol):
+    def advance(self, delta: timedelta) -> None: ...
+
+
+def _fill(vault: kc.Vault, kek: str) -> dict[str, dict[str, bytes]]:
+    data = {
+        path: {f"{path}/f{i}.txt": f"{path} {i}\n".encode() for i in range(n)}
+        for path, n in (("acme", 5), ("acme/subjects/alice", 8), ("acme/subjects/bob", 4))
+    }
+    vault.scope("acme", kek=kek, create=True)
+    for path, records in data.items():
+        vault.scope(path, create=True).put_many(records.items())
+    return data
+
+
+def _backup(db: Path, folder: Path) -> str:
+    folder.mkdir()
+    for suffix in ("", "-wal"):
+        if Path(f"{db}{suffix}").exists():
+            (folder / f"ctx.db{suffix}").write_bytes(Path(f"{db}{suffix}").read_bytes())
+    return f"sqlite:///{folder / 'ctx.db'}"
+
+
+@pytest.fixture
+def aws7(kms_proxy: KmsProxy) -> AwsKMS:
+    """AwsKMS that schedules deletions with the shortest waiting period AWS allows."""
+    return AwsKMS(
+        REGION,
+        endpoint_url=kms_proxy.url,
+        retries=FAST_RETRIES,
+        timeout=2.0,
+        deletion_window_days=7,
+    )
+
+
+def test_phase_2_without_a_new_kek_says_what_is_needed_and_changes_nothing(
+    vault_at: Callable[..., kc.Vault], new_aws_key: NewKey, aws7: AwsKMS, tmp_path: Path
+) -> None:
+    old = new_aws_key()
+    vault = vault_at(aws7)
+    _fill(vault, old)
+    certificate = vault.shred("acme/subjects/alice", reason="GDPR #29")
+    before = row_counts(tmp_path / "ctx.db")
+    with pytest.raises(ConfigError, match="new_keks") as info:
+        vault.complete_erasures()
+    assert "acme" in str(info.value) and "--new-kek" in str(info.value)
+    assert "Nothing was changed" in str(info.value)
+    with pytest.raises(ConfigError, match="is the KMS key that phase 2 must destroy"):
+        vault.complete_erasures(new_keks={"acme": old})
+    with pytest.raises(kc.InvalidInputError, match="nope"):
+        vault.complete_erasures(new_keks={"acme": new_aws_key(), "nope": new_aws_key()})
+    assert row_counts(tmp_path / "ctx.db") == before
+    assert [c.phase2_status for c in vault.certificates()] == ["pending"]
+    assert aws7.describe_key(old)["state"] == "enabled"
+    assert vault.verify_certificate(certificate.document)[0]
+
+
+def test_phase_2_schedules_deletion_of_the_old_key_and_confirms_after_the_date(
+    vault_at: Callable[..., kc.Vault],
+    new_aws_key: NewKey,
+    aws7: AwsKMS,
+    kms_proxy: ClockProxy,
+    tmp_path: Path,
+) -> None:
+    """T29 on AWS: moto's server schedules the deletion (7 days); moto never deletes a key
+    and its clock cannot move, so the confirmation after the date goes through the proxy's
+    clock, which answers NotFoundException for the key as AWS does once it is deleted."""
+    old, new = new_aws_key(), new_aws_key()
+    vault = vault_at(aws7)
+    data = _fill(vault, old)
+    backup = _backup(tmp_path / "ctx.db", tmp_path / "backup")
+    shredded = vault.shred("acme/subjects/alice", reason="GDPR #29")
+    start = list(vault.audit.events())[-1].seq
+
+    before = datetime.now(UTC)
+    (scheduled,) = vault.complete_erasures(new_keks={"acme": new})
+    phase2 = scheduled.document["when"]["phase2"]
+    assert scheduled.id == shredded.id
+    assert scheduled.phase2_status == phase2["status"] == "scheduled"
+    assert phase2["confirmed_at"] is None and phase2["scheduled_at"]
+    assert phase2["ancestors_rekeyed"] == ["acme/subjects", "acme"]
+    assert phase2["tenants_moved"] == {"acme": new}
+    (entry,) = phase2["destructions"]
+    assert (entry["key"], entry["provider"], entry["state"]) == (old, "aws", "destroy_scheduled")
+    described = aws7.describe_key(old)
+    assert described["state"] == "destroy_scheduled"
+    date = described["deletion_date"]
+    assert before + timedelta(days=7, minutes=-5) <= date <= before + timedelta(days=7, minutes=5)
+    iso = date.isoformat().replace("+00:00", "Z")
+    assert entry["not_before_purge"] == phase2["not_before_purge"] == iso
+    assert scheduled.not_before_purge == iso
+    risk = " ".join(scheduled.document["residual_risk"])
+    assert "scheduled, not confirmed" in risk and "CancelKeyDeletion" in risk
+    assert vault.verify_certificate(scheduled.document)[0]
+    assert vault.verify_certificate(shredded.document)[0]  # the phase-1 file still verifies
+    events = list(vault.audit.events(since=start))
+    (event,) = [e for e in events if e.action == "kek.destroy_schedule"]
+    assert event.kms_key_id == old and iso in json.dumps(event.details_dict())
+    assert "erasure.phase2" in [e.action for e in events]
+
+    # The live vault reads every survivor under the new key, also from a cold start.
+    cold = vault_at(aws7, cache_ttl=0)
+    for path in ("acme", "acme/subjects/bob"):
+        assert cold.scope(path).get_many(list(data[path])) == data[path]
+    versions = cold.scope("acme").keys()
+    assert {v.wrapped_by for v in versions if v.state != "DESTROYED"} == {
+        f"kek:{new}#{arn_of(new)}"
+    }
+    # A backup from before the shred decrypts nothing at once: AWS refuses the old key.
+    with kc.Vault.open(backup, kms=[aws7, LocalKMS(tmp_path / "local-keys")]) as old_copy:
+        for path in data:
+            with pytest.raises(ShreddedError, match="scheduled for deletion"):
+                old_copy.scope(path).get_many(list(data[path]))
+
+    # Before the date nothing changes; after it AWS has deleted the key: confirmed.
+    assert vault.complete_erasures() == []
+    kms_proxy.advance(timedelta(days=7, minutes=10))
+    (confirmed,) = vault.complete_erasures()
+    phase2 = confirmed.document["when"]["phase2"]
+    assert confirmed.phase2_status == "confirmed"
+    assert phase2["confirmed_at"] > phase2["scheduled_at"]
+    assert phase2["destructions"][0]["state"] == "destroyed"
+    assert "NotFoundException" in phase2["events"][-1]
+    assert "Phase 2 confirmed" in " ".join(confirmed.document["residual_risk"])
+    assert vault.verify_certificate(confirmed.document)[0]
+    assert [e.kms_key_id for e in vault.audit.events() if e.action == "kek.destroy_confirm"] == [
+        old
+    ]
+    assert vault.complete_erasures() == []
+    assert vault.audit.verify().ok
+
+
+def test_an_alias_pointed_at_a_new_key_needs_no_new_keks(
+    vault_at: Callable[..., kc.Vault], new_aws_key: NewKey, aws7: AwsKMS, aws_admin: Any
+) -> None:
+    alias = f"kc-phase2-{time.monotonic_ns()}"
+    kek = new_aws_key(alias)
+    old_arn = aws7.describe_key(kek)["arn"]
+    vault = vault_at(aws7)
+    data = _fill(vault, kek)
+    vault.shred("acme/subjects/alice", reason="GDPR #30")
+    new_arn = aws_admin.create_key(Description="acme KEK 2")["KeyMetadata"]["Arn"]
+    aws_admin.update_alias(AliasName=f"alias/{alias}", TargetKeyId=new_arn)
+
+    (certificate,) = vault.complete_erasures()
+    assert certificate.phase2_status == "scheduled"
+    assert [d["key"] for d in certificate.document["when"]["phase2"]["destructions"]] == [
+        f"aws:{old_arn}"
+    ]
+    assert aws7.describe_key(f"aws:{old_arn}")["state"] == "destroy_scheduled"
+    assert aws7.describe_key(kek)["state"] == "enabled"  # the alias's new target
+    cold = vault_at(aws7, cache_ttl=0)
+    assert (
+        cold.scope("acme/subjects/bob").get_many(list(data["acme/subjects/bob"]))
+        == (data["acme/subjects/bob"])
+    )
+    versions = cold.scope("acme").keys()
+    assert {v.wrapped_by for v in versions if v.state != "DESTROYED"} == {f"kek:{kek}#{new_arn}"}
+
+
+def test_cancel_is_audited_and_left_alone_until_resumed(
+    vault_at: Callable[..., kc.Vault], new_aws_key: NewKey, aws7: AwsKMS
+) -> None:
+    old = new_aws_key()
+    vault = vault_at(aws7)
+    _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #31")
+    (scheduled,) = vault.complete_erasures(new_keks={old: new_aws_key()})
+
+    (cancelled,) = vault.cancel_erasure(scheduled.id, reason="legal hold LH-7")
+    assert cancelled.phase2_status == "cancelled"
+    entry = cancelled.document["when"]["phase2"]["destructions"][0]
+    assert entry["state"] == "cancelled" and entry["cancelled_at"]
+    assert aws7.describe_key(old)["state"] == "disabled"  # AWS leaves it disabled
+    assert "Phase 2 was cancelled" in " ".join(cancelled.document["residual_risk"])
+    (event,) = [e for e in vault.audit.events() if e.action == "kek.destroy_cancel"]
+    assert event.kms_key_id == old and event.details_dict()["reason"] == "legal hold LH-7"
+    assert vault.verify_certificate(cancelled.document)[0]
+    with pytest.raises(kc.InvalidInputError, match="only a scheduled phase 2"):
+        vault.cancel_erasure(scheduled.id, reason="again")
+
+    assert vault.complete_erasures() == []  # a cancellation is the customer's call
+    (again,) = vault.complete_erasures(include_cancelled=True)
+    assert again.phase2_status == "scheduled"
+    assert aws7.describe_key(old)["state"] == "destroy_scheduled"
+
+
+def test_a_cancellation_outside_keycustody_is_recorded(
+    vault_at: Callable[..., kc.Vault], new_aws_key: NewKey, aws7: AwsKMS
+) -> None:
+    old = new_aws_key()
+    vault = vault_at(aws7)
+    _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #32")
+    vault.complete_erasures(new_keks={"acme": new_aws_key()})
+    aws7.cancel_key_deletion(old)  # the customer, in the AWS console
+
+    (certificate,) = vault.complete_erasures()
+    assert certificate.phase2_status == "cancelled"
+    (event,) = [e for e in vault.audit.events() if e.action == "kek.destroy_cancelled"]
+    assert event.kms_key_id == old
+    assert "outside keycustody" in event.details_dict()["observed"]
+    assert vault.verify_certificate(certificate.document)[0]
+
+
+def test_tenant_shred_with_destroy_kek_schedules_the_deletion(
+    vault_at: Callable[..., kc.Vault], new_aws_key: NewKey, aws7: AwsKMS, kms_proxy: ClockProxy
+) -> None:
+    kek, other = new_aws_key(), new_aws_key()
+    vault = vault_at(aws7)
+    _fill(vault, kek)
+    vault.scope("beta", kek=other, create=True).put("b", b"beta")
+    certificate = vault.shred("acme", reason="offboarding acme", destroy_kek=True)
+    result = certificate.document["how"]["kek_destruction"]
+    assert result["destroyed"] is False and result["destructions"][0]["key"] == kek
+    assert certificate.phase2_status == "scheduled" and certificate.not_before_purge
+    assert aws7.describe_key(kek)["state"] == "destroy_scheduled"
+    assert aws7.describe_key(other)["state"] == "enabled"
+    assert vault.verify_certificate(certificate.document)[0]
+    assert vault.scope("beta").get("b") == b"beta"
+    kms_proxy.advance(timedelta(days=8))
+    (confirmed,) = vault.complete_erasures()
+    assert confirmed.phase2_status == "confirmed"
+
+
+def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_verify(
+    new_aws_key: NewKey, kms_proxy: ClockProxy, tmp_path: Path, aws_env: None
+) -> None:
+    from typer.testing import CliRunner
+
+    from keycustody.cli import app
+
+    db, keys = f"sqlite:///{tmp_path / 'ctx.db'}", tmp_path / "local-keys"
+    old, new = new_aws_key(), new_aws_key()
+    provider = AwsKMS(REGION, endpoint_url=kms_proxy.url, retries=FAST_RETRIES)
+    with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
+        _fill(vault, old)
+        vault.shred("acme/subjects/alice", reason="GDPR #35").save(tmp_path / "phase1.json")
+    env = {
+        "KEYCUSTODY_DB": db,
+        "KEYCUSTODY_KMS_DIR": str(keys),
+        "KEYCUSTODY_KMS": "local,aws",
+        "KEYCUSTODY_AWS_ENDPOINT": kms_proxy.url,
+        "KEYCUSTODY_AWS_DELETION_DAYS": "7",
+        "COLUMNS": "250",
+    }
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(app, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result
+
+    missing = CliRunner().invoke(app, ["erasures", "complete"], env=env)
+    assert missing.exit_code == 2 and "--new-kek acme=" in missing.output
+    done = run("erasures", "complete", "--new-kek", f"acme={new}")
+    assert "1 scheduled" in done.stdout and "ScheduleKeyDeletion" in done.stdout
+    date = provider.describe_key(old)["deletion_date"].date().isoformat()
+    assert date in done.stdout
+    waiting = run("erasures", "complete")
+    assert "still wait for the KMS's waiting period" in waiting.stdout
+    with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
+        (certificate,) = vault.certificates()
+    certificate.save(tmp_path / "phase2.json")
+    for name in ("phase1.json", "phase2.json"):
+        assert "certificate verified" in run("cert", "verify", str(tmp_path / name)).stdout
+    kms_proxy.advance(timedelta(days=8))
+    assert "phase 2 completed for 1 erasures" in run("erasures", "complete").stdout
+
+
+def test_a_rerun_after_a_failed_schedule_needs_no_new_kek_again(
+    vault_at: Callable[..., kc.Vault],
+    new_aws_key: NewKey,
+    aws7: AwsKMS,
+    kms_proxy: KmsProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = new_aws_key(), new_aws_key()
+    vault = vault_at(aws7)
+    data = _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #36")
+
+    def outage(key_id: str) -> Any:
+        raise KmsUnavailableError("injected: the KMS went away after the tenant moved")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(aws7, "schedule_destruction", outage)
+        with pytest.raises(KmsUnavailableError):
+            vault.complete_erasures(new_keks={"acme": new})
+    assert [c.phase2_status for c in vault.certificates()] == ["pending"]
+    assert aws7.describe_key(old)["state"] == "enabled"
+    assert not [e for e in vault.audit.events() if e.action.startswith("kek.destroy")]
+
+    (certificate,) = vault.complete_erasures()  # the tenant is on the new key already
+    assert certificate.phase2_status == "scheduled"
+    assert [d["key"] for d in certificate.document["when"]["phase2"]["destructions"]] == [old]
+    bob = data["acme/subjects/bob"]
+    assert vault_at(aws7, cache_ttl=0).scope("acme/subjects/bob").get_many(list(bob)) == bob

@@ -17,6 +17,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -593,3 +594,124 @@ def test_untrusted_tls_certificate_fails_closed(standin: AzureKeyVaultStandIn) -
         kms.wrap(key_id, KeyHandle.generate(), CTX)
     assert not isinstance(info.value, KmsUnavailableError)  # not transient: not retried
     assert sum(standin.calls.values()) == 0
+
+
+# -- erasure phase 2: soft delete, purge protection, recover (T29) ------------------------------
+
+
+def _fill(vault: kc.Vault, kek: str) -> dict[str, dict[str, bytes]]:
+    data = {
+        path: {f"{path}/f{i}.txt": f"{path} {i}\n".encode() for i in range(n)}
+        for path, n in (("acme", 3), ("acme/subjects/alice", 6), ("acme/subjects/bob", 2))
+    }
+    vault.scope("acme", kek=kek, create=True)
+    for path, records in data.items():
+        vault.scope(path, create=True).put_many(records.items())
+    return data
+
+
+def _backup(tmp_path: Path) -> str:
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    for suffix in ("", "-wal"):
+        source = tmp_path / f"ctx.db{suffix}"
+        if source.exists():
+            (folder / f"ctx.db{suffix}").write_bytes(source.read_bytes())
+    return f"sqlite:///{folder / 'ctx.db'}"
+
+
+def test_phase_2_with_purge_protection_is_scheduled_for_90_days_then_confirmed(
+    vault_at: Callable[..., kc.Vault],
+    kms: AzureKeyVault,
+    standin: AzureKeyVaultStandIn,
+    tmp_path: Path,
+) -> None:
+    """T29 on Azure: purge protection with a 90-day retention. Key Vault deletes whole keys
+    only, so the tenant moves to a new key; the old key is soft-deleted (refused at once),
+    the purge is refused until scheduledPurgeDate, and the vault purges it itself after."""
+    standin.purge_protection, standin.retention_days = True, 90
+    old, new = new_rsa(standin), new_rsa(standin)
+    vault = vault_at()
+    data = _fill(vault, old)
+    backup = _backup(tmp_path)
+    vault.shred("acme/subjects/alice", reason="GDPR #29")
+    with pytest.raises(ConfigError, match="Azure"):
+        vault.complete_erasures()
+
+    (scheduled,) = vault.complete_erasures(new_keks={"acme": new})
+    phase2 = scheduled.document["when"]["phase2"]
+    assert scheduled.phase2_status == "scheduled" and phase2["confirmed_at"] is None
+    (entry,) = phase2["destructions"]
+    assert entry["key"] == kms.key_of(old, "") and entry["state"] == "destroy_scheduled"
+    purge = datetime.fromisoformat(str(scheduled.not_before_purge))
+    expected = datetime.now(UTC) + timedelta(days=90)
+    assert abs((purge - expected).total_seconds()) < 300
+    assert "purge refused" in phase2["events"][0] and "purge protection" in phase2["events"][0]
+    assert standin.is_deleted(kid_name(old))
+    assert vault.verify_certificate(scheduled.document)[0]
+    assert [e.kms_key_id for e in vault.audit.events() if e.action == "kek.destroy_schedule"] == [
+        entry["key"]
+    ]
+    # Decrypt under the old key fails at once, for a backup too; the live vault reads on.
+    alice = list(data["acme/subjects/alice"])
+    with (
+        kc.Vault.open(backup, kms=[kms, LocalKMS(tmp_path / "local-keys")]) as old_copy,
+        pytest.raises(kc.ShreddedError, match="deleted"),
+    ):
+        old_copy.scope("acme/subjects/alice").get_many(alice)
+    bob = data["acme/subjects/bob"]
+    assert vault_at(cache_ttl=0).scope("acme/subjects/bob").get_many(list(bob)) == bob
+
+    assert vault.complete_erasures() == []  # still within the retention period
+    standin.advance(91 * 86400)
+    (confirmed,) = vault.complete_erasures()
+    assert confirmed.phase2_status == "confirmed"
+    assert confirmed.document["when"]["phase2"]["confirmed_at"]
+    assert vault.verify_certificate(confirmed.document)[0]
+    assert "kek.destroy_confirm" in [e.action for e in vault.audit.events()]
+
+
+def test_phase_2_without_purge_protection_purges_at_once(
+    vault_at: Callable[..., kc.Vault], kms: AzureKeyVault, standin: AzureKeyVaultStandIn
+) -> None:
+    old = new_rsa(standin)
+    vault = vault_at()
+    _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #33")
+    (certificate,) = vault.complete_erasures(new_keks={old: new_rsa(standin)})
+    assert certificate.phase2_status == "confirmed"
+    assert certificate.document["when"]["phase2"]["events"][0].endswith("purged")
+    assert not standin.is_deleted(kid_name(old))
+    assert kms.destruction_status(old).state == "destroyed"
+    assert "kek.destroy" in [e.action for e in vault.audit.events()]
+
+
+def test_recover_cancels_and_is_audited(
+    vault_at: Callable[..., kc.Vault], standin: AzureKeyVaultStandIn
+) -> None:
+    standin.purge_protection = True
+    old = new_rsa(standin)
+    vault = vault_at()
+    _fill(vault, old)
+    vault.shred("acme/subjects/alice", reason="GDPR #34")
+    (scheduled,) = vault.complete_erasures(new_keks={"acme": new_rsa(standin)})
+    (cancelled,) = vault.cancel_erasure(scheduled.id, reason="legal hold LH-8")
+    assert cancelled.phase2_status == "cancelled"
+    assert not standin.is_deleted(kid_name(old))
+    assert standin.versions(kid_name(old))  # recovered with its versions
+    (event,) = [e for e in vault.audit.events() if e.action == "kek.destroy_cancel"]
+    assert "recovered" in event.details_dict()["provider"]
+    assert vault.verify_certificate(cancelled.document)[0]
+
+
+def test_tenant_shred_with_destroy_kek_deletes_the_key(
+    vault_at: Callable[..., kc.Vault], standin: AzureKeyVaultStandIn
+) -> None:
+    standin.purge_protection = True
+    kek = new_rsa(standin)
+    vault = vault_at()
+    _fill(vault, kek)
+    certificate = vault.shred("acme", reason="offboarding acme", destroy_kek=True)
+    assert certificate.phase2_status == "scheduled"
+    assert standin.is_deleted(kid_name(kek))
+    assert vault.verify_certificate(certificate.document)[0]

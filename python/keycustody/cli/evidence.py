@@ -1,4 +1,4 @@
-"""Erasure and evidence commands: ``shred``, ``erasures complete|ls``, ``purge``,
+"""Erasure and evidence commands: ``shred``, ``erasures complete|ls|cancel``, ``purge``,
 ``cert verify`` and ``audit verify|export|tail``.
 
 They are added to the main app with :func:`register`. Like every command, each one opens the
@@ -22,7 +22,7 @@ from rich.table import Table
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
 from keycustody.errors import ConfigError, IntegrityError, InvalidInputError
-from keycustody.keys.shredding import CONFIRMED, ErasureCertificate
+from keycustody.keys.shredding import CANCELLED, CONFIRMED, SCHEDULED, ErasureCertificate
 
 PANEL = "Erasure and evidence"
 """Help panel grouping these commands in ``keycustody --help``."""
@@ -45,7 +45,9 @@ def _echo_json(value: object) -> None:
 
 
 def _phase2(status: str) -> str:
-    return f"[green]{status}[/green]" if status == CONFIRMED else f"[yellow]{status}[/yellow]"
+    if status == CONFIRMED:
+        return f"[green]{status}[/green]"
+    return f"[red]{status}[/red]" if status == CANCELLED else f"[yellow]{status}[/yellow]"
 
 
 # -- shred -------------------------------------------------------------------------------
@@ -115,6 +117,8 @@ def print_certificate(console: Console, certificate: ErasureCertificate) -> None
         ("requested", escape(str(when["requested"]))),
         ("phase 2", _phase2(str(phase2["status"]))),
     ]
+    if phase2.get("not_before_purge"):
+        rows.append(("KMS destroys not before", escape(str(phase2["not_before_purge"]))))
     if phase2.get("confirmed_at"):
         rows.append(("phase 2 confirmed", escape(str(phase2["confirmed_at"]))))
     for event in phase2.get("events") or []:
@@ -221,6 +225,7 @@ def _certificate_table(title: str, certificates: list[ErasureCertificate]) -> Ta
     table.add_column("requested")
     table.add_column("records", justify="right")
     table.add_column("phase 2")
+    table.add_column("KMS destroys not before")
     table.add_column("confirmed")
     for c in certificates:
         row = c.summary()
@@ -230,6 +235,7 @@ def _certificate_table(title: str, certificates: list[ErasureCertificate]) -> Ta
             escape(str(row["requested"])),
             f"{c.records_unreadable:,}",
             _phase2(c.phase2_status),
+            escape(str(row["phase2_not_before_purge"] or "-")),
             escape(str(row["phase2_confirmed_at"] or "-")),
         )
     return table
@@ -253,28 +259,108 @@ def erasures_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     base.stdout().print(table)
 
 
+def _new_keks(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, kek = value.partition("=")
+        if not sep or not name or not kek:
+            raise InvalidInputError(
+                f"--new-kek {value!r}: use TENANT=KEK-ID or OLD-KEK-ID=KEK-ID, e.g. "
+                "acme=aws:arn:aws:kms:eu-west-1:111122223333:key/NEW"
+            )
+        out[name] = kek
+    return out
+
+
 @erasures_app.command("complete")
-def erasures_complete(ctx: typer.Context) -> None:
-    """Run phase 2 for every pending erasure.
+def erasures_complete(
+    ctx: typer.Context,
+    new_kek: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--new-kek",
+            metavar="TENANT=KEK",
+            help="Where the surviving tenants of an AWS KMS or Azure Key Vault KEK move before "
+            "the old key's deletion is scheduled (those KMSs destroy whole keys only), by "
+            "tenant or by the old KEK id; repeatable. Not needed for an AWS alias that already "
+            "points at a new key.",
+        ),
+    ] = None,
+    include_cancelled: Annotated[
+        bool,
+        typer.Option(
+            "--include-cancelled", help="Also schedule cancelled key destructions again."
+        ),
+    ] = False,
+) -> None:
+    """Run phase 2 for every pending erasure, and confirm scheduled ones.
 
-    Re-keys the scopes above each shredded scope up to the KEK, gives the KEK a new version,
-    rewraps every tenant under it and destroys the old KEK versions in the KMS, so that no
-    copy of the database (backups included) can unwrap the shredded keys. Many pending
-    erasures share one pass; the updated certificates are bound into the audit trail.
+    Re-keys the scopes above each shredded scope up to the KEK, then retires the KEK that
+    wrapped them, so that no copy of the database (backups included) can unwrap the shredded
+    keys: LocalKMS and PKCS#11 get a new KEK version and lose the old ones at once
+    (confirmed); AWS KMS and Azure Key Vault keys are scheduled for deletion after the KMS's
+    waiting period (scheduled, with the date), and a later run confirms it. Many erasures
+    share one pass; the updated certificates are bound into the audit trail.
 
-    Example: `keycustody erasures complete`
+    Example: `keycustody --kms local,aws erasures complete --new-kek acme=aws:alias/acme-2`
     """
     settings = base.get_settings(ctx)
     out = base.stdout()
     with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
-        done = vault.complete_erasures()
-    if not done:
+        done = vault.complete_erasures(
+            _new_keks(new_kek or []), include_cancelled=include_cancelled
+        )
+        changed = {c.id for c in done}
+        waiting = [
+            c for c in vault.certificates() if c.phase2_status == SCHEDULED and c.id not in changed
+        ]
+    if not done and not waiting:
         out.print("no erasure awaits phase 2")
         return
-    out.print(_certificate_table(f"phase 2 completed for {len(done):,} erasures", done))
-    for c in done:
-        for event in c.document["when"]["phase2"].get("events") or []:
-            out.print(f"  {escape(c.id)}: {escape(str(event))}", soft_wrap=True)
+    if done:
+        title = (
+            f"phase 2 completed for {len(done):,} erasures"
+            if all(c.phase2_status == CONFIRMED for c in done)
+            else f"phase 2 updated for {len(done):,} erasures: "
+            + ", ".join(
+                f"{sum(1 for c in done if c.phase2_status == s):,} {s}"
+                for s in (SCHEDULED, CONFIRMED, CANCELLED)
+            )
+        )
+        out.print(_certificate_table(title, done))
+        for c in done:
+            for event in c.document["when"]["phase2"].get("events") or []:
+                out.print(f"  {escape(c.id)}: {escape(str(event))}", soft_wrap=True)
+    if waiting:
+        out.print(
+            _certificate_table(
+                f"{len(waiting):,} erasures still wait for the KMS's waiting period", waiting
+            )
+        )
+
+
+@erasures_app.command("cancel")
+def erasures_cancel(
+    ctx: typer.Context,
+    certificate_id: Annotated[str, typer.Argument(metavar="CERTIFICATE-ID")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why, e.g. 'legal hold LH-42'.")],
+    yes: YesOption = False,
+) -> None:
+    """Cancel a scheduled phase 2 while the KMS allows it (AWS CancelKeyDeletion, Azure
+    recover): backups made before phase 2 become readable again with the old key. Audited.
+
+    Example: `keycustody erasures cancel ec-0123456789abcdef --reason 'legal hold LH-42'`
+    """
+    settings = base.get_settings(ctx)
+    with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
+        if not yes:
+            typer.confirm(
+                f"Cancel the scheduled key destruction of {certificate_id}? Backups made "
+                "before phase 2 become readable again with the old key",
+                abort=True,
+            )
+        done = vault.cancel_erasure(certificate_id, reason=reason)
+    base.stdout().print(_certificate_table(f"phase 2 cancelled for {len(done):,} erasures", done))
 
 
 # -- purge -------------------------------------------------------------------------------

@@ -13,6 +13,17 @@ versions, surviving children and records rewrapped), the KEK gets a new version,
 KEK versions are destroyed in the KMS, somewhere the database never was. Many pending erasures
 share one pass.
 
+KMSs that destroy only whole keys, after a waiting period (AWS KMS, Azure Key Vault: the
+:class:`~keycustody.kms.base.KeyDestroyer` contract), cannot lose one version of a key. There
+phase 2 moves every surviving tenant of the old KMS key to a key the customer made (named in
+``new_keks``, or, for an AWS alias, the key the alias now points at), checks that nothing in the
+vault is still wrapped by the old key, and schedules its destruction. The certificate then says
+``scheduled`` with the provider's date (``not_before_purge``); the KMS refuses the key at once,
+and a later :func:`complete_erasures` asks the KMS whether the destruction is final
+(``confirmed``) or was cancelled (``cancelled``: AWS CancelKeyDeletion, Azure recover, through
+:func:`cancel_erasure` or outside keycustody). Every schedule, confirmation and cancellation is an
+audit event, and every change of the certificate is bound into the audit trail again.
+
 The certificate follows NIST SP 800-88r1 §4.8 (who, what, how, when, verification) and is bound
 into the audit trail: its SHA-256 is in the audit event that records it.
 """
@@ -42,7 +53,11 @@ from keycustody.errors import (
 from keycustody.keys import rotation
 from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope
 from keycustody.keys.states import DESTROYED, SHREDDED
+from keycustody.kms import base as kms
+from keycustody.kms.base import Destruction, KeyDestroyer
+from keycustody.kms.registry import key_prefix
 from keycustody.storage.models import (
+    AuditKeyRow,
     ErasureCertificateRow,
     RecordRow,
     ScopeKeyRow,
@@ -60,6 +75,9 @@ _SCAN_CHUNK = 1 << 20
 PENDING = "pending"
 SCHEDULED = "scheduled"
 CONFIRMED = "confirmed"
+CANCELLED = "cancelled"
+"""Phase 2 statuses: pending -> scheduled (KMS waiting period) -> confirmed; a scheduled
+destruction that was cancelled in the KMS makes it ``cancelled`` (backups readable again)."""
 
 
 @runtime_checkable
@@ -112,8 +130,14 @@ class ErasureCertificate:
 
     @property
     def phase2_status(self) -> str:
-        """pending, scheduled or confirmed."""
+        """pending, scheduled, confirmed or cancelled."""
         return str(self.document["when"]["phase2"]["status"])
+
+    @property
+    def not_before_purge(self) -> str | None:
+        """While phase 2 is scheduled: when the KMS destroys the old key for good (ISO UTC)."""
+        value = self.document["when"]["phase2"].get("not_before_purge")
+        return None if value is None else str(value)
 
     def summary(self) -> dict[str, Any]:
         """The facts that list a certificate: id, scope, tenant, request time, records made
@@ -126,6 +150,7 @@ class ErasureCertificate:
             "requested": doc["when"]["requested"],
             "records_unreadable": self.records_unreadable,
             "phase2": self.phase2_status,
+            "phase2_not_before_purge": self.not_before_purge,
             "phase2_confirmed_at": doc["when"]["phase2"].get("confirmed_at"),
         }
 
@@ -423,6 +448,8 @@ def _destroy_kek(vault: Vault, tenant: ScopeRow, ref: ScopeRef) -> dict[str, Any
     provider = vault._registry.provider(kek)
     if kek == vault.audit_kek:
         return {"kek": kek, "destroyed": False, "why": "it also protects the audit trail"}
+    if isinstance(provider, KeyDestroyer):
+        return _schedule_kek_destruction(vault, provider, tenant, kek)
     if not isinstance(provider, KeyVersionDestroyer):
         return {"kek": kek, "destroyed": False, "why": "the provider cannot destroy keys"}
     provider.destroy_key(kek)
@@ -431,6 +458,39 @@ def _destroy_kek(vault: Vault, tenant: ScopeRow, ref: ScopeRef) -> dict[str, Any
         "destroyed": True,
         "at": _iso(_now()),
         "call": "destroy_key (all versions)",
+    }
+
+
+def _schedule_kek_destruction(
+    vault: Vault, provider: KeyDestroyer, tenant: ScopeRow, kek: str
+) -> dict[str, Any]:
+    """``destroy_kek`` with a KMS that destroys whole keys (maybe after a waiting period)."""
+    with vault._read() as s:
+        versions = set(
+            s.scalars(
+                select(ScopeKeyRow.kek_version).where(
+                    ScopeKeyRow.scope_id == tenant.id, ScopeKeyRow.kek_version.is_not(None)
+                )
+            )
+        )
+    keys = sorted(
+        str(k)
+        for k in {provider.key_of(kek, v) for v in versions if v} or {provider.key_of(kek, "")}
+    )
+    users = _live_users(vault, keys)
+    if users:
+        return {
+            "kek": kek,
+            "destroyed": False,
+            "why": f"the KMS key also protects {', '.join(users)}",
+        }
+    destructions = [_schedule(vault, provider, key, reason="destroy_kek") for key in keys]
+    return {
+        "kek": kek,
+        "destroyed": all(d.state == kms.DESTROYED for d in destructions),
+        "at": _iso(_now()),
+        "call": "schedule_destruction (the whole KMS key)",
+        "destructions": [_destruction_entry(d, _iso(_now())) for d in destructions],
     }
 
 
@@ -466,7 +526,7 @@ def _document(
             "The tenant's KEK was destroyed in the KMS, so backups of the database can no "
             "longer be decrypted either."
         )
-    return {
+    document: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
         "certificate_id": certificate_id,
         "who": {"operator": vault.actor, "role": "keycustody operator", "approver": None},
@@ -507,6 +567,12 @@ def _document(
         "verification": {"sample": sample, "forensic_scan": scan},
         "residual_risk": residual,
     }
+    if kek_result and kek_result.get("destructions"):
+        phase2 = document["when"]["phase2"]
+        phase2["destructions"] = kek_result["destructions"]
+        phase2["scheduled_at"] = kek_result.get("at")
+        _summarize(document)
+    return document
 
 
 def _store(vault: Vault, document: dict[str, Any], action: str) -> ErasureCertificate:
@@ -606,11 +672,33 @@ def verify_certificate(
 # -- phase 2 ------------------------------------------------------------------------------
 
 
-def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
+def complete_erasures(
+    vault: Vault,
+    new_keks: dict[str, str] | None = None,
+    *,
+    include_cancelled: bool = False,
+) -> list[ErasureCertificate]:
     """See :meth:`keycustody.Vault.complete_erasures`."""
-    pending = [c for c in certificates(vault) if c.phase2_status != CONFIRMED]
-    if not pending:
-        return []
+    replacements = dict(new_keks or {})
+    everything = certificates(vault)
+    pending = [c for c in everything if c.phase2_status == PENDING]
+    if replacements and not pending:
+        raise InvalidInputError("new_keks was given, but no erasure awaits phase 2")
+    updated: dict[str, ErasureCertificate] = {}
+    scheduled = [c for c in everything if c.phase2_status == SCHEDULED]
+    if scheduled:
+        updated.update((c.id, c) for c in _check_scheduled(vault, scheduled))
+    cancelled = [c for c in everything if c.phase2_status == CANCELLED]
+    if include_cancelled and cancelled:
+        updated.update((c.id, c) for c in _reschedule(vault, cancelled))
+    if pending:
+        updated.update((c.id, c) for c in _complete_pending(vault, pending, replacements))
+    return list(updated.values())
+
+
+def _complete_pending(
+    vault: Vault, pending: list[ErasureCertificate], replacements: dict[str, str]
+) -> list[ErasureCertificate]:
     done: list[ErasureCertificate] = []
     keks: dict[str, set[str]] = {}  # KEK id -> versions to destroy
     rekeyed: dict[str, list[str]] = {}
@@ -619,6 +707,11 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
             scope = load_scope(s, cert.document["what"]["scope"])
             chain = _ancestors(s, scope)
             rekeyed[cert.id] = [a.path for a in chain]
+    # KMSs that destroy whole keys: who moves where, checked before anything changes. These
+    # erasures retire the KEK their tenant had when shredded (a rerun after a crash finds the
+    # tenant on its new KEK already).
+    cloud = {c.id: _shred_kek(c) for c in pending if _destroys_whole_keys(vault, c)}
+    retirements = _plan_retirements(vault, [c for c in pending if c.id in cloud], replacements)
     # Re-key every ancestor, bottom-up, once (shared by all pending erasures).
     seen: set[str] = set()
     for cert in pending:
@@ -648,10 +741,13 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
             f"reencrypt on their scopes): {', '.join(survivors)}; nothing was confirmed"
         )
     # The KEKs that wrapped any tenant key of these erasures: new version, rewrap, destroy old.
+    tenant_kek: dict[str, str] = {}
     with vault._read() as s:
         for cert in pending:
+            if cert.id in cloud:
+                continue
             tenant = load_scope(s, cert.document["what"]["tenant"])
-            kek = tenant.kek_id or ""
+            kek = tenant_kek[cert.id] = tenant.kek_id or ""
             old = set(
                 s.scalars(
                     select(ScopeKeyRow.kek_version).where(
@@ -667,14 +763,15 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
                 if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
             )
     events: dict[str, list[str]] = {}
+    destructions = {kek: _retire(vault, plan) for kek, plan in retirements.items()}
     for kek, versions in keks.items():
         if kek == vault.audit_kek:
             raise ConfigError("a tenant shares the audit KEK; phase 2 would destroy the evidence")
         provider = vault._registry.provider(kek)
         if not isinstance(provider, KeyVersionDestroyer):
             raise ConfigError(
-                f"phase 2 needs a KMS that adds and destroys key versions; {kek!r} cannot "
-                "(its provider will schedule deletion when it supports it)"
+                f"phase 2 needs a KMS that destroys keys or key versions; the provider of "
+                f"{kek!r} can do neither, so the erasure stays pending"
             )
         try:
             new_version = provider.rotate_key(kek)
@@ -702,8 +799,23 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
     confirmed = _iso(_now())
     for cert in pending:
         document = dict(cert.document)
-        kek = document["what"]["kek"]["id"]
         document["when"] = dict(document["when"])
+        if cert.id in cloud:
+            kek = cloud[cert.id]
+            document["when"]["phase2"] = {
+                "status": SCHEDULED,
+                "scheduled_at": confirmed,
+                "confirmed_at": None,
+                "ancestors_rekeyed": rekeyed[cert.id],
+                "tenants_moved": retirements[kek].moves,
+                "destructions": [_destruction_entry(d, confirmed) for d in destructions[kek]],
+                "events": [f"{d.key_id}: {d.event}" for d in destructions[kek]],
+            }
+            _summarize(document)
+            document.pop("integrity", None)
+            done.append(_store(vault, document, "erasure.phase2"))
+            continue
+        kek = tenant_kek[cert.id]
         document["when"]["phase2"] = {
             "status": CONFIRMED,
             "scheduled_at": confirmed,
@@ -712,7 +824,7 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
             "events": events.get(kek, []),
         }
         document["residual_risk"] = [
-            r for r in document["residual_risk"] if "phase 2" not in r
+            r for r in document["residual_risk"] if "phase 2" not in r.lower()
         ] + [
             "Phase 2 confirmed: the KEK versions that wrapped the destroyed keys no longer "
             "exist, so no copy of the database (backups included) can unwrap them."
@@ -720,6 +832,369 @@ def complete_erasures(vault: Vault) -> list[ErasureCertificate]:
         document.pop("integrity", None)
         done.append(_store(vault, document, "erasure.phase2"))
     return done
+
+
+# -- phase 2 with KMSs that destroy whole keys (AWS KMS, Azure Key Vault) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Retirement:
+    """What phase 2 does for one tenant KEK whose KMS destroys only whole keys."""
+
+    kek: str
+    provider: KeyDestroyer
+    keys: list[str]
+    """The whole KMS keys that wrapped the tenant keys (``key_of`` ids): to be destroyed."""
+    moves: dict[str, str]
+    """Surviving tenant path -> the KEK it moves to first."""
+
+
+def _plan_retirements(
+    vault: Vault, pending: list[ErasureCertificate], replacements: dict[str, str]
+) -> dict[str, _Retirement]:
+    """For each KEK of these erasures whose provider destroys whole keys: which keys go, and
+    where their surviving tenants move. Raises before anything changes when a tenant has
+    nowhere to go, or ``new_keks`` names something phase 2 does not need."""
+    plans: dict[str, _Retirement] = {}
+    missing: list[str] = []
+    used: set[str] = set()
+    with vault._read() as s:
+        keks: dict[str, set[str]] = {}
+        for cert in pending:
+            kek = _shred_kek(cert)
+            if kek == vault.audit_kek:
+                raise ConfigError(
+                    "a tenant shares the audit KEK; phase 2 would destroy the evidence"
+                )
+            versions = keks.setdefault(kek, set())
+            versions.update(
+                v
+                for v in s.scalars(
+                    select(ScopeKeyRow.kek_version).where(ScopeKeyRow.kek_id == kek)
+                )
+                if v
+            )
+            versions.update(
+                str(k["wrapped_by"]).rpartition("#")[2]
+                for k in cert.document["what"]["key_versions_destroyed"]
+                if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
+            )
+    for kek, versions in sorted(keks.items()):
+        provider = vault._registry.provider(kek)
+        assert isinstance(provider, KeyDestroyer)  # noqa: S101 - filtered above
+        keys = sorted(
+            str(k)
+            for k in {provider.key_of(kek, v) for v in versions} or {provider.key_of(kek, "")}
+        )
+        moves: dict[str, str] = {}
+        with vault._read() as s:
+            rows = [s.get(ScopeRow, scope_id) for scope_id in _live_scopes(vault, s, keys)]
+        for row in rows:
+            if row is None or row.parent_id is not None:
+                continue
+            current = row.kek_id or ""
+            target = replacements.get(row.path) or replacements.get(current)
+            if target is not None:
+                used.update(k for k in (row.path, current) if k in replacements)
+            elif (
+                key_prefix(current) == key_prefix(kek) and provider.key_of(current, "") not in keys
+            ):
+                target = current  # e.g. an AWS alias pointed at a new key (UpdateAlias)
+            if target is None:
+                missing.append(f"{row.path} (KEK {current})")
+                continue
+            destroyer = vault._registry.provider(target)
+            if isinstance(destroyer, KeyDestroyer) and destroyer.key_of(target, "") in keys:
+                raise ConfigError(
+                    f"the new KEK {target!r} for tenant {row.path!r} is the KMS key that "
+                    "phase 2 must destroy; name a different key; nothing was changed"
+                )
+            moves[row.path] = target
+        plans[kek] = _Retirement(kek, provider, keys, moves)
+    if missing:
+        first = missing[0].partition(" ")[0]
+        raise ConfigError(
+            "phase 2 must destroy KMS key(s) "
+            f"{', '.join(k for p in plans.values() for k in p.keys)}, and AWS KMS and Azure "
+            "Key Vault destroy whole keys only (never one version), but these tenants still "
+            f"use them: {', '.join(missing)}. Create a new key in your KMS and name it: "
+            f"vault.complete_erasures(new_keks={{'{first}': 'aws:arn:...' or "
+            f"'azure:https://...'}}) or `keycustody erasures complete --new-kek "
+            f"{first}=KEK-ID`; for an AWS alias, pointing the alias at the new key "
+            "(UpdateAlias) is enough. Nothing was changed"
+        )
+    unused = sorted(set(replacements) - used)
+    if unused:
+        raise InvalidInputError(
+            f"new_keks names {', '.join(unused)}, which no pending erasure moves (keys are "
+            "tenant paths or the KEK ids they use); nothing was changed"
+        )
+    return plans
+
+
+def _live_scopes(vault: Vault, s: Session, keys: list[str]) -> set[bytes]:
+    """Scopes with a key version (not destroyed) wrapped by one of these whole KMS keys."""
+    wanted = set(keys)
+    prefixes = {key_prefix(k) for k in keys}
+    rows = s.execute(
+        select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version).where(
+            ScopeKeyRow.wrapped.is_not(None), ScopeKeyRow.kek_id.is_not(None)
+        )
+    ).all()
+    out: set[bytes] = set()
+    for scope_id, kek_id, version in rows:
+        if kek_id is None or key_prefix(kek_id) not in prefixes:
+            continue
+        provider = vault._registry.provider(kek_id)
+        if isinstance(provider, KeyDestroyer) and provider.key_of(kek_id, version or "") in wanted:
+            out.add(scope_id)
+    return out
+
+
+def _live_users(vault: Vault, keys: list[str]) -> list[str]:
+    """What in this vault is still wrapped by one of these whole KMS keys (scope paths, the
+    audit key): destroying the key would destroy them too."""
+    wanted = set(keys)
+    with vault._read() as s:
+        users = sorted(
+            row.path
+            for row in (s.get(ScopeRow, i) for i in _live_scopes(vault, s, keys))
+            if row is not None
+        )
+        for row in s.scalars(select(AuditKeyRow)):
+            provider = vault._registry.provider(row.kek_id)
+            if (
+                key_prefix(row.kek_id) in {key_prefix(k) for k in keys}
+                and isinstance(provider, KeyDestroyer)
+                and provider.key_of(row.kek_id, row.kek_version) in wanted
+            ):
+                users.append("the audit trail's key")
+    return users
+
+
+def _shred_kek(cert: ErasureCertificate) -> str:
+    """The KEK the erasure's tenant had when it was shredded."""
+    return str(cert.document["what"]["kek"]["id"] or "")
+
+
+def _destroys_whole_keys(vault: Vault, cert: ErasureCertificate) -> bool:
+    return isinstance(vault._registry.provider(_shred_kek(cert)), KeyDestroyer)
+
+
+def _retire(vault: Vault, plan: _Retirement) -> list[Destruction]:
+    """Moves the surviving tenants off the old KMS keys, then schedules their destruction."""
+    for path, target in plan.moves.items():
+        with vault._read() as s:
+            tenant = load_scope(s, path)
+        rotation.rotate_kek(vault, tenant, target)
+    users = _live_users(vault, plan.keys)
+    if users:
+        raise ConfigError(
+            f"the KMS key(s) {', '.join(plan.keys)} still protect {', '.join(users)} (a tenant "
+            "created meanwhile?); nothing was scheduled, the erasure stays pending: run "
+            "phase 2 again"
+        )
+    return [_schedule(vault, plan.provider, key, reason="phase 2") for key in plan.keys]
+
+
+def _schedule(vault: Vault, provider: KeyDestroyer, key: str, *, reason: str) -> Destruction:
+    destruction = provider.schedule_destruction(key)
+    vault.audit.record(
+        "kek.destroy" if destruction.state == kms.DESTROYED else "kek.destroy_schedule",
+        key,
+        outcome="ok",
+        kms_key_id=key,
+        details={
+            "why": reason,
+            "state": destruction.state,
+            "not_before_purge": _iso(destruction.not_before_purge),
+            "provider": destruction.event,
+        },
+    )
+    return destruction
+
+
+def _destruction_entry(destruction: Destruction, at: str | None) -> dict[str, Any]:
+    done = destruction.state == kms.DESTROYED
+    return {
+        "key": destruction.key_id,
+        "provider": destruction.key_id.partition(":")[0],
+        "state": destruction.state,
+        "scheduled_at": at,
+        "not_before_purge": _iso(destruction.not_before_purge),
+        "confirmed_at": at if done else None,
+        "cancelled_at": None,
+    }
+
+
+def _summarize(document: dict[str, Any]) -> None:
+    """Sets phase 2's status, dates and residual risk from its destructions."""
+    phase2 = document["when"]["phase2"]
+    entries = phase2["destructions"]
+    keys = ", ".join(str(d["key"]) for d in entries)
+    dates = [str(d["not_before_purge"]) for d in entries if d["not_before_purge"]]
+    if any(d["state"] == CANCELLED for d in entries):
+        status = CANCELLED
+        risk = (
+            f"Phase 2 was cancelled: the destruction of {keys} was cancelled in the KMS "
+            "(CancelKeyDeletion or recover), so database backups made before phase 2 can "
+            "again be unwrapped by whoever holds that key; `complete_erasures("
+            "include_cancelled=True)` schedules it again."
+        )
+    elif all(d["state"] == kms.DESTROYED for d in entries):
+        status = CONFIRMED
+        risk = (
+            f"Phase 2 confirmed: the KMS key(s) that wrapped the destroyed keys ({keys}) no "
+            "longer exist, so no copy of the database (backups included) can unwrap them."
+        )
+    else:
+        status = SCHEDULED
+        risk = (
+            f"Phase 2 scheduled, not confirmed: the KMS refuses every use of {keys} from now "
+            f"on and destroys it not before {max(dates) if dates else 'its waiting period ends'}"
+            "; until then the destruction can be cancelled (AWS CancelKeyDeletion, Azure "
+            "recover), which would let database backups made before phase 2 be unwrapped "
+            "again. Run phase 2 again after that date to confirm it."
+        )
+    phase2["status"] = status
+    phase2["not_before_purge"] = max(dates) if dates and status == SCHEDULED else None
+    confirmed = [d["confirmed_at"] for d in entries if d["confirmed_at"]]
+    phase2["confirmed_at"] = max(confirmed) if status == CONFIRMED and confirmed else None
+    document["residual_risk"] = [
+        r for r in document["residual_risk"] if "phase 2" not in r.lower()
+    ] + [
+        risk,
+        "AWS KMS and Azure Key Vault destroy whole keys, never one version: the surviving "
+        "tenants of the old key were moved to another key before its destruction was "
+        "scheduled.",
+    ]
+    document["residual_risk"] = list(dict.fromkeys(document["residual_risk"]))
+
+
+def _update(
+    vault: Vault, certs: list[ErasureCertificate], statuses: dict[str, Destruction]
+) -> list[ErasureCertificate]:
+    """Applies what the KMS said about these keys to the certificates that depend on them;
+    stores (and binds into the audit trail) each certificate that changed."""
+    now = _iso(_now())
+    out: list[ErasureCertificate] = []
+    for cert in certs:
+        document = json.loads(json.dumps(cert.document))
+        phase2 = document["when"]["phase2"]
+        changed = False
+        for entry in phase2.get("destructions") or []:
+            status = statuses.get(entry["key"])
+            state = None if status is None else status.state
+            if state == kms.NOT_SCHEDULED:
+                state = CANCELLED
+            if status is None or state == entry["state"]:
+                continue
+            entry["state"] = state
+            if state == kms.DESTROYED:
+                entry["confirmed_at"] = now
+            elif state == CANCELLED:
+                entry["cancelled_at"] = now
+            else:
+                entry["scheduled_at"] = now
+                entry["cancelled_at"] = None
+                entry["not_before_purge"] = _iso(status.not_before_purge)
+            phase2["events"].append(f"{entry['key']}: {status.event}")
+            changed = True
+        if changed:
+            _summarize(document)
+            document.pop("integrity", None)
+            out.append(_store(vault, document, "erasure.phase2"))
+    return out
+
+
+def _destroyer(vault: Vault, key: str) -> KeyDestroyer:
+    provider = vault._registry.provider(key)
+    if not isinstance(provider, KeyDestroyer):
+        raise ConfigError(f"the provider of {key!r} cannot destroy keys")
+    return provider
+
+
+def _keys_in(certs: list[ErasureCertificate], *states: str) -> list[str]:
+    return sorted(
+        {
+            str(d["key"])
+            for c in certs
+            for d in c.document["when"]["phase2"].get("destructions") or []
+            if d["state"] in states
+        }
+    )
+
+
+def _check_scheduled(vault: Vault, certs: list[ErasureCertificate]) -> list[ErasureCertificate]:
+    """Asks the KMS about every scheduled destruction: final (confirmed), still waiting, or
+    cancelled outside keycustody (customers hold that lever; it is recorded, not undone)."""
+    statuses: dict[str, Destruction] = {}
+    for key in _keys_in(certs, kms.DESTROY_SCHEDULED):
+        status = _destroyer(vault, key).destruction_status(key)
+        statuses[key] = status
+        if status.state == kms.DESTROY_SCHEDULED:
+            continue
+        vault.audit.record(
+            "kek.destroy_confirm" if status.state == kms.DESTROYED else "kek.destroy_cancelled",
+            key,
+            outcome="ok",
+            kms_key_id=key,
+            details={
+                "state": status.state,
+                "provider": status.event,
+                "certificates": [c.id for c in certs if key in _keys_in([c], *_ANY)],
+                **(
+                    {"observed": "the destruction was cancelled outside keycustody"}
+                    if status.state == kms.NOT_SCHEDULED
+                    else {}
+                ),
+            },
+        )
+    return _update(vault, certs, statuses)
+
+
+_ANY = (kms.DESTROYED, kms.DESTROY_SCHEDULED, kms.NOT_SCHEDULED, CANCELLED)
+
+
+def _reschedule(vault: Vault, certs: list[ErasureCertificate]) -> list[ErasureCertificate]:
+    """Schedules the cancelled destructions again (``include_cancelled=True``)."""
+    statuses: dict[str, Destruction] = {}
+    for key in _keys_in(certs, CANCELLED, kms.DESTROY_SCHEDULED):
+        users = _live_users(vault, [key])
+        if users:
+            raise ConfigError(
+                f"the KMS key {key!r} protects {', '.join(users)} again; phase 2 cannot "
+                "destroy it (move them to another KEK first)"
+            )
+        statuses[key] = _schedule(vault, _destroyer(vault, key), key, reason="rescheduled")
+    return _update(vault, certs, statuses)
+
+
+def cancel_erasure(vault: Vault, certificate_id: str, reason: str) -> list[ErasureCertificate]:
+    """See :meth:`keycustody.Vault.cancel_erasure`."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInputError("a cancellation needs a reason (e.g. the legal hold)")
+    everything = certificates(vault)
+    cert = next((c for c in everything if c.id == certificate_id), None)
+    if cert is None:
+        raise NotFoundError(f"no erasure certificate {certificate_id!r}")
+    if cert.phase2_status != SCHEDULED:
+        raise InvalidInputError(
+            f"only a scheduled phase 2 can be cancelled; {certificate_id} is {cert.phase2_status}"
+        )
+    statuses: dict[str, Destruction] = {}
+    for key in _keys_in([cert], kms.DESTROY_SCHEDULED):
+        status = _destroyer(vault, key).cancel_destruction(key)
+        statuses[key] = status
+        vault.audit.record(
+            "kek.destroy_cancel",
+            key,
+            outcome="ok",
+            kms_key_id=key,
+            details={"certificate": cert.id, "reason": reason, "provider": status.event},
+        )
+    scheduled = [c for c in everything if c.phase2_status == SCHEDULED]
+    return _update(vault, scheduled, statuses)
 
 
 def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:

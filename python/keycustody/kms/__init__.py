@@ -2,7 +2,7 @@
 
 from keycustody.kms.aws import AwsKMS
 from keycustody.kms.azure import AzureKeyVault
-from keycustody.kms.base import KmsProvider
+from keycustody.kms.base import Destruction, KeyDestroyer, KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.pkcs11 import Pkcs11KMS
 from keycustody.kms.registry import ProviderRegistry
@@ -11,6 +11,8 @@ from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy
 __all__ = [
     "AwsKMS",
     "AzureKeyVault",
+    "Destruction",
+    "KeyDestroyer",
     "KmsKeyNotFoundError",
     "KmsProvider",
     "LocalKMS",

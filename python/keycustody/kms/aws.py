@@ -39,10 +39,14 @@ KmsUnavailableError; anything else raises KmsError naming AWS's error code.
 Destruction: AWS KMS cannot destroy one version of a key. Automatic and on-demand rotation
 keep every earlier key material inside the same key for as long as the key exists, so this
 provider has no ``rotate_key``/``destroy_key``. Durable erasure (phase 2) on AWS moves the
-tenant to a new KMS key (``vault.rotate_kek``) and then calls :meth:`AwsKMS.
-schedule_key_deletion` on the old key: AWS refuses to decrypt with it from that moment
-(ShreddedError here), deletes it after the 7-30 day waiting period (:meth:`AwsKMS.describe_key`
-shows the date), and the deletion can be cancelled until then.
+surviving tenants to another KMS key (the customer's: keycustody never calls CreateKey; either
+``vault.complete_erasures(new_keks=...)`` names it, or the tenant's alias was pointed at it with
+UpdateAlias) and then schedules deletion of the old key (:meth:`AwsKMS.schedule_destruction`,
+the :class:`~keycustody.kms.base.KeyDestroyer` contract): AWS refuses to decrypt with it from
+that moment (ShreddedError here), deletes it after the waiting period
+(``deletion_window_days``, 7-30) and the deletion can be cancelled until then. After the date
+AWS answers ``NotFoundException`` for the key, which :meth:`AwsKMS.destruction_status` takes
+as the confirmation (the ARN came from AWS's own Encrypt answer, so the key did exist).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from keycustody.errors import (
     KmsUnavailableError,
     ShreddedError,
 )
+from keycustody.kms.base import DESTROY_SCHEDULED, DESTROYED, NOT_SCHEDULED, Destruction
 from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
@@ -168,6 +173,8 @@ class AwsKMS:
         timeout: Seconds to connect and to read, per attempt; a call gives up within
             2 x ``timeout`` when AWS cannot be reached.
         default_key: KEK for tenants created without ``kek=``, e.g. ``"alias/keycustody"``.
+        deletion_window_days: Waiting period (7-30 days) of the deletions that erasure
+            phase 2 schedules (AWS's own default is 30).
 
     Raises:
         ConfigError: boto3 is missing, or an argument is invalid.
@@ -185,9 +192,13 @@ class AwsKMS:
         retries: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
         timeout: float = 10.0,
         default_key: str | None = None,
+        deletion_window_days: int = 30,
     ) -> None:
         if not timeout > 0:
             raise ConfigError("AwsKMS timeout must be > 0 seconds")
+        if not 7 <= deletion_window_days <= 30:
+            raise ConfigError("AwsKMS deletion_window_days must be 7 to 30 (AWS's limits)")
+        self.deletion_window_days = deletion_window_days
         self._sdk = _sdk()
         self._region = region
         self._endpoint_url = endpoint_url
@@ -537,3 +548,69 @@ class AwsKMS:
         self._call("CancelKeyDeletion", ref, lambda: client.cancel_key_deletion(KeyId=target))
         if enable:
             self._call("EnableKey", ref, lambda: client.enable_key(KeyId=target))
+
+    # -- erasure phase 2: the KeyDestroyer contract -----------------------------------------
+
+    def key_of(self, key_id: str, version: str) -> KeyId:
+        """``aws:<key ARN>`` of the KMS key that made a wrap (its recorded ``version`` is that
+        ARN); with no version, of the key ``key_id`` names now (an alias: its target)."""
+        ref = _parse(key_id)
+        if version:
+            m = _KEY_ARN.fullmatch(version)
+            if m is None or not ref.owns(m):
+                raise IntegrityError(f"the wrap of KEK {ref.key_id!r} names no key ARN of it")
+            return KeyId(f"{self.prefix}:{version}")
+        if ref.key_arn is not None:
+            return ref.key_id
+        return KeyId(f"{self.prefix}:{self.describe_key(key_id)['arn']}")
+
+    def destruction_status(self, key_id: str) -> Destruction:
+        """DescribeKey: ``PendingDeletion`` is scheduled (with AWS's DeletionDate);
+        ``NotFoundException`` for a key ARN is deleted; any other state is not scheduled."""
+        try:
+            described = self.describe_key(key_id)
+        except KmsKeyNotFoundError:
+            return Destruction(
+                key_id, DESTROYED, None, "DescribeKey: NotFoundException (the key was deleted)"
+            )
+        if described["state"] == "destroy_scheduled":
+            date = described["deletion_date"]
+            return Destruction(
+                key_id,
+                DESTROY_SCHEDULED,
+                date,
+                f"KeyState {described['aws_state']}, DeletionDate {_iso(date)}",
+            )
+        return Destruction(key_id, NOT_SCHEDULED, None, f"KeyState {described['aws_state']}")
+
+    def schedule_destruction(self, key_id: str) -> Destruction:
+        """ScheduleKeyDeletion with ``deletion_window_days`` (the key must be a key ARN, as
+        :meth:`key_of` returns). A key already pending deletion or deleted reports that."""
+        if _parse(key_id).key_arn is None:
+            raise InvalidInputError("schedule the deletion of a key ARN, not of an alias")
+        status = self.destruction_status(key_id)
+        if status.state != NOT_SCHEDULED:
+            return status
+        date = self.schedule_key_deletion(key_id, self.deletion_window_days)
+        return Destruction(
+            key_id,
+            DESTROY_SCHEDULED,
+            date,
+            f"ScheduleKeyDeletion(PendingWindowInDays={self.deletion_window_days}): "
+            f"DeletionDate {_iso(date)}",
+        )
+
+    def cancel_destruction(self, key_id: str) -> Destruction:
+        """CancelKeyDeletion; AWS leaves the key disabled (enable it to read a backup)."""
+        status = self.destruction_status(key_id)
+        if status.state == DESTROYED:
+            raise KmsError(f"the KMS key {key_id!r} is already deleted; nothing to cancel")
+        if status.state == DESTROY_SCHEDULED:
+            self.cancel_key_deletion(key_id, enable=False)
+        return Destruction(
+            key_id, NOT_SCHEDULED, None, "CancelKeyDeletion: the key is back, disabled"
+        )
+
+
+def _iso(ts: datetime | None) -> str:
+    return "-" if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

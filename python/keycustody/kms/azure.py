@@ -60,10 +60,18 @@ cannot tell apart); a failed unwrap (400 from the service, or a local unwrap fai
 IntegrityError; retries exhausted raise KmsUnavailableError; anything else raises KmsError
 naming Azure's error code.
 
-Destruction: Key Vault deletes whole keys (soft delete, then purge after the retention period
-when purge protection is on), never one version, so this provider has no ``rotate_key`` /
-``destroy_key``: erasure phase 2 moves the tenant to a new key (``vault.rotate_kek``) and then
-deletes the old key in the vault.
+Destruction: Key Vault deletes whole keys, every version at once; it cannot delete one
+version (a disabled version can be enabled again by anyone with keys/update, so disabling is
+not destruction). So this provider has no ``rotate_key``/``destroy_key``, and erasure phase 2
+moves the surviving tenants to another key of the customer's (``vault.complete_erasures(
+new_keks=...)``) and then destroys the old key (the :class:`~keycustody.kms.base.KeyDestroyer`
+contract): ``DELETE /keys/{name}`` soft-deletes it (Azure refuses every operation on it from
+that moment; its DeletedKeyBundle names ``scheduledPurgeDate``), then a purge
+(``DELETE /deletedkeys/{name}``) makes it final at once where the vault allows that. With purge
+protection on, Azure refuses the purge (403) until the retention period (7-90 days) has passed
+and then purges the key itself; until then ``recover`` brings it back. The destruction is
+confirmed when neither the deleted key (``GET /deletedkeys/{name}``) nor the key exists. These
+calls need ``keys/delete``, ``keys/get``, ``keys/purge`` (optional) and ``keys/recover``.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
 
@@ -88,7 +97,9 @@ from keycustody.errors import (
     KeyRevokedError,
     KmsError,
     KmsUnavailableError,
+    ShreddedError,
 )
+from keycustody.kms.base import DESTROY_SCHEDULED, DESTROYED, NOT_SCHEDULED, Destruction
 from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
@@ -114,6 +125,7 @@ def _sdk() -> SimpleNamespace:
     """azure-keyvault-keys and azure-core, imported on first use."""
     try:
         from azure.core import exceptions
+        from azure.keyvault.keys import KeyClient
         from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
     except ImportError:
         raise ConfigError(
@@ -121,7 +133,10 @@ def _sdk() -> SimpleNamespace:
             "pip install 'keycustody[azure]'"
         ) from None
     return SimpleNamespace(
-        exc=exceptions, CryptographyClient=CryptographyClient, KeyWrapAlgorithm=KeyWrapAlgorithm
+        exc=exceptions,
+        CryptographyClient=CryptographyClient,
+        KeyClient=KeyClient,
+        KeyWrapAlgorithm=KeyWrapAlgorithm,
     )
 
 
@@ -136,6 +151,14 @@ class _Ref:
 
     def url(self, version: str | None) -> str:
         return f"{self.base}/{version}" if version else self.base
+
+    @property
+    def vault_url(self) -> str:
+        return self.base.rpartition("/keys/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.base.rpartition("/keys/")[2]
 
 
 def _parse_url(url: str) -> tuple[str, str | None] | None:
@@ -288,6 +311,21 @@ class AzureKeyVault:
         finally:
             client.close()
 
+    @contextlib.contextmanager
+    def _key_client(self, vault_url: str) -> Iterator[Any]:
+        """A ``KeyClient`` for key management (delete, purge, recover); closed afterwards."""
+        options: dict[str, Any] = {
+            "retry_total": 0,
+            "connection_timeout": self.timeout,
+            "read_timeout": self.timeout,
+        }
+        options.update(self._options)
+        client = self._sdk.KeyClient(vault_url, self._get_credential(), **options)
+        try:
+            yield client
+        finally:
+            client.close()
+
     # -- calls and errors -------------------------------------------------------------------
 
     def _is_retryable(self, exc: Exception) -> bool:
@@ -341,6 +379,13 @@ class AzureKeyVault:
                     else ("access to the key was denied or revoked")
                 )
                 return KeyRevokedError(f"{where} was refused ({detail}): {why}")
+            if status == 404 and op in ("wrapKey", "unwrapKey"):
+                deleted = self._deleted(ref)
+                if deleted is not None:
+                    return ShreddedError(
+                        f"{where} was refused: the key was deleted ({deleted}); data it "
+                        "protects is unreadable unless the key is recovered before its purge"
+                    )
             if status == 404:
                 return KmsKeyNotFoundError(
                     f"{where}: the key does not exist ({detail}); check the URL, or recover it "
@@ -509,3 +554,106 @@ class AzureKeyVault:
                 f"the wrapped key of KEK {ref.key_id!r} belongs to another encryption context"
             )
         return KeyHandle.from_secret(memoryview(payload)[_DIGEST_LEN:])
+
+    # -- erasure phase 2: the KeyDestroyer contract -----------------------------------------
+
+    def _deleted(self, ref: _Ref) -> str | None:
+        """The deleted key's purge date in words, if ``ref`` is a soft-deleted key (one
+        attempt, no retries: it refines a 404). Not for ``client_factory`` clients: their
+        keys may not live in a vault at all."""
+        if self._factory is not None:
+            return None
+        with contextlib.suppress(Exception):
+            with self._key_client(ref.vault_url) as client:
+                deleted = client.get_deleted_key(ref.name)
+            return f"scheduled purge {_iso(deleted.scheduled_purge_date)}"
+        return None
+
+    def key_of(self, key_id: str, version: str) -> KeyId:
+        """``azure:https://HOST/keys/NAME``: Key Vault deletes every version of a key together,
+        so a wrap lives and dies with the whole key, whatever its ``version``."""
+        ref = _parse(key_id)
+        return KeyId(f"{self.prefix}:{ref.base.lower()}")
+
+    def _management(self, op: str, ref: _Ref, fn: Callable[[Any], T]) -> T:
+        def call() -> T:
+            with self._key_client(ref.vault_url) as client:
+                return fn(client)
+
+        return self._call(op, ref, call)
+
+    def destruction_status(self, key_id: str) -> Destruction:
+        """``GET /deletedkeys/{name}``: present, the key awaits its purge; absent while the key
+        itself is absent too, it was purged (destroyed); the key back, it was recovered."""
+        ref = _parse(key_id)
+        try:
+            deleted = self._management("getDeletedKey", ref, lambda c: c.get_deleted_key(ref.name))
+        except KmsKeyNotFoundError:
+            pass
+        else:
+            date = _utc(deleted.scheduled_purge_date)
+            return Destruction(
+                ref.key_id,
+                DESTROY_SCHEDULED,
+                date,
+                f"deleted {_iso(_utc(deleted.deleted_date))}, scheduledPurgeDate {_iso(date)}",
+            )
+        try:
+            self._management("getKey", ref, lambda c: c.get_key(ref.name))
+        except KmsKeyNotFoundError:
+            return Destruction(
+                ref.key_id,
+                DESTROYED,
+                None,
+                "purged: GET /deletedkeys and GET /keys both answer 404 KeyNotFound",
+            )
+        return Destruction(ref.key_id, NOT_SCHEDULED, None, "the key exists (not deleted)")
+
+    def schedule_destruction(self, key_id: str) -> Destruction:
+        """Deletes the whole key (soft delete), then purges it where the vault allows: at once
+        without purge protection (and with ``keys/purge``), else Azure purges it itself at
+        ``scheduledPurgeDate``. A key already deleted or purged reports that."""
+        ref = _parse(key_id)
+        status = self.destruction_status(key_id)
+        if status.state == NOT_SCHEDULED:
+            deleted = self._management(
+                "deleteKey", ref, lambda c: c.begin_delete_key(ref.name).result()
+            )
+            if deleted.recovery_id is None:  # a vault without soft delete (retired by Azure)
+                return Destruction(ref.key_id, DESTROYED, None, "deleted (no soft delete)")
+            status = Destruction(
+                ref.key_id,
+                DESTROY_SCHEDULED,
+                _utc(deleted.scheduled_purge_date),
+                f"DELETE /keys/{ref.name}: deleted {_iso(_utc(deleted.deleted_date))}, "
+                f"scheduledPurgeDate {_iso(_utc(deleted.scheduled_purge_date))}",
+            )
+        if status.state != DESTROY_SCHEDULED:
+            return status
+        try:
+            self._management("purgeDeletedKey", ref, lambda c: c.purge_deleted_key(ref.name))
+        except KeyRevokedError as exc:  # 403: purge protection, or no keys/purge
+            return replace(status, event=f"{status.event}; purge refused ({_clip(exc)})")
+        return Destruction(ref.key_id, DESTROYED, None, f"{status.event}; purged")
+
+    def cancel_destruction(self, key_id: str) -> Destruction:
+        """Recovers the deleted key (``POST /deletedkeys/{name}/recover``) with every version."""
+        ref = _parse(key_id)
+        status = self.destruction_status(key_id)
+        if status.state == DESTROYED:
+            raise KmsError(f"the Key Vault key {ref.key_id!r} was purged; nothing to recover")
+        if status.state == DESTROY_SCHEDULED:
+            self._management(
+                "recoverDeletedKey",
+                ref,
+                lambda c: c.begin_recover_deleted_key(ref.name).result(),
+            )
+        return Destruction(ref.key_id, NOT_SCHEDULED, None, "recovered: the key is back")
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.astimezone(UTC)
+
+
+def _iso(ts: datetime | None) -> str:
+    return "-" if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -12,7 +12,8 @@ Built-in providers are configured from the environment here:
 
 - ``local``: LocalKMS in the CLI's ``--kms-dir``.
 - ``aws``: AwsKMS, region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, endpoint from
-  ``KEYCUSTODY_AWS_ENDPOINT`` (credentials: boto3's usual chain).
+  ``KEYCUSTODY_AWS_ENDPOINT``, the waiting period of key deletions scheduled by erasure phase 2
+  from ``KEYCUSTODY_AWS_DELETION_DAYS`` (7-30, default 30; credentials: boto3's usual chain).
 - ``azure``: AzureKeyVault with azure-identity's DefaultAzureCredential.
 - ``pkcs11``: Pkcs11KMS from ``KEYCUSTODY_PKCS11_LIB``, ``KEYCUSTODY_PKCS11_TOKEN`` and
   ``KEYCUSTODY_PKCS11_PIN``.
@@ -43,8 +44,13 @@ def _env(name: str) -> str:
 def _aws(_kms_dir: Path) -> KmsProvider:
     module = importlib.import_module("keycustody.kms.aws")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    days = os.environ.get("KEYCUSTODY_AWS_DELETION_DAYS") or "30"
+    if not days.isdigit():
+        raise ConfigError("KEYCUSTODY_AWS_DELETION_DAYS must be a number of days (7-30)")
     provider: KmsProvider = module.AwsKMS(
-        region=region, endpoint_url=os.environ.get("KEYCUSTODY_AWS_ENDPOINT")
+        region=region,
+        endpoint_url=os.environ.get("KEYCUSTODY_AWS_ENDPOINT"),
+        deletion_window_days=int(days),
     )
     return provider
 

@@ -495,8 +495,9 @@ def storage_settings(dialect: str, query: Callable[[str], object]) -> dict[str, 
             except SQLAlchemyError:
                 settings[name] = "unavailable"
         settings["scrub_on_shred"] = (
-            "as recorded in each erasure certificate (how.storage_scrub); deleted rows "
-            "survive in pg_wal and WAL archives until phase 2 destroys the old KEK version"
+            "VACUUM FULL scope_keys rewrites the key table and unlinks the old file; deleted "
+            "rows survive in pg_wal, WAL archives, replicas and base backups until phase 2 "
+            "destroys the old KEK version"
         )
         return settings
     return {"backend": dialect, "scrub_on_shred": "as recorded in each erasure certificate"}
