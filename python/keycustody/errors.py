@@ -57,12 +57,17 @@ class StorageError(KeyCustodyError):
     """The database or blob store failed; nothing was half-written."""
 
 
+class BlobMissingError(StorageError, IntegrityError):
+    """A record's ciphertext is missing from the blob store (deleted, or the wrong store)."""
+
+
 class AuditError(KeyCustodyError):
     """The audit trail could not be written or does not verify."""
 
 
 __all__ = [
     "AuditError",
+    "BlobMissingError",
     "ConcurrentRotationError",
     "ConfigError",
     "IntegrityError",
