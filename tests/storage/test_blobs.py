@@ -644,3 +644,17 @@ def subprocess_writer(
         finally:
             if child.poll() is None:
                 child.kill()
+
+
+def test_rewrap_leaves_the_blobs_alone(acme: kc.Scope, store: BlobStore) -> None:
+    data = _payload(SMALL + 1)
+    acme.put("a.bin", data)
+    acme.put_stream("s.bin", io.BytesIO(_payload(2 * SEGMENT_LEN, seed=5)))
+    before = {k: store.get(k) for k in _keys(store)}
+
+    acme.rotate_key()
+    acme.rewrap()  # only the wrapped DEKs in the headers change
+
+    assert {k: store.get(k) for k in _keys(store)} == before
+    assert acme.get("a.bin") == data
+    assert acme.get("s.bin") == _payload(2 * SEGMENT_LEN, seed=5)
