@@ -6,6 +6,7 @@ the customer's KEK in their KMS.
 
 from keycustody.errors import (
     AuditError,
+    BlobMissingError,
     ConcurrentRotationError,
     ConfigError,
     IntegrityError,
@@ -22,6 +23,7 @@ from keycustody.errors import (
 from keycustody.keys.shredding import ErasureCertificate
 from keycustody.kms import AwsKMS, AzureKeyVault, KmsProvider, LocalKMS, Pkcs11KMS, RetryPolicy
 from keycustody.scope import Scope
+from keycustody.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from keycustody.types import EncryptionContext, KeyId, RecordInfo, WrappedKey
 from keycustody.vault import Vault
 
@@ -31,6 +33,8 @@ __all__ = [
     "AuditError",
     "AwsKMS",
     "AzureKeyVault",
+    "BlobMissingError",
+    "BlobStore",
     "ConcurrentRotationError",
     "ConfigError",
     "EncryptionContext",
@@ -43,11 +47,13 @@ __all__ = [
     "KmsError",
     "KmsProvider",
     "KmsUnavailableError",
+    "LocalBlobStore",
     "LocalKMS",
     "NotFoundError",
     "Pkcs11KMS",
     "RecordInfo",
     "RetryPolicy",
+    "S3BlobStore",
     "Scope",
     "ShreddedError",
     "StorageError",

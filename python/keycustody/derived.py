@@ -24,6 +24,7 @@ from keycustody.types import RecordInfo
 from keycustody.validation import Data, encode_name, size_of
 
 if TYPE_CHECKING:
+    from keycustody.payloads import Payloads
     from keycustody.scope import Scope
 
 SUITE_DERIVED = 3
@@ -75,14 +76,12 @@ def put_derived(scope: Scope, items: Iterable[tuple[str, Data]], source: str) ->
         now = datetime.now(UTC)
         ts = writer.timestamp(now)
         sizes = [size_of(d) for d in datas]
-        writer.replace(
-            s.connection(),
-            scope._ref.id,
-            [
-                (h[24:40], scope._ref.id, h[40:72], None, h, n, b, size, ts, 0, row.record_id)
-                for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
-            ],
-        )
+        rows = [
+            (h[24:40], scope._ref.id, h[40:72], None, h, n, b, size, ts, 0, row.record_id, None)
+            for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
+        ]
+        vault._payloads.replacing(s, scope._ref.id, [h[40:72] for h in headers])
+        writer.replace(s.connection(), scope._ref.id, vault._payloads.place(s, rows))
         vault._audit_change(
             s,
             "record.put_derived",
@@ -108,11 +107,13 @@ def _source_for(s: Session, scope: Scope, source_id: bytes | None) -> tuple[byte
 def open_payloads(
     s: Session, scope: Scope, rows: Sequence[Any], raw_names: Sequence[bytes]
 ) -> list[bytes]:
-    """Opens derived records (``rows`` with source_id, header, body) by name."""
+    """Opens derived records (``rows`` with record_id, source_id, header, body, blob_key) by
+    name."""
     out: list[bytes] = []
     for row, raw in zip(rows, raw_names, strict=True):
         header, keys = _source_for(s, scope, row.source_id)
-        out += _core.open_derived(scope._ref.id, keys, header, [raw], [row.header], [row.body])
+        body = scope._vault._payloads.body(scope._ref.id, row)
+        out += _core.open_derived(scope._ref.id, keys, header, [raw], [row.header], [body])
     return out
 
 
@@ -147,6 +148,7 @@ def derivatives(
 
 def rederive(
     writer: RecordWriter,
+    payloads: Payloads,
     s: Session,
     scope_id: bytes,
     old: tuple[bytes, dict[int, Any]],
@@ -158,9 +160,13 @@ def rederive(
     ``(source header, keys)``."""
     (old_header, old_keys), (new_header, new_keys) = old, new
     rows = s.execute(
-        select(RecordRow.record_id, RecordRow.header, RecordRow.name_ct, RecordRow.body).where(
-            RecordRow.source_id == old_header[24:40]
-        )
+        select(
+            RecordRow.record_id,
+            RecordRow.header,
+            RecordRow.name_ct,
+            RecordRow.body,
+            RecordRow.blob_key,
+        ).where(RecordRow.source_id == old_header[24:40])
     ).all()
     if not rows:
         return 0
@@ -169,30 +175,28 @@ def rederive(
         scope_id, old_keys, old_header, None, headers, [r.name_ct for r in rows]
     )
     datas = _core.open_derived(
-        scope_id, old_keys, old_header, names, headers, [r.body for r in rows]
+        scope_id, old_keys, old_header, names, headers, [payloads.body(scope_id, r) for r in rows]
     )
     new_headers, name_cts, bodies = _core.seal_derived(
         scope_id, new_keys, source_name, new_header, names, datas
     )
-    s.execute(delete(RecordRow).where(RecordRow.record_id.in_([r.record_id for r in rows])))
+    old_ids = RecordRow.record_id.in_([r.record_id for r in rows])
+    payloads.dropping(s, old_ids)
+    s.execute(delete(RecordRow).where(old_ids))
     ts = writer.timestamp(datetime.now(UTC))
-    writer.replace(
-        s.connection(),
-        scope_id,
-        [
-            (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40])
-            for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
-        ],
-    )
+    new_rows = [
+        (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40], None)
+        for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
+    ]
+    writer.replace(s.connection(), scope_id, payloads.place(s, new_rows))
     return len(rows)
 
 
-def purge_orphans(s: Session) -> int:
-    """Deletes derived records whose source record is gone (unreadable for good)."""
+def purge_orphans(s: Session, payloads: Payloads) -> int:
+    """Deletes derived records whose source record is gone (unreadable for good), and their
+    blob store objects after the commit."""
     sources = select(RecordRow.record_id).scalar_subquery()
-    result = s.execute(
-        delete(RecordRow).where(
-            RecordRow.source_id.is_not(None), RecordRow.source_id.not_in(sources)
-        )
-    )
+    orphaned = (RecordRow.source_id.is_not(None), RecordRow.source_id.not_in(sources))
+    payloads.dropping(s, *orphaned)
+    result = s.execute(delete(RecordRow).where(*orphaned))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -62,12 +62,17 @@ class OutputError(StorageError):
     previous version of it is left as it was."""
 
 
+class BlobMissingError(StorageError, IntegrityError):
+    """A record's ciphertext is missing from the blob store (deleted, or the wrong store)."""
+
+
 class AuditError(KeyCustodyError):
     """The audit trail could not be written or does not verify."""
 
 
 __all__ = [
     "AuditError",
+    "BlobMissingError",
     "ConcurrentRotationError",
     "ConfigError",
     "IntegrityError",

@@ -34,7 +34,7 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef
 from keycustody.keys.states import ACTIVE, SUSPENDED
-from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow, SegmentRow
+from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_data, encode_name, size_of
@@ -58,6 +58,7 @@ class _StoredRow(Protocol):
     key_version: int | None
     header: bytes
     size: int
+    blob_key: str | None
 
 
 def _check_row(row: _StoredRow) -> None:
@@ -297,6 +298,7 @@ class Scope:
         """
         conn = s.connection()
         writer = self._vault._records
+        payloads = self._vault._payloads
         seal = partial(_core.seal_records, key, self._ref.id, version)
         first = next(batches, None)
         if first is None:
@@ -314,26 +316,13 @@ class Scope:
                 ts = writer.timestamp(now)
                 names, _, datas = batch
                 sizes = [size_of(d) for d in datas]
-                writer.replace(
-                    conn,
-                    self._ref.id,
-                    [
-                        (
-                            h[24:40],
-                            self._ref.id,
-                            h[40:72],
-                            version,
-                            h,
-                            n,
-                            b,
-                            size,
-                            ts,
-                            version,
-                            None,
-                        )
-                        for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
-                    ],
-                )
+                scope_id = self._ref.id
+                rows = [
+                    (h[24:40], scope_id, h[40:72], version, h, n, b, size, ts, version, None, None)
+                    for h, n, b, size in zip(headers, name_cts, bodies, sizes, strict=True)
+                ]
+                payloads.replacing(s, self._ref.id, [h[40:72] for h in headers])
+                writer.replace(conn, self._ref.id, payloads.place(s, rows))
                 infos.extend(
                     RecordInfo(name, h[24:40].hex(), size, version, now)
                     for name, h, size in zip(names, headers, sizes, strict=True)
@@ -383,6 +372,7 @@ class Scope:
                         RecordRow.header,
                         RecordRow.body,
                         RecordRow.source_id,
+                        RecordRow.blob_key,
                     ).where(
                         RecordRow.scope_id == self._ref.id, RecordRow.name_index.in_(list(index))
                     )
@@ -413,8 +403,9 @@ class Scope:
                     for r in rows
                     if r.header[3] != SUITE_SEGMENTED and not derived.is_derived(r.header)
                 ]
-                for r in rows:
-                    if r.size != len(r.body) - _core.TAG_LEN:
+                bodies = [self._vault._payloads.body(self._ref.id, r) for r in rows]
+                for r, body in zip(rows, bodies, strict=True):
+                    if r.size != len(body) - _core.TAG_LEN:
                         raise IntegrityError("a stored record's size does not match its body")
                 order = [index[r.name_index] for r in rows]
                 headers = [r.header for r in rows]
@@ -425,7 +416,7 @@ class Scope:
                         keys,
                         [chunk_raw[i] for i in order],
                         headers,
-                        [r.body for r in rows],
+                        bodies,
                     )
                 except IntegrityError as exc:
                     raise IntegrityError(
@@ -443,13 +434,15 @@ class Scope:
         """Stores a payload of any size from a binary file object, 1 MiB segment at a time.
 
         Memory stays constant; the record replaces any record of that name. It is written in
-        one transaction: a failure (or a crash) leaves the previous state.
+        one transaction: a failure (or a crash) leaves the previous state. With a blob store,
+        a stream larger than the vault's ``blob_threshold`` goes there as one object.
 
         Raises:
             InvalidInputError: ``fileobj`` is not a binary file object.
         """
         raw = encode_name(name)
         writer = self._vault._records
+        payloads = self._vault._payloads
         self._rotate_if_due()
         try:
             with self._vault._write_records() as s, s.begin():
@@ -459,16 +452,19 @@ class Scope:
                 conn = s.connection()
                 now = _now()
                 row = (record_id, self._ref.id, header[40:72], version, header, name_ct, b"")
+                payloads.replacing(s, self._ref.id, [header[40:72]])
                 writer.replace(
-                    conn, self._ref.id, [(*row, 0, writer.timestamp(now), version, None)]
+                    conn, self._ref.id, [(*row, 0, writer.timestamp(now), version, None, None)]
                 )
                 size = 0
-                for seq, (segment, last) in enumerate(read_segments(fileobj)):
-                    sealed = sealer.seal_segment(segment, last)
-                    writer.add_segments(conn, [(record_id, seq, sealed)])
-                    size += len(segment)
+                with payloads.segments(s, writer, self._ref.id, record_id, None) as sink:
+                    for seq, (segment, last) in enumerate(read_segments(fileobj)):
+                        sink.add(seq, sealer.seal_segment(segment, last))
+                        size += len(segment)
                 s.execute(
-                    update(RecordRow).where(RecordRow.record_id == record_id).values(size=size)
+                    update(RecordRow)
+                    .where(RecordRow.record_id == record_id)
+                    .values(size=size, blob_key=sink.blob_key)
                 )
                 self._vault._audit_change(
                     s,
@@ -502,6 +498,7 @@ class Scope:
                     RecordRow.key_version,
                     RecordRow.size,
                     RecordRow.header,
+                    RecordRow.blob_key,
                 ).where(
                     RecordRow.scope_id == self._ref.id,
                     RecordRow.name_index == key.name_index(raw),
@@ -517,19 +514,8 @@ class Scope:
     def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
         keys = self._keys_for(s, [row.header])
         opener = _core.open_stream(self._ref.id, keys, raw, row.header)
-        record_id = row.record_id
-
-        def fetch(seq: int) -> bytes:
-            with self._vault._read() as fs:
-                body = fs.scalar(
-                    select(SegmentRow.body).where(
-                        SegmentRow.record_id == record_id, SegmentRow.seq == seq
-                    )
-                )
-            if body is None:
-                raise IntegrityError("a segment of the stream record is missing")
-            return body
-
+        # Each segment read uses a short session (or a ranged read of the blob) of its own.
+        fetch = self._vault._payloads.segment_reader(self._ref.id, row, self._vault._read)
         return StreamReader(opener, row.size, fetch)
 
     # -- key lifecycle ------------------------------------------------------------------
@@ -611,7 +597,8 @@ class Scope:
 
     @_audit_failures("delete")
     def delete(self, name: str) -> None:
-        """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk.
+        """Deletes record ``name``: its wrapped DEK and ciphertext are overwritten on disk (a
+        blob store object is deleted after the commit).
 
         Raises:
             NotFoundError: no such record.
@@ -619,9 +606,9 @@ class Scope:
         raw = encode_name(name)
         with self._vault._write_records() as s, s.begin():
             _, key = self._active_key(s)
-            deleted = self._vault._records.delete_names(
-                s.connection(), self._ref.id, [key.name_index(raw)]
-            )
+            index = key.name_index(raw)
+            self._vault._payloads.replacing(s, self._ref.id, [index])
+            deleted = self._vault._records.delete_names(s.connection(), self._ref.id, [index])
             if deleted == 0:
                 raise NotFoundError(f"no record of that name in scope {self.path!r}")
             self._vault._audit_change(s, "record.delete", self.path, details={"records": 1})

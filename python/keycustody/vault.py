@@ -41,8 +41,10 @@ from keycustody.keys.states import ACTIVE
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
+from keycustody.payloads import DEFAULT_ORPHAN_GRACE, DEFAULT_THRESHOLD, BlobSweep, Payloads
 from keycustody.scope import Scope
 from keycustody.storage import schema
+from keycustody.storage.blobs import BlobStore, open_blob_store
 from keycustody.storage.engine import RECORD_WRITE, WRITE, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
@@ -94,9 +96,13 @@ class Vault:
         actor: str,
         max_record_bytes: int,
         audit_kek: str,
+        blob_store: BlobStore | None = None,
+        blob_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._payloads = Payloads(blob_store, blob_threshold)
+        self._payloads.attach(self._sessions)
         self._registry = registry
         self.actor = actor
         self.max_record_bytes = max_record_bytes
@@ -127,6 +133,8 @@ class Vault:
         actor: str | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
         audit_kek: str | None = None,
+        blob_store: BlobStore | str | None = None,
+        blob_threshold: int = DEFAULT_THRESHOLD,
     ) -> Vault:
         """Opens (creating if needed) the vault stored at ``url``.
 
@@ -144,6 +152,14 @@ class Vault:
             audit_kek: KEK that wraps the audit trail's HMAC key. Default with LocalKMS: its
                 own key ``local:keycustody-audit`` (never a tenant's KEK, so no shred can
                 destroy the evidence); required with other providers.
+            blob_store: Where the ciphertext of payloads larger than ``blob_threshold``
+                goes: a :class:`~keycustody.storage.blobs.BlobStore`
+                (:class:`~keycustody.storage.blobs.LocalBlobStore`,
+                :class:`~keycustody.storage.blobs.S3BlobStore`) or its URL
+                (``file:///PATH``, ``s3://BUCKET/PREFIX``). Headers and wrapped DEKs stay in
+                the database. None: every payload is stored inline.
+            blob_threshold: Payloads larger than this many bytes (default 4 MiB) go to the
+                blob store; stream records too, by total size.
 
         Raises:
             ConfigError: bad URL, backend or providers.
@@ -151,6 +167,8 @@ class Vault:
         """
         registry = ProviderRegistry(kms)
         audit_kek = audit_kek or _default_audit_kek(registry)
+        store = open_blob_store(blob_store) if isinstance(blob_store, str) else blob_store
+        Payloads(store, blob_threshold)  # checks the settings before anything is opened
         engine = make_engine(url)
         try:
             schema.upgrade(engine)
@@ -168,6 +186,8 @@ class Vault:
                 actor=actor or _default_actor(),
                 max_record_bytes=max_record_bytes,
                 audit_kek=audit_kek,
+                blob_store=store,
+                blob_threshold=blob_threshold,
             )
             # One KMS call for the audit key, outside any transaction (not under a write lock).
             vault.audit.ensure_key()
@@ -197,6 +217,16 @@ class Vault:
             usage.flush_kms_usage(self)
         self._keys.cache.purge()
         self._engine.dispose()
+
+    @property
+    def blob_store(self) -> BlobStore | None:
+        """The blob store for large payloads, or None (everything inline)."""
+        return self._payloads.store
+
+    @property
+    def blob_threshold(self) -> int:
+        """Payloads larger than this many bytes go to the blob store (when there is one)."""
+        return self._payloads.threshold
 
     @property
     def kms_calls(self) -> int:
@@ -468,9 +498,49 @@ class Vault:
         plus this process's KMS calls not yet written to it)."""
         return usage.usage(self, since=since, until=until)
 
-    def purge(self) -> int:
-        """Deletes the record rows of shredded scopes (already unreadable); returns how many."""
-        return shredding.purge(self)
+    def purge(self, *, orphan_grace: timedelta | None = DEFAULT_ORPHAN_GRACE) -> int:
+        """Deletes the record rows of shredded scopes (already unreadable) and of derived
+        records whose source is gone, with their blob store objects; then, with a blob store,
+        sweeps it for orphaned objects (:meth:`sweep_blobs`).
+
+        Args:
+            orphan_grace: Passed to :meth:`sweep_blobs` as ``grace``; None skips the sweep.
+
+        Returns:
+            How many records were deleted.
+        """
+        removed = shredding.purge(self)
+        if orphan_grace is not None and self._payloads.store is not None:
+            self.sweep_blobs(grace=orphan_grace)
+        return removed
+
+    def sweep_blobs(self, *, grace: timedelta = DEFAULT_ORPHAN_GRACE) -> BlobSweep:
+        """Deletes blob store objects that no record references (left by a crash between
+        writing an object and committing its row, or by a failed delete) and the leftovers of
+        interrupted writes, once they are older than ``grace``.
+
+        Args:
+            grace: Objects younger than this are kept: they may belong to a write whose
+                transaction has not committed yet. It must exceed the longest write
+                transaction (default 24 hours); 0 is safe only when nothing writes.
+
+        Raises:
+            ConfigError: the vault has no blob store.
+        """
+        sweep = self._payloads.sweep(self._read, grace)
+        with self._write() as s, s.begin():
+            self._audit_change(
+                s,
+                "blobs.sweep",
+                "blob store",
+                details={
+                    "orphans_removed": sweep.orphans_removed,
+                    "incomplete_removed": sweep.incomplete_removed,
+                    "recent_kept": sweep.recent_kept,
+                    "grace_s": grace.total_seconds(),
+                },
+            )
+        return sweep
 
     def _audit_change(
         self,

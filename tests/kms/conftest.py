@@ -54,16 +54,6 @@ FAST_RETRIES = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, tota
 CLOUD_TIMEOUT = 2.0
 """Per-attempt timeout of the cloud providers in the harnesses (seconds)."""
 
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_REGION": REGION,
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 _counter = itertools.count(1)
 
 
@@ -92,37 +82,13 @@ def dead_endpoint() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-# -- AWS: moto server + proxy ---------------------------------------------------------------
+# -- AWS: moto server (aws_env and moto_url live in tests/conftest.py) + proxy ---------------
 
 
 @pytest.fixture(scope="session")
 def aws_region() -> str:
     """The region of the moto keys (:data:`REGION`)."""
     return REGION
-
-
-@pytest.fixture(scope="session")
-def aws_env() -> Iterator[None]:
-    """Dummy credentials and no config files: boto3 can never reach a real AWS account."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in _AWS_ENV.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        yield
-
-
-@pytest.fixture(scope="session")
-def moto_url(aws_env: None) -> Iterator[str]:
-    """moto's server (``moto[server]``) on 127.0.0.1, a free port, for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ TABLES = {
     "audit_keys",
     "erasure_certificates",
 }
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture

@@ -106,6 +106,8 @@ class Settings:
     kms: str = "local"
     """Comma-separated KMS providers (``--kms``): local, aws, azure, pkcs11 or a plugin."""
     audit_kek: str | None = None
+    blob_store: str | None = None
+    """Blob store URL for large payloads (``--blob-store``): file:///PATH or s3://BUCKET/PREFIX."""
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
@@ -209,6 +211,7 @@ def open_vault(settings: Settings, *, must_exist: bool) -> Iterator[Vault]:
         kms=kms_providers(settings),
         actor=settings.actor,
         audit_kek=settings.audit_kek,
+        blob_store=settings.blob_store or None,
     ) as vault:
         yield vault
 
@@ -304,6 +307,19 @@ def main_options(
             help="KEK wrapping the audit trail's key (default: LocalKMS local:keycustody-audit).",
         ),
     ] = None,
+    blob_store: Annotated[
+        str | None,
+        typer.Option(
+            "--blob-store",
+            envvar="KEYCUSTODY_BLOB_STORE",
+            help=(
+                "Where the ciphertext of payloads above 4 MiB goes (headers and wrapped keys "
+                "stay in the database): `file:///PATH` or `s3://BUCKET/PREFIX` (boto3, "
+                "environment settings). Default: everything in the database. "
+                "Example: `--blob-store s3://acme-vault/prod`"
+            ),
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -313,7 +329,12 @@ def main_options(
 ) -> None:
     """Global options; every one can also be set in the environment."""
     ctx.obj = Settings(
-        db=db, kms_dir=kms_dir.expanduser(), actor=actor, kms=kms, audit_kek=audit_kek
+        db=db,
+        kms_dir=kms_dir.expanduser(),
+        actor=actor,
+        kms=kms,
+        audit_kek=audit_kek,
+        blob_store=blob_store,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from rich.table import Table
 from keycustody.cli import commands as base
 from keycustody.errors import ConfigError, IntegrityError, InvalidInputError
 from keycustody.keys.shredding import CANCELLED, CONFIRMED, SCHEDULED, ErasureCertificate
+from keycustody.payloads import DEFAULT_ORPHAN_GRACE
 
 PANEL = "Erasure and evidence"
 """Help panel grouping these commands in ``keycustody --help``."""
@@ -366,11 +368,26 @@ def erasures_cancel(
 # -- purge -------------------------------------------------------------------------------
 
 
-def purge(ctx: typer.Context, yes: YesOption = False) -> None:
+def purge(
+    ctx: typer.Context,
+    yes: YesOption = False,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(
+            "--orphan-grace",
+            min=0,
+            help="With --blob-store: remove unreferenced blobs (left by a crash) only once "
+            "they are older than this many seconds, so writes in flight are safe. "
+            "0 only when nothing else writes.",
+        ),
+    ] = DEFAULT_ORPHAN_GRACE.total_seconds(),
+) -> None:
     """Delete the record rows of every shredded scope (they are already unreadable).
 
     Shredding destroys keys, not rows; this frees the space, and the deleted rows are
-    overwritten on disk. Asks for confirmation unless --yes.
+    overwritten on disk. With --blob-store, their blobs are deleted too, and so are blobs
+    that no record references (a crash between writing a blob and committing its record
+    leaves one). Asks for confirmation unless --yes.
 
     Example: `keycustody purge --yes`
     """
@@ -382,8 +399,20 @@ def purge(ctx: typer.Context, yes: YesOption = False) -> None:
                 "decrypted any more; this only frees their space",
                 abort=True,
             )
-        removed = vault.purge()
-    base.stdout().print(f"purged {removed:,} records of shredded scopes")
+        removed = vault.purge(orphan_grace=None)
+        sweep = (
+            vault.sweep_blobs(grace=timedelta(seconds=orphan_grace))
+            if vault.blob_store is not None
+            else None
+        )
+    out = base.stdout()
+    out.print(f"purged {removed:,} records of shredded scopes")
+    if sweep is not None:
+        out.print(
+            f"removed {sweep.orphans_removed:,} orphaned blobs and "
+            f"{sweep.incomplete_removed:,} interrupted uploads; kept {sweep.recent_kept:,} "
+            "unreferenced blobs younger than the grace period"
+        )
 
 
 # -- cert --------------------------------------------------------------------------------

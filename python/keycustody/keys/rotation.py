@@ -15,6 +15,7 @@ record with exactly one valid key path, and a rerun continues where a crash stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Callable, Sequence
@@ -29,7 +30,6 @@ from keycustody import _core, derived
 from keycustody.errors import (
     ConcurrentRotationError,
     ConfigError,
-    IntegrityError,
     InvalidInputError,
     NotFoundError,
 )
@@ -43,12 +43,12 @@ from keycustody.keys.states import (
     check_key_transition,
     check_scope_transition,
 )
+from keycustody.payloads import bounded
 from keycustody.storage.models import (
     LineageEventRow,
     RecordRow,
     ScopeKeyRow,
     ScopeRow,
-    SegmentRow,
 )
 from keycustody.streams import segment_count
 from keycustody.types import KeyId, WrappedKey
@@ -576,12 +576,14 @@ def _reencrypt_scope(
                     RecordRow.body,
                     RecordRow.key_version,
                     RecordRow.size,
+                    RecordRow.blob_key,
                 )
                 .where(RecordRow.scope_id == ref.id, RecordRow.key_version.in_(sorted(targets)))
                 .limit(batch_size)
             ).all()
             if not rows:
                 break
+            rows = bounded(rows, lambda r: int(r.size))  # large records: fewer at once
             keys = hierarchy.keys(s, ref, {r.key_version for r in rows}, compromised_ok=True)
             active = hierarchy.key(s, ref, ref.active_version)
             headers = [r.header for r in rows]
@@ -593,7 +595,7 @@ def _reencrypt_scope(
                 keys,
                 [names[i] for i in whole],
                 [headers[i] for i in whole],
-                [rows[i].body for i in whole],
+                [vault._payloads.body(ref.id, rows[i]) for i in whole],
             )
             openers = {
                 i: _core.open_stream(ref.id, keys, names[i], rows[i].header) for i in streamed
@@ -613,6 +615,7 @@ def _reencrypt_scope(
             ).rowcount  # type: ignore[attr-defined]
             if gone != len(whole):
                 raise ConcurrentRotationError("records changed during re-encryption; rerun it")
+            vault._payloads.drop(s, [rows[i].blob_key for i in whole])
             new_rows = [
                 (
                     h[24:40],
@@ -626,13 +629,22 @@ def _reencrypt_scope(
                     ts,
                     ref.active_version,
                     None,
+                    None,
                 )
                 for h, n, b, d in zip(new_headers, new_names, new_bodies, plain, strict=True)
             ]
-            writer.replace(s.connection(), ref.id, new_rows)
+            writer.replace(s.connection(), ref.id, vault._payloads.place(s, new_rows))
             active_keys = {ref.active_version: active}
             for i, h in zip(whole, new_headers, strict=True):
-                derived.rederive(writer, s, ref.id, (headers[i], keys), (h, active_keys), names[i])
+                derived.rederive(
+                    writer,
+                    vault._payloads,
+                    s,
+                    ref.id,
+                    (headers[i], keys),
+                    (h, active_keys),
+                    names[i],
+                )
             for i, h in zip(whole, new_headers, strict=True):
                 lineage_event(
                     s,
@@ -693,26 +705,34 @@ def _reencrypt_stream(
                 writer.timestamp(now),
                 ref.active_version,
                 None,
+                None,
             )
         ],
     )
     count = segment_count(row.size)
     size = 0
-    for seq in range(count):
-        body = s.scalar(
-            select(SegmentRow.body).where(
-                SegmentRow.record_id == row.record_id, SegmentRow.seq == seq
-            )
-        )
-        if body is None:
-            raise IntegrityError("a segment of a stream record is missing")
-        last = seq == count - 1
-        plain = opener.open_segment(seq, last, body)
-        writer.add_segments(conn, [(record_id, seq, sealer.seal_segment(plain, last))])
-        size += len(plain)
-    s.execute(update(RecordRow).where(RecordRow.record_id == record_id).values(size=size))
+    payloads = vault._payloads
+    fetch = payloads.segment_reader(ref.id, row, lambda: contextlib.nullcontext(s))
+    with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:
+        for seq in range(count):
+            last = seq == count - 1
+            plain = opener.open_segment(seq, last, fetch(seq))
+            sink.add(seq, sealer.seal_segment(plain, last))
+            size += len(plain)
+    s.execute(
+        update(RecordRow)
+        .where(RecordRow.record_id == record_id)
+        .values(size=size, blob_key=sink.blob_key)
+    )
+    payloads.drop(s, [row.blob_key])
     derived.rederive(
-        writer, s, ref.id, (row.header, old_keys), (header, {ref.active_version: active}), name
+        writer,
+        payloads,
+        s,
+        ref.id,
+        (row.header, old_keys),
+        (header, {ref.active_version: active}),
+        name,
     )
     s.execute(delete(RecordRow).where(RecordRow.record_id == row.record_id))
     lineage_event(

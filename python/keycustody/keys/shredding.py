@@ -1212,8 +1212,8 @@ def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:
 
 
 def purge(vault: Vault, *, batch_size: int = 5000) -> int:
-    """Deletes the records (and segments) of shredded scopes, and derived records whose
-    source is gone; returns how many."""
+    """Deletes the records (and segments, and blob store objects) of shredded scopes, and
+    derived records whose source is gone; returns how many."""
     total = 0
     with vault._read() as s:
         ids = list(s.scalars(select(ScopeRow.id).where(ScopeRow.state == SHREDDED)))
@@ -1228,10 +1228,12 @@ def purge(vault: Vault, *, batch_size: int = 5000) -> int:
             )
             if not batch:
                 break
+            # Their blob store objects go after the commit (see keycustody.payloads).
+            vault._payloads.dropping(s, RecordRow.record_id.in_(batch))
             s.execute(delete(RecordRow).where(RecordRow.record_id.in_(batch)))
             total += len(batch)
     with vault._write() as s, s.begin():
-        orphans = derived.purge_orphans(s)
+        orphans = derived.purge_orphans(s, vault._payloads)
         total += orphans
         vault._audit_change(
             s,

@@ -112,6 +112,9 @@ class RecordRow(Base):
     sealed_version: Mapped[int] = mapped_column(Integer, server_default="1")
     source_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
     """For a derived record: the record whose DEK wraps this record's DEK."""
+    blob_key: Mapped[str | None] = mapped_column(String(128))
+    """Where the ciphertext is when it is in the blob store (``body`` is then empty):
+    ``<scope id hex>/<record id hex>``; NULL when it is inline (see :mod:`keycustody.payloads`)."""
 
 
 class SegmentRow(Base):

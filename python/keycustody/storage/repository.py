@@ -29,6 +29,7 @@ RECORD_COLUMNS = (
     "created_at",
     "sealed_version",
     "source_id",
+    "blob_key",
 )
 """Order of the values in a record row tuple."""
 
