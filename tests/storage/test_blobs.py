@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 import keycustody as kc
@@ -605,7 +606,12 @@ def test_kill_9_while_writing_big_records(
             if mode == "stall":
                 assert next(lines) == "IN-TRANSACTION"
             else:
-                time.sleep(rng.uniform(0.3, 1.5))
+                # Once the child is writing (its first acknowledgement: a loaded machine may
+                # take seconds to start Python), kill it at a random moment.
+                first = next(lines)
+                assert first.startswith("ACK "), first
+                acknowledged.update(_expected(first.split()[1]))
+                time.sleep(rng.uniform(0.0, 0.8))
             child.kill()  # SIGKILL
             child.wait(timeout=60)
             for line in lines:
@@ -624,7 +630,14 @@ def test_kill_9_while_writing_big_records(
 
 
 def _rows_of(db_url: str) -> dict[str, tuple[str | None, int]]:
-    return _rows(Path(db_url.removeprefix("sqlite:///")))
+    """As :func:`_rows`, on either backend."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT record_id, blob_key, length(body) FROM records"))
+            return {bytes(rid).hex(): (key, n) for rid, key, n in rows}
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager
