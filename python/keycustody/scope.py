@@ -35,6 +35,7 @@ from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
+from keycustody.storage.repository import name_in
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_data, encode_name, size_of
@@ -374,7 +375,8 @@ class Scope:
                         RecordRow.source_id,
                         RecordRow.blob_key,
                     ).where(
-                        RecordRow.scope_id == self._ref.id, RecordRow.name_index.in_(list(index))
+                        RecordRow.scope_id == self._ref.id,
+                        name_in(RecordRow.name_index, list(index), s.get_bind().dialect),
                     )
                 ).all()
                 if len(rows) != len(chunk):

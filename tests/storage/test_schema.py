@@ -31,7 +31,7 @@ TABLES = {
     "audit_keys",
     "erasure_certificates",
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture

@@ -96,7 +96,9 @@ class RecordRow(Base):
         ForeignKeyConstraint(
             ["scope_id", "key_version"], ["scope_keys.scope_id", "scope_keys.version"]
         ),
-        Index("ix_records_scope_version", "scope_id", "key_version"),
+        # Led by key_version: led by scope_id it would compete with the unique index for
+        # lookups by name (migration 0008 says what that cost on PostgreSQL).
+        Index("ix_records_version_scope", "key_version", "scope_id"),
     )
 
     record_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
