@@ -4,7 +4,8 @@
 # Usage: eval "$(bash .ci/postgres-setup.sh start)"   ...   bash .ci/postgres-setup.sh stop DIR
 set -euo pipefail
 
-PORT="${KEYCUSTODY_PG_PORT:-55432}"
+# A free port unless one is given (another cluster may already listen on this machine).
+PORT="${KEYCUSTODY_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 
 pg_bin() {
     local dir
