@@ -46,6 +46,7 @@ from keycustody.audit.events import (
     check_text,
     event_hash,
 )
+from keycustody.durable import fsync_dir
 from keycustody.errors import AuditError, IntegrityError, InvalidInputError, KeyCustodyError
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.storage.engine import lock_audit_head
@@ -160,14 +161,6 @@ def _recompute(ev: AuditEvent) -> bytes:
 def _db_message(exc: SQLAlchemyError) -> str:
     # The driver's message only: SQLAlchemy's own text would echo the statement's parameters.
     return str(getattr(exc, "orig", None) or type(exc).__name__)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditLog:
@@ -628,7 +621,7 @@ class AuditLog:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from keycustody._core import KeyHandle
+from keycustody.durable import fsync_dir
 from keycustody.errors import (
     ConfigError,
     IntegrityError,
@@ -44,14 +45,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -65,7 +58,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _shred_file(path: Path) -> None:
@@ -81,7 +74,7 @@ def _shred_file(path: Path) -> None:
     finally:
         os.close(fd)
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class LocalKMS:
@@ -169,7 +162,7 @@ class LocalKMS:
                 "versions": {"1": {"state": "enabled", "created_at": now}},
             },
         )
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return key_id
 
     @contextlib.contextmanager

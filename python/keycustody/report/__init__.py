@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keycustody.durable import fsync_dir
 from keycustody.errors import OutputError
 from keycustody.report.facts import REPORT_FORMAT, ReportFacts, gather
 from keycustody.report.html import render
@@ -58,14 +59,6 @@ def report_json(facts: ReportFacts) -> bytes:
     return (json.dumps(facts, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(folder: Path, files: dict[str, bytes], mode: int) -> None:
     """Writes every file to a temporary name first, then renames them into place: a failure
     leaves any earlier report untouched and no temporary file behind."""
@@ -82,7 +75,7 @@ def _write_all(folder: Path, files: dict[str, bytes], mode: int) -> None:
                 os.fsync(f.fileno())
         for name, tmp in temps.items():
             os.replace(tmp, folder / name)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         for tmp in temps.values():
             with contextlib.suppress(OSError):

@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from typing_extensions import Buffer
 
 from keycustody._core import SEGMENT_LEN, TAG_LEN
+from keycustody.durable import fsync_dir
 from keycustody.errors import BlobMissingError, ConfigError, InvalidInputError, StorageError
 
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
@@ -153,14 +154,6 @@ def _put(store: BlobStore, key: str, data: Buffer | Iterable[Buffer]) -> None:
 # -- local directory ------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _LocalWriter:
     def __init__(self, store: LocalBlobStore, key: str) -> None:
         self._key = key
@@ -191,7 +184,7 @@ class _LocalWriter:
             finally:
                 os.close(fd)
             os.replace(self._tmp, self._path)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
@@ -246,7 +239,7 @@ class LocalBlobStore:
                 continue
             except OSError as exc:
                 raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def writer(self, key: str) -> BlobWriter:
         """See :meth:`BlobStore.writer`."""
