@@ -30,8 +30,10 @@ TABLES = {
     "audit_events",
     "audit_keys",
     "erasure_certificates",
+    "scope_key_wraps",
+    "tenant_keks",
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture
