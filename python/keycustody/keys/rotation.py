@@ -431,11 +431,18 @@ def remove_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
         if kek == keks[0]:
             # The next KEK becomes the primary: its wraps move into scope_keys.
             promoted = remaining[0]
-            for wrap in s.scalars(
+            moving = s.scalars(
                 select(ScopeKeyWrapRow).where(
                     ScopeKeyWrapRow.scope_id == ref.id, ScopeKeyWrapRow.kek_id == promoted
                 )
-            ).all():
+            ).all()
+            if {w.version for w in moving} != versions:
+                # Every live version has a wrap under every KEK of the list, by construction.
+                raise ConcurrentRotationError(
+                    f"the wraps of {ref.path!r} under {promoted!r} changed during "
+                    "remove_kek; retry"
+                )
+            for wrap in moving:
                 s.execute(
                     update(ScopeKeyRow)
                     .where(ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.version == wrap.version)
