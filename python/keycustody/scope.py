@@ -32,7 +32,7 @@ from keycustody.errors import (
     StorageError,
 )
 from keycustody.keys import lineage, rotation
-from keycustody.keys.hierarchy import ScopeRef
+from keycustody.keys.hierarchy import ScopeRef, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.storage.repository import name_in
@@ -93,7 +93,7 @@ def _audit_failures(action: str) -> Callable[[_F], _F]:
                 self._vault._audit_failure(failure, f"{self.path}:{action}", exc)
                 raise
 
-        return cast(_F, wrapper)
+        return records_failovers(cast(_F, wrapper))
 
     return decorate
 
@@ -208,6 +208,7 @@ class Scope:
 
     # -- storage ------------------------------------------------------------------------
 
+    @records_failovers
     def put(self, name: str, data: Data, *, derived_from: str | None = None) -> RecordInfo:
         """Stores one record, replacing (and destroying the DEK of) any record of that name.
 
@@ -528,6 +529,7 @@ class Scope:
             ref = self._fresh(s)
         return lineage.key_versions(self._vault, ref)
 
+    @records_failovers
     def rotate_key(self) -> int:
         """Makes a new ACTIVE key version for new writes (O(1)); the old one becomes
         DEACTIVATED and still decrypts until :meth:`rewrap` moves its records.
@@ -540,6 +542,7 @@ class Scope:
         """
         return rotation.rotate_key(self._vault, self._ref)
 
+    @records_failovers
     def rewrap(
         self,
         *,
@@ -559,6 +562,7 @@ class Scope:
             self._vault, self._ref, batch_size=batch_size, progress=progress, dry_run=dry_run
         )
 
+    @records_failovers
     def mark_compromised(self, version: int | None = None, *, reason: str) -> int:
         """Marks a key version COMPROMISED (the active one by default, after rotating).
 
@@ -566,6 +570,7 @@ class Scope:
         """
         return rotation.mark_compromised(self._vault, self._ref, version, reason)
 
+    @records_failovers
     def reencrypt(
         self,
         *,
@@ -589,6 +594,7 @@ class Scope:
         """Lifts a suspension."""
         rotation.set_scope_state(self._vault, self._ref, ACTIVE, reason)
 
+    @records_failovers
     def lineage(self, name: str) -> lineage.RecordLineage:
         """The key custody of record ``name``: its DEK, key chain up to the KEK, and every
         key event since it was sealed (oldest first)."""

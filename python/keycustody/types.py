@@ -63,6 +63,9 @@ class KeyVersionInfo:
     deactivated_at: datetime | None = None
     compromised_at: datetime | None = None
     destroyed_at: datetime | None = None
+    also_wrapped_by: tuple[str, ...] = ()
+    """A tenant key version's wraps by the tenant's other KEKs (``kek:<id>#<version>``, in
+    failover order); empty for a tenant with one KEK and for child scopes."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (times ISO-8601 UTC, None when the state was never reached)."""
@@ -80,4 +83,5 @@ class KeyVersionInfo:
             "deactivated_at": when(self.deactivated_at),
             "compromised_at": when(self.compromised_at),
             "destroyed_at": when(self.destroyed_at),
+            "also_wrapped_by": list(self.also_wrapped_by),
         }

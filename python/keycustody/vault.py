@@ -11,7 +11,7 @@ import contextlib
 import getpass
 import secrets
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from keycustody import _core, usage
 from keycustody.audit import AuditLog
 from keycustody.errors import (
+    AuditError,
     ConfigError,
     InvalidInputError,
     KeyCustodyError,
@@ -34,7 +35,13 @@ from keycustody.errors import (
 )
 from keycustody.keys import lineage, rotation, shredding
 from keycustody.keys.cache import KeyCache
-from keycustody.keys.hierarchy import KeyHierarchy, ScopeRef, load_scope
+from keycustody.keys.hierarchy import (
+    KeyHierarchy,
+    ScopeRef,
+    load_scope,
+    records_failovers,
+    tenant_keks,
+)
 from keycustody.keys.lineage import Protection
 from keycustody.keys.shredding import ErasureCertificate
 from keycustody.keys.states import ACTIVE
@@ -46,7 +53,7 @@ from keycustody.scope import Scope
 from keycustody.storage import schema
 from keycustody.storage.blobs import BlobStore, open_blob_store
 from keycustody.storage.engine import RECORD_WRITE, WRITE, make_engine
-from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
+from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
 from keycustody.usage import ScopeUsage
 from keycustody.validation import MAX_RECORD_BYTES, check_path
@@ -214,6 +221,8 @@ class Vault:
         """Writes this process's KMS usage counts to the audit trail, drops cached keys and
         closes database connections."""
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
+            self._flush_failovers()
+        with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
             usage.flush_kms_usage(self)
         self._keys.cache.purge()
         self._engine.dispose()
@@ -260,39 +269,62 @@ class Vault:
 
     # -- scopes -------------------------------------------------------------------------
 
-    def scope(self, path: str, *, kek: str | None = None, create: bool = False) -> Scope:
+    @records_failovers
+    def scope(
+        self, path: str, *, kek: str | Sequence[str] | None = None, create: bool = False
+    ) -> Scope:
         """The scope at ``path`` (``acme``, ``acme/subjects/alice``).
 
         Args:
             path: '/'-separated scope path; the first segment is the tenant.
-            kek: For a new tenant, the KEK id that protects it (default: the first provider's
-                default key). Only top-level scopes name a KEK.
+            kek: For a new tenant, the KEK id that protects it, or a list of KEK ids (e.g.
+                ``["aws:alias/acme", "pkcs11:acme-dr"]`` for multi-cloud or disaster
+                recovery): every key version is wrapped under each, any one of them
+                unwraps, the first is the primary (tried first). Default: the first
+                provider's default key. Only top-level scopes name a KEK. For an existing
+                tenant it must name its primary KEK (a string) or its whole list.
             create: Create the scope (and missing ancestors) if it does not exist.
 
         Raises:
             NotFoundError: the scope does not exist and ``create`` is false.
-            ConfigError: ``kek`` given for a child scope or differs from the tenant's KEK.
+            ConfigError: ``kek`` given for a child scope, lists a KEK twice, or differs from
+                the tenant's KEKs.
         """
         path = check_path(path)
-        if kek is not None:
-            if "/" in path:
-                raise ConfigError("only top-level scopes (tenants) name a KEK; omit kek=")
-            self._registry.provider(kek)
+        keks = self._kek_list(kek)
+        if keks is not None and "/" in path:
+            raise ConfigError("only top-level scopes (tenants) name a KEK; omit kek=")
         try:
             with self._read() as s:
                 ref = load_scope(s, path)
         except NotFoundError:
             if not create:
                 raise
-            ref = self._create_path(path, kek)
-        if kek is not None and ref.kek_id != kek:
-            raise ConfigError(
-                f"tenant {path!r} is protected by {ref.kek_id!r}, not {kek!r}; "
-                "use vault.rotate_kek to move it"
-            )
+            ref = self._create_path(path, keks)
+        if keks is not None:
+            with self._read() as s:
+                current = tenant_keks(s, ref.id, ref.kek_id)
+            if keks != (current[:1] if isinstance(kek, str) else current):
+                raise ConfigError(
+                    f"tenant {path!r} is protected by {current!r}, not {keks!r}; "
+                    "use vault.rotate_kek, add_kek or remove_kek to change its KEKs"
+                )
         return Scope(self, ref)
 
-    def _create_path(self, path: str, kek: str | None) -> ScopeRef:
+    def _kek_list(self, kek: str | Sequence[str] | None) -> list[str] | None:
+        """``kek=`` as a list of KEK ids, each checked against the configured providers."""
+        if kek is None:
+            return None
+        keks = [kek] if isinstance(kek, str) else list(kek)
+        if not keks or not all(isinstance(k, str) and k for k in keks):
+            raise ConfigError("kek must be a KEK id or a non-empty list of KEK ids")
+        if len(set(keks)) != len(keks):
+            raise ConfigError(f"kek lists a KEK twice: {keks!r}")
+        for k in keks:
+            self._registry.provider(k)
+        return keks
+
+    def _create_path(self, path: str, kek: list[str] | None) -> ScopeRef:
         segments = path.split("/")
         parent: ScopeRef | None = None
         for depth in range(1, len(segments) + 1):
@@ -308,15 +340,16 @@ class Vault:
             raise InvalidInputError("empty scope path")
         return parent
 
-    def _create_scope(self, path: str, parent: ScopeRef | None, kek: str | None) -> ScopeRef:
+    def _create_scope(self, path: str, parent: ScopeRef | None, kek: list[str] | None) -> ScopeRef:
         scope_id = secrets.token_bytes(_core.SCOPE_ID_LEN)
-        kek_id = (kek or self._registry.default_key_id()) if parent is None else None
+        keks = (kek or [self._registry.default_key_id()]) if parent is None else []
+        kek_id = keks[0] if keks else None
         key = _core.KeyHandle.generate()
         now = _now()
         try:
             # The KMS wrap happens before the write transaction: no lock held across a KMS call.
             with self._read() as s:
-                wrapped = self._keys.wrap_version(s, scope_id, parent, kek_id, 1, key, path=path)
+                wrapped = self._keys.wrap_version(s, scope_id, parent, keks, 1, key, path=path)
             with self._write() as s, s.begin():
                 s.add(
                     ScopeRow(
@@ -338,17 +371,24 @@ class Vault:
                         state=ACTIVE,
                         created_at=now,
                         state_changed_at=now,
-                        **wrapped,
+                        **wrapped.columns,
                     )
+                )
+                s.flush()
+                s.add_all(wrapped.rows(scope_id, 1, now))
+                s.add_all(
+                    TenantKekRow(scope_id=scope_id, kek_id=k, position=i, added_at=now)
+                    for i, k in enumerate(keks[1:], start=1)
                 )
                 self._audit_change(
                     s,
                     "scope.create",
                     path,
                     version=1,
-                    kek_id=wrapped["kek_id"],
-                    kek_version=wrapped["kek_version"],
-                    details={"parent": parent.path if parent else None},
+                    kek_id=wrapped.columns["kek_id"],
+                    kek_version=wrapped.columns["kek_version"],
+                    details={"parent": parent.path if parent else None}
+                    | ({"keks": wrapped.keks} if len(keks) > 1 else {}),
                 )
         except DbIntegrityError:
             # Another process created it first: use theirs.
@@ -366,16 +406,68 @@ class Vault:
 
     # -- key lifecycle ------------------------------------------------------------------
 
-    def rotate_kek(self, tenant: str, new_kek: str) -> int:
-        """Moves a tenant to a new KEK: every live scope key version is unwrapped by the old KEK
-        and wrapped by ``new_kek`` (two KMS calls per version); records are untouched.
+    @records_failovers
+    def rotate_kek(self, tenant: str, new_kek: str, *, old: str | None = None) -> int:
+        """Replaces one KEK of a tenant: every live scope key version is wrapped by ``new_kek``
+        instead (one unwrap, through any of the tenant's KEKs, and one wrap per version);
+        records are untouched. ``new_kek`` takes the replaced KEK's place in the list.
 
         Passing the current KEK id rewraps under its current version (after a KMS rotation).
 
+        Args:
+            tenant: The tenant's path.
+            new_kek: The KEK id to wrap under.
+            old: The KEK of the tenant's list to replace (default: the primary).
+
         Returns:
             The number of scope key versions rewrapped.
+
+        Raises:
+            ConfigError: ``old`` is not one of the tenant's KEKs, or ``new_kek`` already is.
         """
-        return rotation.rotate_kek(self, self.scope(tenant)._ref, new_kek)
+        return rotation.rotate_kek(self, self.scope(tenant)._ref, new_kek, old=old)
+
+    @records_failovers
+    def add_kek(self, tenant: str, kek: str) -> int:
+        """Adds a KEK to a tenant (e.g. a disaster-recovery key in another KMS): every live
+        scope key version is wrapped under it too (one unwrap and one wrap per version;
+        records untouched, audited), and every new version from now on. It goes last in the
+        failover order.
+
+        Returns:
+            The number of scope key versions wrapped under ``kek``.
+
+        Raises:
+            ConfigError: ``kek`` already protects the tenant, or no provider serves it.
+            ConcurrentRotationError: the tenant's keys changed meanwhile; retry.
+        """
+        return rotation.add_kek(self, self.scope(tenant)._ref, kek)
+
+    @records_failovers
+    def remove_kek(self, tenant: str, kek: str) -> int:
+        """Removes a KEK from a tenant: its wraps of the tenant's key versions are deleted.
+        Removing the primary makes the next KEK in order the primary. First checks that the
+        remaining KEKs unwrap every live key version (one KMS call per version), so removing
+        a KEK never strands the tenant. No KMS call touches the removed KEK: copies of the
+        database made before still hold its wraps until it is destroyed in its KMS.
+
+        Returns:
+            The number of wraps deleted.
+
+        Raises:
+            ConfigError: ``kek`` does not protect the tenant, or it is the only one.
+            KeyCustodyError: the remaining KEKs cannot unwrap some key version (nothing was
+                changed).
+        """
+        return rotation.remove_kek(self, self.scope(tenant)._ref, kek)
+
+    def keks(self, tenant: str) -> list[str]:
+        """A tenant's KEK ids in failover order (the primary first)."""
+        ref = self.scope(tenant)._ref
+        if ref.parent_id is not None:
+            raise ConfigError(f"{tenant!r} is not a tenant: only top-level scopes have KEKs")
+        with self._read() as s:
+            return tenant_keks(s, ref.id, ref.kek_id)
 
     def protected_by(self, key: str) -> Protection:
         """Which records a key protects: a KEK id (``local:acme-kek``) or a scope key version
@@ -387,6 +479,7 @@ class Vault:
 
     # -- crypto-shredding ----------------------------------------------------------------
 
+    @records_failovers
     def shred(
         self,
         path: str,
@@ -424,6 +517,7 @@ class Vault:
             raise InvalidInputError("new_keks applies to phase 2: pass durable=True")
         return certificate
 
+    @records_failovers
     def complete_erasures(
         self, new_keks: Mapping[str, str] | None = None, *, include_cancelled: bool = False
     ) -> list[ErasureCertificate]:
@@ -541,6 +635,39 @@ class Vault:
                 },
             )
         return sweep
+
+    def _flush_failovers(self) -> None:
+        """Records the KEK failovers queued by the key hierarchy (one audit event each, in
+        one transaction). Call it outside any transaction. Fails closed: when they cannot be
+        recorded they stay queued, the keys unwrapped through them leave the cache, and
+        AuditError is raised."""
+        failovers = self._keys.take_failovers()
+        if not failovers:
+            return
+        try:
+            with self._write() as s, s.begin():
+                for f in failovers:
+                    self.audit.append(
+                        s,
+                        action="kek.failover",
+                        subject=f"{f.scope}#{f.version}",
+                        outcome="failed" if f.tampered else "ok",
+                        kms_key_id=f.used_kek,
+                        kms_key_version=f.used_kek_version,
+                        details={
+                            "used": f"{f.used_kek}#{f.used_kek_version}",
+                            "passed_over": [
+                                {"kek": k, "kek_version": v, "reason": why}
+                                for k, v, why in f.failed
+                            ],
+                            "tampered_wrap": f.tampered,
+                        },
+                    )
+        except (KeyCustodyError, SQLAlchemyError) as exc:
+            self._keys.requeue_failovers(failovers)
+            raise AuditError(
+                f"cannot record {len(failovers)} KEK failover(s) in the audit trail: {exc}"
+            ) from exc
 
     def _audit_change(
         self,

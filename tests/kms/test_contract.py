@@ -233,6 +233,23 @@ def test_vault_round_trip_cold_and_kek_rotation(
     h.enable(old)
 
 
+def test_vault_tenant_with_two_keks_fails_over_to_the_second(
+    h: Harness, vault_for: Callable[..., kc.Vault]
+) -> None:
+    first, second = h.new_key(), h.new_key()
+    vault = vault_for(cache_ttl=0)
+    acme = vault.scope("acme", kek=[first, second], create=True)
+    acme.put("a", b"alpha")
+    h.disable(first)
+    try:
+        assert vault_for(cache_ttl=0).scope("acme").get("a") == b"alpha"
+    finally:
+        h.enable(first)
+    used = [e for e in vault.audit.events() if e.action == "kek.failover"]
+    assert used and all(e.kms_key_id == second for e in used)
+    assert used[0].details_dict()["passed_over"][0]["reason"] == "KeyRevokedError"
+
+
 def test_vault_disabled_kek_is_refused_after_the_cache_ttl(
     h: Harness, vault_for: Callable[..., kc.Vault]
 ) -> None:

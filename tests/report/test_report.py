@@ -191,7 +191,7 @@ def test_certificates_audit_usage_config_and_summary(
         assert storage["backend"] == "postgresql"
         assert storage["server_version"].split(".")[0].isdigit()
         assert storage["fsync"] in ("on", "off") and storage["wal_level"] != "unavailable"
-        assert storage["last_scrub"]["command"] == "VACUUM FULL scope_keys"
+        assert storage["last_scrub"]["command"] == "VACUUM FULL scope_keys, scope_key_wraps"
 
     summary = facts["summary"]
     shredded = custody.records[CONFIRMED_SHRED] + custody.records[PENDING_SHRED]

@@ -30,6 +30,8 @@ TABLES = {
     "audit_events",
     "audit_keys",
     "erasure_certificates",
+    "scope_key_wraps",
+    "tenant_keks",
 }
 HEAD = "0008"
 

@@ -414,13 +414,14 @@ def ingest(
         ),
     ],
     kek: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--kek",
             help=(
                 "KEK id protecting a new tenant scope, e.g. `local:acme-kek` "
                 "(default: the KMS's default key, local:default; "
-                "create one with `keycustody kek create NAME`)."
+                "create one with `keycustody kek create NAME`). Repeat it for several KEKs "
+                "(multi-cloud, disaster recovery), primary first: any one of them unwraps."
             ),
         ),
     ] = None,
@@ -473,7 +474,9 @@ def ingest(
     out, err = stdout(), stderr()
     report = IngestReport()
     with handle_errors(), open_vault(settings, must_exist=not create) as vault:
-        target = vault.scope(scope, kek=kek, create=create)
+        target = vault.scope(
+            scope, kek=kek[0] if kek and len(kek) == 1 else kek or None, create=create
+        )
         try:
             ingest_tree(
                 target,
@@ -671,8 +674,9 @@ app.command("bench")(bench_command)
 
 
 kek_app = typer.Typer(
-    help="Manage LocalKMS KEKs (key files under --kms-dir). Cloud KMS keys are managed in "
-    "the cloud provider's own console or CLI.",
+    help="Manage LocalKMS KEKs (key files under --kms-dir) and the KEKs of each tenant "
+    "(add, remove, ls --tenant). Cloud KMS keys are created in the cloud provider's own "
+    "console or CLI.",
     no_args_is_help=True,
 )
 app.add_typer(kek_app, name="kek")
@@ -695,13 +699,37 @@ def kek_create(
 
 
 @kek_app.command("ls")
-def kek_list(ctx: typer.Context) -> None:
-    """List the LocalKMS KEKs with their state and primary version.
+def kek_list(
+    ctx: typer.Context,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", "-t", help="List the KEKs of this tenant (opens the vault)."),
+    ] = None,
+    all_tenants: Annotated[
+        bool,
+        typer.Option("--all-tenants", help="List the KEKs of every tenant (opens the vault)."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="With --tenant/--all-tenants: print a JSON array of {tenant, state, keks} "
+            "(KEK ids in failover order, primary first).",
+        ),
+    ] = False,
+) -> None:
+    """List the LocalKMS KEKs with their state and primary version; with --tenant or
+    --all-tenants, the KEKs protecting tenants instead, in failover order (primary first).
 
-    Example: `keycustody --kms-dir ~/kek kek ls`
+    Example: `keycustody --kms-dir ~/kek kek ls`  or  `keycustody kek ls --tenant acme`
     """
     settings = get_settings(ctx)
     with handle_errors():
+        if tenant is not None or all_tenants:
+            _tenant_keks(settings, tenant, as_json=as_json)
+            return
+        if as_json:
+            raise ConfigError("--json applies to --tenant or --all-tenants")
         kms = LocalKMS(settings.kms_dir)
         table = Table(title=f"LocalKMS {escape(str(settings.kms_dir))}")
         table.add_column("key id", overflow="fold")
@@ -711,6 +739,84 @@ def kek_list(ctx: typer.Context) -> None:
             meta = kms.describe_key(key_id)
             table.add_row(escape(key_id), str(meta.get("state")), str(meta.get("primary")))
         stdout().print(table)
+
+
+def _tenant_keks(settings: Settings, tenant: str | None, *, as_json: bool) -> None:
+    with open_vault(settings, must_exist=True) as vault:
+        paths = [vault.scope(tenant).path] if tenant else vault.scopes()
+        rows = [{"tenant": p, "keks": vault.keks(p)} for p in paths if "/" not in p or tenant]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    table = Table(title="tenant KEKs (failover order)")
+    table.add_column("tenant", overflow="fold")
+    table.add_column("#", justify="right")
+    table.add_column("KEK id", overflow="fold")
+    table.add_column("role")
+    for row in rows:
+        for i, kek in enumerate(row["keks"]):
+            table.add_row(
+                escape(str(row["tenant"])) if i == 0 else "",
+                str(i + 1),
+                escape(kek),
+                "primary" if i == 0 else "failover",
+            )
+    stdout().print(table)
+
+
+TenantOption = Annotated[str, typer.Option("--tenant", "-t", help="Tenant path, e.g. acme.")]
+KekArgument = Annotated[
+    str, typer.Argument(help="KEK id, e.g. pkcs11:acme-dr, aws:alias/acme or local:acme-2.")
+]
+
+
+@kek_app.command("add")
+def kek_add(ctx: typer.Context, tenant: TenantOption, key_id: KekArgument) -> None:
+    """Add a KEK to a tenant (multi-cloud, disaster recovery): every live key version of the
+    tenant is wrapped under it too, one unwrap and one wrap per version, records untouched.
+    From then on any one of the tenant's KEKs unwraps its keys: the primary first, then the
+    others in order (each failover is recorded in the audit trail).
+
+    Example: `keycustody --kms local,pkcs11 kek add --tenant acme pkcs11:acme-dr`
+    """
+    settings = get_settings(ctx)
+    with handle_errors(), open_vault(settings, must_exist=True) as vault:
+        with stderr().status(f"wrapping the keys of {escape(tenant)} under {escape(key_id)}…"):
+            wrapped = vault.add_kek(tenant, key_id)
+        keks = vault.keks(tenant)
+        summary(
+            stdout(),
+            f"added KEK [bold]{escape(key_id)}[/bold] to tenant [bold]{escape(tenant)}[/bold]",
+            [
+                ("key versions wrapped", f"{wrapped:,}"),
+                ("KEKs (failover order)", escape(", ".join(keks))),
+            ],
+        )
+
+
+@kek_app.command("remove")
+def kek_remove(ctx: typer.Context, tenant: TenantOption, key_id: KekArgument) -> None:
+    """Remove a KEK from a tenant: its wraps of the tenant's keys are deleted. First checks
+    that the remaining KEKs unwrap every live key version (one KMS call each); the last KEK
+    cannot be removed (use `keycustody rotate --kek` to move the tenant). Removing the primary
+    makes the next KEK the primary. Copies of the database made before keep the removed
+    KEK's wraps until that KEK is destroyed in its KMS.
+
+    Example: `keycustody kek remove --tenant acme local:acme-old`
+    """
+    settings = get_settings(ctx)
+    with handle_errors(), open_vault(settings, must_exist=True) as vault:
+        with stderr().status(f"checking the remaining KEKs of {escape(tenant)}…"):
+            deleted = vault.remove_kek(tenant, key_id)
+        keks = vault.keks(tenant)
+        summary(
+            stdout(),
+            f"removed KEK [bold]{escape(key_id)}[/bold] from tenant [bold]{escape(tenant)}[/bold]",
+            [
+                ("wraps deleted", f"{deleted:,}"),
+                ("KEKs (failover order)", escape(", ".join(keks))),
+            ],
+        )
 
 
 kms_app = typer.Typer(

@@ -24,6 +24,7 @@ from rich.tree import Tree
 
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
+from keycustody.errors import ConfigError
 from keycustody.keys.lineage import RecordLineage
 from keycustody.keys.rotation import DEFAULT_BATCH, JobReport
 from keycustody.keys.rotation import Progress as ProgressCallback
@@ -97,7 +98,7 @@ def keys_command(
         typer.Option(
             "--json",
             help="Print a JSON array of {scope, version, state, wrapped_by, records, "
-            "created_at, deactivated_at, compromised_at, destroyed_at}.",
+            "created_at, deactivated_at, compromised_at, destroyed_at, also_wrapped_by}.",
         ),
     ] = False,
 ) -> None:
@@ -106,7 +107,8 @@ def keys_command(
     States follow NIST SP 800-57: ACTIVE (new writes), DEACTIVATED (decrypt only, until a
     rewrap), COMPROMISED (refuses to decrypt until a re-encryption), DESTROYED (key material
     gone, metadata kept as evidence). WRAPPED BY is `kek:<KEK id>#<KEK version>` for a tenant
-    and `scope:<parent>#v<n>` for a child scope.
+    (one line per KEK when it has several, primary first: any one of them unwraps it) and
+    `scope:<parent>#v<n>` for a child scope.
 
     Example: `keycustody keys --scope acme`  or  `keycustody keys --json`
     """
@@ -132,7 +134,7 @@ def keys_command(
                 escape(v.scope),
                 str(v.version),
                 _state(v.state),
-                escape(v.wrapped_by),
+                escape("\n".join([v.wrapped_by, *v.also_wrapped_by])),
                 f"{v.records:,}",
                 _since(v),
             )
@@ -158,6 +160,14 @@ def rotate(
             "current KEK id to rewrap under its newest version after a rotation in the KMS.",
         ),
     ] = None,
+    replace: Annotated[
+        str | None,
+        typer.Option(
+            "--replace",
+            help="With --kek, for a tenant with several KEKs: which of them --kek replaces "
+            "(default: the primary). See `keycustody kek ls --tenant TENANT`.",
+        ),
+    ] = None,
 ) -> None:
     """Rotate a scope's key, or (with --kek) move a tenant to another KEK.
 
@@ -171,6 +181,8 @@ def rotate(
     out = base.stdout()
     with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
         target = vault.scope(scope)
+        if replace is not None and kek is None:
+            raise ConfigError("--replace names the KEK that --kek replaces: give --kek too")
         if kek is None:
             version = target.rotate_key()
             out.print(
@@ -180,9 +192,10 @@ def rotate(
                 soft_wrap=True,
             )
             return
-        moved = vault.rotate_kek(target.path, kek)
+        moved = vault.rotate_kek(target.path, kek, old=replace)
+        what = f"KEK {escape(replace)} of tenant" if replace else "tenant"
         out.print(
-            f"moved tenant [bold]{escape(target.path)}[/bold] to KEK [bold]{escape(kek)}"
+            f"moved {what} [bold]{escape(target.path)}[/bold] to KEK [bold]{escape(kek)}"
             f"[/bold]: {moved:,} key versions rewrapped; records untouched",
             soft_wrap=True,
         )
@@ -442,8 +455,12 @@ def _lineage_json(lineage: RecordLineage) -> dict[str, Any]:
         "key_version": lineage.key_version,
         "sealed_version": lineage.sealed_version,
         "kek": {"id": lineage.kek_id, "version": lineage.kek_version},
+        "keks": [
+            {"id": k.rpartition("#")[0], "version": k.rpartition("#")[2]} for k in lineage.keks
+        ],
         "chain": [
             {"scope": k.scope, "version": k.version, "state": k.state, "wrapped_by": k.wrapped_by}
+            | ({"also_wrapped_by": list(k.also_wrapped_by)} if k.also_wrapped_by else {})
             for k in lineage.chain
         ],
         "events": [
@@ -491,10 +508,13 @@ def _lineage_trees(lineage: RecordLineage) -> tuple[Tree, Tree]:
         node = node.add(
             f"scope key [bold]{escape(link.scope)}[/bold] v{link.version}  {_state(link.state)}"
         )
-    node.add(
-        f"KEK [bold]{escape(lineage.kek_id)}[/bold] version {escape(lineage.kek_version)}"
-        "  (in the KMS)"
-    )
+    keks = lineage.keks or [f"{lineage.kek_id}#{lineage.kek_version}"]
+    for i, kek in enumerate(keks):
+        kek_id, _, kek_version = kek.rpartition("#")
+        role = "" if len(keks) == 1 else ("  primary" if i == 0 else "  or, failing that")
+        node.add(
+            f"KEK [bold]{escape(kek_id)}[/bold] version {escape(kek_version)}  (in the KMS)" + role
+        )
     count = f"{len(lineage):,} event" + ("" if len(lineage) == 1 else "s")
     history = Tree(f"history ({count}, oldest first)")
     for e in lineage:
@@ -518,7 +538,7 @@ def lineage(
         bool,
         typer.Option(
             "--json",
-            help="Print {name, scope, dek_id, key_version, sealed_version, kek, chain, "
+            help="Print {name, scope, dek_id, key_version, sealed_version, kek, keks, chain, "
             "events} as JSON.",
         ),
     ] = False,

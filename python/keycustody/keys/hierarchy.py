@@ -9,15 +9,30 @@ value in ``vault_meta`` in the same transaction. Each process re-reads the epoch
 ``revalidate_s`` seconds (default 1 s) and, when it changed, drops its cached keys and scope
 states. So a suspend, shred or key destruction made by one process stops every other process
 within ``revalidate_s`` (and at once in the process that made it).
+
+Several KEKs per tenant: a tenant's scope key versions are wrapped by its primary KEK
+(``scopes.kek_id``, wrap in ``scope_keys``) and by each additional KEK (``tenant_keks``, wraps
+in ``scope_key_wraps``). Unwrapping tries the primary first, then the others in order; a KEK
+that fails (outage, disabled, destroyed, no provider here, or a wrap that does not
+authenticate) is passed over for the next one, and every such failover is queued here and
+written to the audit trail by the vault when the operation ends (:meth:`take_failovers`): a
+tampered wrap never fails over unrecorded. A KEK that failed for availability reasons is
+tried last for :data:`FAILOVER_HOLD_S` seconds, so an outage does not cost a timeout per
+unwrap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import secrets
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -26,6 +41,7 @@ from keycustody._core import KeyHandle
 from keycustody.errors import (
     ConfigError,
     IntegrityError,
+    KeyCustodyError,
     KeyRevokedError,
     NotFoundError,
     ShreddedError,
@@ -33,7 +49,13 @@ from keycustody.errors import (
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.states import COMPROMISED, DESTROYED, SHREDDED, SUSPENDED
 from keycustody.kms.registry import ProviderRegistry
-from keycustody.storage.models import ScopeKeyRow, ScopeRow, VaultMeta
+from keycustody.storage.models import (
+    ScopeKeyRow,
+    ScopeKeyWrapRow,
+    ScopeRow,
+    TenantKekRow,
+    VaultMeta,
+)
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 from keycustody.usage import KmsUsage
 
@@ -41,6 +63,10 @@ EPOCH_KEY = "key_epoch"
 
 MAX_KEY_VERSION = 2**31 - 1
 """Key versions are stored as 32-bit signed integers (PostgreSQL ``integer``)."""
+
+FAILOVER_HOLD_S = 30.0
+"""Seconds a KEK that failed for availability reasons (KMS error, disabled, destroyed, no
+provider) is tried after the tenant's other KEKs rather than first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +84,89 @@ class ScopeRef:
     def of(cls, row: ScopeRow) -> ScopeRef:
         """From a database row."""
         return cls(row.id, row.path, row.parent_id, row.kek_id, row.state, row.active_version)
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """A tenant key version unwrapped by another KEK than the first one in order, and why
+    the KEKs before it were passed over (for the audit trail; no key material)."""
+
+    scope_id: bytes
+    scope: str
+    version: int
+    used_kek: str
+    used_kek_version: str
+    failed: tuple[tuple[str, str, str], ...]
+    """``(KEK id, KEK version, reason)`` of every KEK passed over, in the order tried."""
+
+    @property
+    def tampered(self) -> bool:
+        """A passed-over wrap did not authenticate (IntegrityError): tampered or corrupt."""
+        return any(reason.startswith("IntegrityError") for _, _, reason in self.failed)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionWrap:
+    """A new scope key version, wrapped: the ``scope_keys`` columns (primary KEK or parent
+    key) and the wraps by the tenant's additional KEKs (``scope_key_wraps`` rows)."""
+
+    columns: dict[str, object]
+    extra: list[WrappedKey] = field(default_factory=list)
+
+    @property
+    def keks(self) -> list[str]:
+        """``KEK id#version`` of every KEK wrap (primary first); empty for a child scope."""
+        first = self.columns.get("kek_id")
+        if first is None:
+            return []
+        return [f"{first}#{self.columns.get('kek_version')}"] + [
+            f"{w.key_id}#{w.key_version}" for w in self.extra
+        ]
+
+    def rows(self, scope_id: bytes, version: int, at: datetime) -> list[ScopeKeyWrapRow]:
+        """The ``scope_key_wraps`` rows of the additional wraps."""
+        return [
+            ScopeKeyWrapRow(
+                scope_id=scope_id,
+                version=version,
+                kek_id=w.key_id,
+                kek_version=w.key_version,
+                wrapped=w.ciphertext,
+                created_at=at,
+            )
+            for w in self.extra
+        ]
+
+
+def tenant_keks(session: Session, scope_id: bytes, primary: str | None) -> list[str]:
+    """A tenant's KEK ids in failover order: the primary, then the additional ones."""
+    others = session.scalars(
+        select(TenantKekRow.kek_id)
+        .where(TenantKekRow.scope_id == scope_id)
+        .order_by(TenantKekRow.position)
+    ).all()
+    return ([primary] if primary else []) + [k for k in others if k != primary]
+
+
+def extra_wraps(session: Session, scope_id: bytes, version: int) -> list[WrappedKey]:
+    """The wraps of a tenant key version by its additional KEKs, in the tenant's KEK order
+    (wraps by a KEK no longer in the list, which should not exist, come last)."""
+    rows = session.execute(
+        select(
+            ScopeKeyWrapRow.kek_id,
+            ScopeKeyWrapRow.kek_version,
+            ScopeKeyWrapRow.wrapped,
+            TenantKekRow.position,
+        )
+        .outerjoin(
+            TenantKekRow,
+            (TenantKekRow.scope_id == ScopeKeyWrapRow.scope_id)
+            & (TenantKekRow.kek_id == ScopeKeyWrapRow.kek_id),
+        )
+        .where(ScopeKeyWrapRow.scope_id == scope_id, ScopeKeyWrapRow.version == version)
+    ).all()
+    ordered = sorted(rows, key=lambda r: (r.position is None, r.position or 0, r.kek_id))
+    return [WrappedKey(KeyId(r.kek_id), r.kek_version, r.wrapped) for r in ordered]
 
 
 def child_aad(
@@ -106,6 +215,8 @@ class KeyHierarchy:
         self._states: dict[bytes, tuple[str, bytes | None, str, str | None]] = {}
         self.kms_usage = KmsUsage()
         """KMS calls made for each scope's keys by this process (see keycustody.usage)."""
+        self._failovers: list[Failover] = []
+        self._held: dict[str, tuple[float, str]] = {}  # KEK id -> (tried last until, why)
 
     # -- revocation -----------------------------------------------------------------------
 
@@ -187,33 +298,121 @@ class KeyHierarchy:
         session: Session,
         scope_id: bytes,
         parent: ScopeRef | None,
-        kek_id: str | None,
+        keks: Sequence[str],
         version: int,
         key: KeyHandle,
         *,
         path: str,
-    ) -> dict[str, object]:
-        """Wraps a scope key version under the KEK (tenants) or the parent's active key;
-        returns the ``scope_keys`` column values to store (``path`` is for usage counts)."""
+    ) -> VersionWrap:
+        """Wraps a scope key version under every KEK of a tenant (``keks``, primary first: one
+        KMS call each) or under the parent's active key (child scopes; ``keks`` is ignored).
+        ``path`` is for usage counts."""
         if parent is None:
-            if kek_id is None:
+            if not keks:
                 raise ConfigError("a tenant scope needs a KEK")
-            wrapped = self.registry.wrap(KeyId(kek_id), key, self.context(scope_id, version))
-            self.kms_usage.add(path)
-            return {
-                "wrapped": wrapped.ciphertext,
-                "kek_id": wrapped.key_id,
-                "kek_version": wrapped.key_version,
-                "parent_version": None,
-            }
+            context = self.context(scope_id, version)
+            wraps = []
+            for kek_id in keks:
+                wraps.append(self.registry.wrap(KeyId(kek_id), key, context))
+                self.kms_usage.add(path)
+            first = wraps[0]
+            return VersionWrap(
+                {
+                    "wrapped": first.ciphertext,
+                    "kek_id": first.key_id,
+                    "kek_version": first.key_version,
+                    "parent_version": None,
+                },
+                wraps[1:],
+            )
         parent_key = self.key(session, parent, parent.active_version)
         aad = child_aad(self.vault_id, scope_id, version, parent.id, parent.active_version)
-        return {
-            "wrapped": parent_key.wrap(key, aad),
-            "kek_id": None,
-            "kek_version": None,
-            "parent_version": parent.active_version,
-        }
+        return VersionWrap(
+            {
+                "wrapped": parent_key.wrap(key, aad),
+                "kek_id": None,
+                "kek_version": None,
+                "parent_version": parent.active_version,
+            }
+        )
+
+    # -- unwrapping under one of several KEKs -----------------------------------------------
+
+    def unwrap_tenant(
+        self, scope: ScopeRef, version: int, wraps: Sequence[WrappedKey]
+    ) -> tuple[KeyHandle, WrappedKey]:
+        """Unwraps a tenant key version with the first of its KEK wraps that works (primary
+        first; KEKs that failed lately for availability reasons last); returns the handle
+        and the wrap used. Every unwrap that passed a KEK over is queued as a
+        :class:`Failover` for the audit trail.
+
+        Raises:
+            KeyCustodyError: every KEK failed: the primary's error (its type), naming each
+                KEK's failure.
+        """
+        if len(wraps) == 1:  # one KEK: its error as it is
+            handle = self.registry.unwrap(wraps[0], self.context(scope.id, version))
+            self.kms_usage.add(scope.path)
+            return handle, wraps[0]
+        now = time.monotonic()
+        with self._lock:
+            held = {k: v for k, v in self._held.items() if v[0] > now}
+        order = [w for w in wraps if w.key_id not in held] + [w for w in wraps if w.key_id in held]
+        failed: list[tuple[str, str, str]] = [
+            (w.key_id, w.key_version, f"{held[w.key_id][1]} (failed lately; tried last)")
+            for w in wraps
+            if w.key_id in held
+        ]
+        errors: dict[str, KeyCustodyError] = {}
+        context = self.context(scope.id, version)
+        for wrapped in order:
+            try:
+                handle = self.registry.unwrap(wrapped, context)
+            except KeyCustodyError as exc:
+                self.kms_usage.add(scope.path)
+                errors[wrapped.key_id] = exc
+                reason = type(exc).__name__
+                failed = [f for f in failed if f[0] != wrapped.key_id]
+                failed.append((wrapped.key_id, wrapped.key_version, reason))
+                if not isinstance(exc, IntegrityError):  # a bad wrap is not a KEK outage
+                    with self._lock:
+                        self._held[wrapped.key_id] = (time.monotonic() + FAILOVER_HOLD_S, reason)
+                continue
+            self.kms_usage.add(scope.path)
+            with self._lock:
+                self._held.pop(wrapped.key_id, None)
+            if wrapped is not wraps[0] or failed:
+                passed = tuple(f for f in failed if f[0] != wrapped.key_id)
+                with self._lock:
+                    self._failovers.append(
+                        Failover(
+                            scope.id,
+                            scope.path,
+                            version,
+                            wrapped.key_id,
+                            wrapped.key_version,
+                            passed,
+                        )
+                    )
+            return handle, wrapped
+        primary = errors.get(wraps[0].key_id) or next(iter(errors.values()))
+        summary = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in errors.items())
+        raise type(primary)(
+            f"no KEK of tenant {scope.path!r} could unwrap key version {version} ({summary})"
+        ) from primary
+
+    def take_failovers(self) -> list[Failover]:
+        """The failovers queued since the last call (the vault records them)."""
+        with self._lock:
+            taken, self._failovers = self._failovers, []
+        return taken
+
+    def requeue_failovers(self, failovers: list[Failover]) -> None:
+        """Puts back failovers that could not be recorded, and drops the keys they unwrapped
+        from the cache, so that nothing keeps serving through an unrecorded failover."""
+        with self._lock:
+            self._failovers[:0] = failovers
+        self.cache.purge({f.scope_id for f in failovers})
 
     def key(
         self, session: Session, scope: ScopeRef, version: int, *, compromised_ok: bool = False
@@ -247,8 +446,8 @@ class KeyHierarchy:
             )
         if scope.parent_id is None:
             wrapped = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped)
-            handle = self.registry.unwrap(wrapped, self.context(scope.id, version))
-            self.kms_usage.add(scope.path)
+            wraps = [wrapped, *extra_wraps(session, scope.id, version)]
+            handle, _ = self.unwrap_tenant(scope, version, wraps)
         else:
             parent_row = session.get(ScopeRow, scope.parent_id)
             if parent_row is None or row.parent_version is None:
@@ -271,6 +470,29 @@ class KeyHierarchy:
     ) -> dict[int, KeyHandle]:
         """Handles for every version in ``versions``."""
         return {v: self.key(session, scope, v, compromised_ok=compromised_ok) for v in versions}
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def records_failovers(method: _F) -> _F:
+    """Makes a Vault or Scope method write the KEK failovers queued while it ran to the audit
+    trail when it ends, after its own transactions (``Vault._flush_failovers``; fail closed).
+    Nested decorated calls flush early, which is harmless."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        vault = getattr(self, "_vault", self)
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            with contextlib.suppress(KeyCustodyError):
+                vault._flush_failovers()  # the operation's own error matters more
+            raise
+        vault._flush_failovers()
+        return result
+
+    return cast(_F, wrapper)
 
 
 def load_scope(session: Session, path: str) -> ScopeRef:

@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 from keycustody import derived
 from keycustody.errors import InvalidInputError, NotFoundError, ShreddedError
 from keycustody.keys.hierarchy import ScopeRef, load_scope
-from keycustody.storage.models import LineageEventRow, RecordRow, ScopeKeyRow, ScopeRow
+from keycustody.storage.models import (
+    LineageEventRow,
+    RecordRow,
+    ScopeKeyRow,
+    ScopeKeyWrapRow,
+    ScopeRow,
+    TenantKekRow,
+)
 from keycustody.types import KeyVersionInfo, utc
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ class KeyLink:
     version: int
     state: str
     wrapped_by: str
+    also_wrapped_by: tuple[str, ...] = ()
+    """A tenant key version's wraps by the tenant's other KEKs (``kek:<id>#<version>``, in
+    failover order); any one of them unwraps it too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,9 @@ class RecordLineage(Sequence[LineageEvent]):
     """Names of the records derived from this one (they die with it)."""
     source: str | None = None
     """For a derived record: the record id of its source."""
+    keks: list[str] = field(default_factory=list)
+    """Every KEK wrap of the tenant key version at the top of the chain, as
+    ``<KEK id>#<version>``, primary first (``kek_id``/``kek_version`` name the primary)."""
 
     @overload
     def __getitem__(self, index: int) -> LineageEvent: ...
@@ -101,6 +114,32 @@ class Protection:
     """The scope key versions below the key, as ``path#version``."""
 
 
+def _extra(
+    s: Session, scope_ids: list[bytes] | None = None
+) -> dict[tuple[bytes, int], tuple[str, ...]]:
+    """``kek:<id>#<version>`` of the additional KEK wraps of tenant key versions (of these
+    scopes, or all), in each tenant's KEK order."""
+    query = select(
+        ScopeKeyWrapRow.scope_id,
+        ScopeKeyWrapRow.version,
+        ScopeKeyWrapRow.kek_id,
+        ScopeKeyWrapRow.kek_version,
+        TenantKekRow.position,
+    ).outerjoin(
+        TenantKekRow,
+        (TenantKekRow.scope_id == ScopeKeyWrapRow.scope_id)
+        & (TenantKekRow.kek_id == ScopeKeyWrapRow.kek_id),
+    )
+    if scope_ids is not None:
+        query = query.where(ScopeKeyWrapRow.scope_id.in_(scope_ids))
+    rows = sorted(s.execute(query).all(), key=lambda r: (r.position is None, r.position or 0))
+    out: dict[tuple[bytes, int], tuple[str, ...]] = {}
+    for r in rows:
+        key = (r.scope_id, r.version)
+        out[key] = (*out.get(key, ()), f"kek:{r.kek_id}#{r.kek_version}")
+    return out
+
+
 def _chain(s: Session, ref: ScopeRef, version: int) -> list[KeyLink]:
     links: list[KeyLink] = []
     scope_id: bytes | None = ref.id
@@ -109,12 +148,14 @@ def _chain(s: Session, ref: ScopeRef, version: int) -> list[KeyLink]:
         row = s.get(ScopeKeyRow, (scope_id, version))
         if scope is None or row is None:
             raise NotFoundError("a key of the record's chain is missing")
+        also: tuple[str, ...] = ()
         if scope.parent_id is None:
             wrapped_by = f"kek:{row.kek_id}#{row.kek_version}"
+            also = _extra(s, [scope_id]).get((scope_id, version), ())
         else:
             parent = s.get(ScopeRow, scope.parent_id)
             wrapped_by = f"scope:{parent.path if parent else '?'}#v{row.parent_version}"
-        links.append(KeyLink(scope.path, version, row.state, wrapped_by))
+        links.append(KeyLink(scope.path, version, row.state, wrapped_by, also))
         scope_id = scope.parent_id
         version = row.parent_version or 0
     return links
@@ -212,6 +253,7 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
             events += [_event(e, ancestor.path) for e in moved]
     events.sort(key=lambda e: e.at)
     kek_id, _, kek_version = chain[-1].wrapped_by.removeprefix("kek:").rpartition("#")
+    keks = [w.removeprefix("kek:") for w in (chain[-1].wrapped_by, *chain[-1].also_wrapped_by)]
     return RecordLineage(
         name,
         ref.path,
@@ -224,6 +266,7 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
         events,
         derivatives,
         source_id.hex() if source_id is not None else None,
+        keks,
     )
 
 
@@ -255,7 +298,11 @@ _VERSION_COLUMNS = (
 
 
 def _version_info(
-    r: _VersionRow, path: str, parent_path: str | None, records: int
+    r: _VersionRow,
+    path: str,
+    parent_path: str | None,
+    records: int,
+    also: tuple[str, ...] = (),
 ) -> KeyVersionInfo:
     wrapped_by = (
         f"kek:{r.kek_id}#{r.kek_version}"
@@ -274,6 +321,7 @@ def _version_info(
         _utc(r.deactivated_at),
         _utc(r.compromised_at),
         _utc(r.destroyed_at),
+        also,
     )
 
 
@@ -293,9 +341,14 @@ def key_versions(vault: Vault, ref: ScopeRef) -> list[KeyVersionInfo]:
             .where(ScopeKeyRow.scope_id == ref.id)
             .order_by(ScopeKeyRow.version)
         ).all()
+        extra = _extra(s, [ref.id]) if ref.parent_id is None else {}
         return [
             _version_info(
-                r, ref.path, parent.path if parent else None, int(counts.get(r.version, 0))
+                r,
+                ref.path,
+                parent.path if parent else None,
+                int(counts.get(r.version, 0)),
+                extra.get((ref.id, r.version), ()),
             )
             for r in rows
         ]
@@ -322,12 +375,19 @@ def all_key_versions(vault: Vault) -> dict[str, list[KeyVersionInfo]]:
         rows = s.execute(
             select(*_VERSION_COLUMNS).order_by(ScopeKeyRow.scope_id, ScopeKeyRow.version)
         ).all()
+        extra = _extra(s)
     out: dict[str, list[KeyVersionInfo]] = {path: [] for path, _ in scopes.values()}
     for r in rows:
         path, parent_id = scopes[r.scope_id]
         parent_path = scopes[parent_id][0] if parent_id is not None else None
         out[path].append(
-            _version_info(r, path, parent_path, counts.get((r.scope_id, r.version), 0))
+            _version_info(
+                r,
+                path,
+                parent_path,
+                counts.get((r.scope_id, r.version), 0),
+                extra.get((r.scope_id, r.version), ()),
+            )
         )
     return dict(sorted(out.items()))
 
@@ -371,6 +431,14 @@ def protected_by(vault: Vault, key: str) -> Protection:
                     ScopeKeyRow.wrapped.is_not(None),
                 )
             ).all()
+            rows = [
+                *rows,
+                *s.execute(
+                    select(ScopeKeyWrapRow.scope_id, ScopeKeyWrapRow.version).where(
+                        ScopeKeyWrapRow.kek_id == key
+                    )
+                ).all(),
+            ]
             per_scope: dict[bytes, set[int]] = {}
             for scope_id, version in rows:
                 per_scope.setdefault(scope_id, set()).add(version)

@@ -6,8 +6,9 @@ record with exactly one valid key path, and a rerun continues where a crash stop
 - rotate_key: a new ACTIVE version (same name-index half, so names stay findable); the old one
   is DEACTIVATED (still decrypts). Compare-and-swap on the active version: of two concurrent
   rotations exactly one wins, the other gets ConcurrentRotationError.
-- rotate_kek: every live version of a tenant's scope key is unwrapped by the old KEK and wrapped
-  by the new one, then all rows switch in one transaction: KMS calls are O(key versions).
+- rotate_kek: every live version of a tenant's scope key is unwrapped (through any of the
+  tenant's KEKs) and wrapped by the new KEK, then all rows switch in one transaction: KMS calls
+  are O(key versions). add_kek and remove_kek change a tenant's list of KEKs the same way.
 - rewrap: records' DEKs move from older versions to the active one in batches (60 bytes each,
   in Rust; payloads untouched), child scope keys follow, then the emptied versions are DESTROYED.
 - reencrypt: records under COMPROMISED versions get new DEKs and fresh ciphertext.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keycustody import _core, derived
@@ -33,7 +34,13 @@ from keycustody.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from keycustody.keys.hierarchy import ScopeRef, bump_epoch, child_aad
+from keycustody.keys.hierarchy import (
+    ScopeRef,
+    bump_epoch,
+    child_aad,
+    extra_wraps,
+    tenant_keks,
+)
 from keycustody.keys.states import (
     ACTIVE,
     COMPROMISED,
@@ -48,7 +55,9 @@ from keycustody.storage.models import (
     LineageEventRow,
     RecordRow,
     ScopeKeyRow,
+    ScopeKeyWrapRow,
     ScopeRow,
+    TenantKekRow,
 )
 from keycustody.streams import segment_count
 from keycustody.types import KeyId, WrappedKey
@@ -130,6 +139,12 @@ def _set_key_state(session: Session, scope_id: bytes, version: int, new: str) ->
     elif new == DESTROYED:
         row.destroyed_at = now
         row.wrapped = None  # the key material goes; the metadata stays as evidence
+        # ... and so do its wraps by the tenant's other KEKs (rows of key material only).
+        session.execute(
+            delete(ScopeKeyWrapRow).where(
+                ScopeKeyWrapRow.scope_id == scope_id, ScopeKeyWrapRow.version == version
+            )
+        )
 
 
 # -- rotation -----------------------------------------------------------------------------
@@ -148,10 +163,12 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
         new_key = current.rotated()
         new_version = ref.active_version + 1
         parent = fresh(s, ref.parent_id) if ref.parent_id else None
-        # The KMS wrap (tenants) happens outside the write transaction.
-        columns = hierarchy.wrap_version(
-            s, ref.id, parent, ref.kek_id, new_version, new_key, path=ref.path
+        keks = tenant_keks(s, ref.id, ref.kek_id) if parent is None else []
+        # The KMS wraps (tenants: one per KEK) happen outside the write transaction.
+        wrapped = hierarchy.wrap_version(
+            s, ref.id, parent, keks, new_version, new_key, path=ref.path
         )
+    columns = wrapped.columns
     now = _now()
     with vault._write() as s, s.begin():
         swapped = s.execute(
@@ -161,6 +178,10 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
         )
         if swapped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentRotationError(f"scope {ref.path!r} was rotated concurrently; retry")
+        if parent is None and tenant_keks(s, ref.id, fresh(s, ref.id).kek_id) != keks:
+            raise ConcurrentRotationError(
+                f"the KEKs of {ref.path!r} changed during the rotation; retry"
+            )
         _set_key_state(s, ref.id, ref.active_version, DEACTIVATED)
         s.add(
             ScopeKeyRow(
@@ -172,6 +193,8 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
                 **columns,
             )
         )
+        s.flush()
+        s.add_all(wrapped.rows(ref.id, new_version, now))
         lineage_event(
             s,
             ref.id,
@@ -188,73 +211,270 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
             version=new_version,
             kek_id=columns.get("kek_id"),
             kek_version=columns.get("kek_version"),
+            details={"keks": wrapped.keks} if len(wrapped.keks) > 1 else None,
         )
     hierarchy.cache.put(ref.id, new_version, new_key)
     return new_version
 
 
-def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str) -> int:
-    """Rewraps every live scope key version of a tenant under ``new_kek``; returns how many.
+def _live_versions(s: Session, scope_id: bytes) -> list[ScopeKeyRow]:
+    """The key versions of a scope that still have key material (not DESTROYED)."""
+    return list(
+        s.scalars(
+            select(ScopeKeyRow)
+            .where(ScopeKeyRow.scope_id == scope_id, ScopeKeyRow.wrapped.is_not(None))
+            .order_by(ScopeKeyRow.version)
+        ).all()
+    )
 
-    Records and child scopes are untouched. ``new_kek`` may equal the current KEK id: that
-    rewraps under the KEK's current (primary) version after a rotation in the KMS.
-    """
+
+def _tenant_wraps(s: Session, ref: ScopeRef, row: ScopeKeyRow) -> list[WrappedKey]:
+    """Every KEK wrap of a tenant key version, primary first."""
+    primary = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped or b"")
+    return [primary, *extra_wraps(s, ref.id, row.version)]
+
+
+def _check_unchanged(
+    s: Session, ref: ScopeRef, keks: list[str], versions: set[int], what: str
+) -> ScopeRef:
+    """Inside the write transaction: the tenant still has these KEKs and live key versions
+    (a rotation or KEK change committed meanwhile would leave a version half-wrapped)."""
+    current = fresh(s, ref.id)
+    live = {r.version for r in _live_versions(s, ref.id)}
+    if tenant_keks(s, ref.id, current.kek_id) != keks or live != versions:
+        raise ConcurrentRotationError(f"the keys of {ref.path!r} changed during {what}; retry")
+    return current
+
+
+def _tenant(vault: Vault, tenant: ScopeRef, kek: str) -> None:
     if tenant.parent_id is not None:
         raise ConfigError(f"{tenant.path!r} is not a tenant: only top-level scopes have a KEK")
-    vault._registry.provider(new_kek)
+    vault._registry.provider(kek)
+
+
+def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str, *, old: str | None = None) -> int:
+    """Rewraps every live scope key version of a tenant under ``new_kek`` in place of the
+    tenant's KEK ``old`` (default: the primary); returns how many versions.
+
+    Records and child scopes are untouched. ``new_kek`` may equal ``old``: that rewraps under
+    the KEK's current (primary) version after a rotation in the KMS. Each version is unwrapped
+    through any of the tenant's KEKs (so a KEK that is down can be replaced).
+    """
+    _tenant(vault, tenant, new_kek)
     hierarchy = vault._keys
     with vault._read() as s:
         ref = fresh(s, tenant.id)
         hierarchy.check_usable(s, ref)
-        rows = s.scalars(
-            select(ScopeKeyRow).where(
-                ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
+        keks = tenant_keks(s, ref.id, ref.kek_id)
+        replaced = keks[0] if old is None else old
+        if replaced not in keks:
+            raise ConfigError(f"{replaced!r} is not a KEK of tenant {ref.path!r} ({keks!r})")
+        if new_kek != replaced and new_kek in keks:
+            raise ConfigError(
+                f"{new_kek!r} already protects tenant {ref.path!r}; remove_kek({replaced!r}) "
+                "instead"
             )
-        ).all()
-        rewrapped: list[tuple[ScopeKeyRow, WrappedKey]] = []
-        for row in rows:
+        primary = replaced == keks[0]
+        rewrapped: list[tuple[int, WrappedKey | None, WrappedKey]] = []
+        for row in _live_versions(s, ref.id):
+            wraps = _tenant_wraps(s, ref, row)
+            handle, _ = hierarchy.unwrap_tenant(ref, row.version, wraps)
             ctx = hierarchy.context(ref.id, row.version)
-            old = WrappedKey(KeyId(row.kek_id or ""), row.kek_version or "", row.wrapped or b"")
-            handle = vault._registry.unwrap(old, ctx)
-            rewrapped.append((row, vault._registry.wrap(KeyId(new_kek), handle, ctx)))
-            hierarchy.kms_usage.add(ref.path, 2)
+            before = next((w for w in wraps if w.key_id == replaced), None)
+            rewrapped.append(
+                (row.version, before, vault._registry.wrap(KeyId(new_kek), handle, ctx))
+            )
+            hierarchy.kms_usage.add(ref.path)
     now = _now()
     with vault._write() as s, s.begin():
-        for row, new in rewrapped:
-            moved = s.execute(
-                update(ScopeKeyRow)
-                .where(
-                    ScopeKeyRow.scope_id == ref.id,
-                    ScopeKeyRow.version == row.version,
-                    ScopeKeyRow.kek_id == row.kek_id,
-                    ScopeKeyRow.kek_version == row.kek_version,
-                )
-                .values(wrapped=new.ciphertext, kek_id=new.key_id, kek_version=new.key_version)
-            )
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
+        _check_unchanged(s, ref, keks, {v for v, _, _ in rewrapped}, "KEK rotation")
+        for version, before, new in rewrapped:
+            if primary:
+                moved = s.execute(
+                    update(ScopeKeyRow)
+                    .where(
+                        ScopeKeyRow.scope_id == ref.id,
+                        ScopeKeyRow.version == version,
+                        ScopeKeyRow.kek_id == (before.key_id if before else None),
+                        ScopeKeyRow.kek_version == (before.key_version if before else None),
+                    )
+                    .values(wrapped=new.ciphertext, kek_id=new.key_id, kek_version=new.key_version)
+                ).rowcount  # type: ignore[attr-defined]
+            else:
+                moved = s.execute(
+                    delete(ScopeKeyWrapRow).where(
+                        ScopeKeyWrapRow.scope_id == ref.id,
+                        ScopeKeyWrapRow.version == version,
+                        ScopeKeyWrapRow.kek_id == replaced,
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                s.execute(insert(ScopeKeyWrapRow).values(**_wrap_row(ref.id, version, new, now)))
+            if moved != 1:
                 raise ConcurrentRotationError(
                     f"the keys of {ref.path!r} changed during KEK rotation; retry"
                 )
-        s.execute(update(ScopeRow).where(ScopeRow.id == ref.id).values(kek_id=new_kek))
-        previous = sorted({f"{r.kek_id}#{r.kek_version}" for r, _ in rewrapped})
-        new_ref = f"{new_kek}#{rewrapped[0][1].key_version}" if rewrapped else new_kek
+        if primary:
+            s.execute(update(ScopeRow).where(ScopeRow.id == ref.id).values(kek_id=new_kek))
+        elif new_kek != replaced:
+            s.execute(
+                update(TenantKekRow)
+                .where(TenantKekRow.scope_id == ref.id, TenantKekRow.kek_id == replaced)
+                .values(kek_id=new_kek)
+            )
+        previous = sorted({f"{b.key_id}#{b.key_version}" for _, b, _ in rewrapped if b})
+        new_ref = f"{new_kek}#{rewrapped[0][2].key_version}" if rewrapped else new_kek
+        others = {} if len(keks) == 1 else {"replaced": replaced, "primary": primary}
         lineage_event(
             s,
             ref.id,
             "kek_rotated",
             count=len(rewrapped),
             at=now,
-            details={"from": previous, "to": new_ref},
+            details={"from": previous, "to": new_ref} | others,
         )
         vault._audit_change(
             s,
             "kek.rotate",
             ref.path,
             kek_id=new_kek,
-            kek_version=rewrapped[0][1].key_version if rewrapped else None,
-            details={"from": previous, "key_versions": len(rewrapped)},
+            kek_version=rewrapped[0][2].key_version if rewrapped else None,
+            details={"from": previous, "key_versions": len(rewrapped)} | others,
         )
     return len(rewrapped)
+
+
+def _wrap_row(scope_id: bytes, version: int, wrap: WrappedKey, at: datetime) -> dict[str, Any]:
+    return {
+        "scope_id": scope_id,
+        "version": version,
+        "kek_id": wrap.key_id,
+        "kek_version": wrap.key_version,
+        "wrapped": wrap.ciphertext,
+        "created_at": at,
+    }
+
+
+def add_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
+    """Wraps every live key version of a tenant under one more KEK and adds it to the end of
+    the tenant's KEK list; returns how many versions. See :meth:`keycustody.Vault.add_kek`."""
+    _tenant(vault, tenant, kek)
+    hierarchy = vault._keys
+    with vault._read() as s:
+        ref = fresh(s, tenant.id)
+        hierarchy.check_usable(s, ref)
+        keks = tenant_keks(s, ref.id, ref.kek_id)
+        if kek in keks:
+            raise ConfigError(f"{kek!r} already protects tenant {ref.path!r}")
+        wraps: list[tuple[int, WrappedKey]] = []
+        for row in _live_versions(s, ref.id):
+            handle = hierarchy.key(s, ref, row.version, compromised_ok=True)
+            ctx = hierarchy.context(ref.id, row.version)
+            wraps.append((row.version, vault._registry.wrap(KeyId(kek), handle, ctx)))
+            hierarchy.kms_usage.add(ref.path)
+    now = _now()
+    with vault._write() as s, s.begin():
+        _check_unchanged(s, ref, keks, {v for v, _ in wraps}, "add_kek")
+        position = (
+            s.scalar(
+                select(func.max(TenantKekRow.position)).where(TenantKekRow.scope_id == ref.id)
+            )
+            or 0
+        ) + 1
+        s.add(TenantKekRow(scope_id=ref.id, kek_id=kek, position=position, added_at=now))
+        if wraps:
+            s.execute(insert(ScopeKeyWrapRow), [_wrap_row(ref.id, v, w, now) for v, w in wraps])
+        kek_version = wraps[-1][1].key_version if wraps else None
+        details = {"key_versions": len(wraps), "keks": [*keks, kek]}
+        lineage_event(s, ref.id, "kek_added", count=len(wraps), at=now, details=details)
+        vault._audit_change(
+            s, "kek.add", ref.path, kek_id=kek, kek_version=kek_version, details=details
+        )
+    return len(wraps)
+
+
+def remove_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
+    """Drops one KEK of a tenant and its wraps; returns how many wraps were deleted. See
+    :meth:`keycustody.Vault.remove_kek`."""
+    if tenant.parent_id is not None:
+        raise ConfigError(f"{tenant.path!r} is not a tenant: only top-level scopes have a KEK")
+    hierarchy = vault._keys
+    with vault._read() as s:
+        ref = fresh(s, tenant.id)
+        hierarchy.check_usable(s, ref)
+        keks = tenant_keks(s, ref.id, ref.kek_id)
+        if kek not in keks:
+            raise ConfigError(f"{kek!r} is not a KEK of tenant {ref.path!r} ({keks!r})")
+        if len(keks) == 1:
+            raise ConfigError(
+                f"{kek!r} is the only KEK of tenant {ref.path!r}: add another first "
+                "(add_kek), or move the tenant with rotate_kek"
+            )
+        remaining = [k for k in keks if k != kek]
+        versions = set()
+        for row in _live_versions(s, ref.id):
+            wraps = _tenant_wraps(s, ref, row)
+            kept = sorted(
+                (w for w in wraps if w.key_id in remaining),
+                key=lambda w: remaining.index(w.key_id),
+            )
+            if not kept:
+                raise ConfigError(
+                    f"key version {row.version} of tenant {ref.path!r} has no wrap under the "
+                    f"remaining KEKs {remaining!r}; nothing was changed"
+                )
+            # Proof that the tenant stays readable without the KEK (one KMS call).
+            hierarchy.unwrap_tenant(ref, row.version, kept)
+            versions.add(row.version)
+    now = _now()
+    with vault._write() as s, s.begin():
+        _check_unchanged(s, ref, keks, versions, "remove_kek")
+        if kek == keks[0]:
+            # The next KEK becomes the primary: its wraps move into scope_keys.
+            promoted = remaining[0]
+            moving = s.scalars(
+                select(ScopeKeyWrapRow).where(
+                    ScopeKeyWrapRow.scope_id == ref.id, ScopeKeyWrapRow.kek_id == promoted
+                )
+            ).all()
+            if {w.version for w in moving} != versions:
+                # Every live version has a wrap under every KEK of the list, by construction.
+                raise ConcurrentRotationError(
+                    f"the wraps of {ref.path!r} under {promoted!r} changed during "
+                    "remove_kek; retry"
+                )
+            for wrap in moving:
+                s.execute(
+                    update(ScopeKeyRow)
+                    .where(ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.version == wrap.version)
+                    .values(wrapped=wrap.wrapped, kek_id=wrap.kek_id, kek_version=wrap.kek_version)
+                )
+            deleted = len(versions)
+            s.execute(
+                delete(ScopeKeyWrapRow).where(
+                    ScopeKeyWrapRow.scope_id == ref.id, ScopeKeyWrapRow.kek_id == promoted
+                )
+            )
+            s.execute(
+                delete(TenantKekRow).where(
+                    TenantKekRow.scope_id == ref.id, TenantKekRow.kek_id == promoted
+                )
+            )
+            s.execute(update(ScopeRow).where(ScopeRow.id == ref.id).values(kek_id=promoted))
+        else:
+            deleted = s.execute(
+                delete(ScopeKeyWrapRow).where(
+                    ScopeKeyWrapRow.scope_id == ref.id, ScopeKeyWrapRow.kek_id == kek
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            s.execute(
+                delete(TenantKekRow).where(
+                    TenantKekRow.scope_id == ref.id, TenantKekRow.kek_id == kek
+                )
+            )
+        details = {"wraps_deleted": deleted, "keks": remaining, "primary": remaining[0]}
+        lineage_event(s, ref.id, "kek_removed", count=deleted, at=now, details=details)
+        vault._audit_change(s, "kek.remove", ref.path, kek_id=kek, details=details)
+    return int(deleted)
 
 
 # -- rewrap and re-encryption -------------------------------------------------------------

@@ -51,7 +51,7 @@ from keycustody.errors import (
     ShreddedError,
 )
 from keycustody.keys import rotation
-from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope
+from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope, tenant_keks
 from keycustody.keys.states import DESTROYED, SHREDDED
 from keycustody.kms import base as kms
 from keycustody.kms.base import Destruction, KeyDestroyer
@@ -61,7 +61,9 @@ from keycustody.storage.models import (
     ErasureCertificateRow,
     RecordRow,
     ScopeKeyRow,
+    ScopeKeyWrapRow,
     ScopeRow,
+    TenantKekRow,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +222,7 @@ def _scrub_postgres(vault: Vault) -> dict[str, Any]:
     WAL is another matter: what the certificate says about it is in ``wal``."""
     result: dict[str, Any] = {
         "backend": "postgresql",
-        "command": "VACUUM FULL scope_keys",
+        "command": "VACUUM FULL scope_keys, scope_key_wraps",
         "wal": "the destroyed rows stay in WAL segments until the server recycles them, and in "
         "WAL archives, replicas and base backups until those expire; they hold the scope "
         "keys wrapped by the tenant's KEK, so phase 2 (destroying the old KEK version) is "
@@ -229,7 +231,7 @@ def _scrub_postgres(vault: Vault) -> dict[str, Any]:
     try:
         with vault._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql(f"SET lock_timeout = '{PG_SCRUB_TIMEOUT}'")
-            conn.exec_driver_sql("VACUUM FULL scope_keys")
+            conn.exec_driver_sql("VACUUM FULL scope_keys, scope_key_wraps")
     except SQLAlchemyError as exc:
         # The shred has committed and the keys are destroyed; only the heap rewrite failed.
         result["performed"] = False
@@ -294,7 +296,17 @@ def shred(
         scopes = subtree(s, ref)
         ids = [r.id for r in scopes]
         keys = s.scalars(select(ScopeKeyRow).where(ScopeKeyRow.scope_id.in_(ids))).all()
-        needles = [k.wrapped for k in keys if k.wrapped is not None]
+        # The wraps of tenant key versions by the tenant's other KEKs die with them.
+        extra: dict[tuple[bytes, int], list[ScopeKeyWrapRow]] = {}
+        for w in s.scalars(
+            select(ScopeKeyWrapRow)
+            .where(ScopeKeyWrapRow.scope_id.in_(ids))
+            .order_by(ScopeKeyWrapRow.kek_id)
+        ):
+            extra.setdefault((w.scope_id, w.version), []).append(w)
+        needles = [k.wrapped for k in keys if k.wrapped is not None] + [
+            w.wrapped for ws in extra.values() for w in ws
+        ]
         destroyed = [
             {
                 "scope": next(r.path for r in scopes if r.id == k.scope_id),
@@ -306,6 +318,15 @@ def shred(
                     else f"parent scope key v{k.parent_version}"
                 ),
             }
+            | (
+                {
+                    "also_wrapped_by": [
+                        f"kek:{w.kek_id}#{w.kek_version}" for w in extra[(k.scope_id, k.version)]
+                    ]
+                }
+                if (k.scope_id, k.version) in extra
+                else {}
+            )
             for k in keys
             if k.state != DESTROYED or existing is not None
         ]
@@ -317,6 +338,13 @@ def shred(
             ).all()
         )
         tenant = scopes[0] if ref.parent_id is None else _tenant(s, ref)
+        keks = tenant_keks(s, tenant.id, tenant.kek_id)
+        kek_versions: dict[str, set[str]] = {}
+        for k in keys:
+            if k.kek_id and k.kek_version:
+                kek_versions.setdefault(k.kek_id, set()).add(k.kek_version)
+        for w in (w for ws in extra.values() for w in ws):
+            kek_versions.setdefault(w.kek_id, set()).add(w.kek_version)
     certificate_id = existing.id if existing else f"ec-{secrets.token_hex(8)}"
     now = _now()
     if existing is None:
@@ -383,7 +411,7 @@ def shred(
             "hits": 0,
         }
     sample = _verify_sample(vault, ref, scopes)
-    kek_result = _destroy_kek(vault, tenant, ref) if destroy_kek else None
+    kek_result = _destroy_keks(vault, tenant, ref, keks, kek_versions) if destroy_kek else None
     by_scope = {r.path: int(counts.get(r.id, 0)) for r in scopes}
     document = _document(
         vault,
@@ -399,6 +427,7 @@ def shred(
         scan,
         sample,
         kek_result,
+        keks,
     )
     return _store(vault, document, "erasure.certificate")
 
@@ -433,23 +462,63 @@ def _verify_sample(vault: Vault, ref: ScopeRef, scopes: list[ScopeRow]) -> dict[
     }
 
 
-def _destroy_kek(vault: Vault, tenant: ScopeRow, ref: ScopeRef) -> dict[str, Any]:
+def _users_of(s: Session, kek: str, but: bytes) -> int:
+    """How many live tenants other than ``but`` have ``kek`` in their KEK list."""
+    primary = s.scalars(
+        select(ScopeRow.id).where(
+            ScopeRow.kek_id == kek, ScopeRow.id != but, ScopeRow.state != SHREDDED
+        )
+    ).all()
+    extra = s.scalars(
+        select(TenantKekRow.scope_id)
+        .join(ScopeRow, ScopeRow.id == TenantKekRow.scope_id)
+        .where(
+            TenantKekRow.kek_id == kek, TenantKekRow.scope_id != but, ScopeRow.state != SHREDDED
+        )
+    ).all()
+    return len(set(primary) | set(extra))
+
+
+def _destroy_keks(
+    vault: Vault,
+    tenant: ScopeRow,
+    ref: ScopeRef,
+    keks: list[str],
+    versions: dict[str, set[str]],
+) -> dict[str, Any]:
+    """``destroy_kek`` for every KEK of the tenant, as far as each provider allows. With one
+    KEK the result is that KEK's; with several, a summary with each one's under ``keks``."""
     if ref.parent_id is not None:
         raise ConfigError("destroy_kek applies to shredding a whole tenant, not a child scope")
-    kek = tenant.kek_id or ""
+    results = [_destroy_kek(vault, tenant, kek, versions.get(kek, set())) for kek in keks]
+    if len(results) == 1:
+        return results[0]
+    out: dict[str, Any] = {
+        "kek": ", ".join(keks),
+        "destroyed": all(r.get("destroyed") for r in results),
+        "at": _iso(_now()),
+        "call": "per KEK, see keks",
+        "keks": results,
+    }
+    why = "; ".join(f"{r['kek']}: {r['why']}" for r in results if r.get("why"))
+    if why:
+        out["why"] = why
+    destructions = [d for r in results for d in r.get("destructions") or []]
+    if destructions:
+        out["destructions"] = destructions
+    return out
+
+
+def _destroy_kek(vault: Vault, tenant: ScopeRow, kek: str, versions: set[str]) -> dict[str, Any]:
     with vault._read() as s:
-        others = s.scalar(
-            select(func.count())
-            .select_from(ScopeRow)
-            .where(ScopeRow.kek_id == kek, ScopeRow.id != tenant.id, ScopeRow.state != SHREDDED)
-        )
+        others = _users_of(s, kek, tenant.id)
     if others:
         return {"kek": kek, "destroyed": False, "why": f"shared with {others} other tenant(s)"}
     provider = vault._registry.provider(kek)
     if kek == vault.audit_kek:
         return {"kek": kek, "destroyed": False, "why": "it also protects the audit trail"}
     if isinstance(provider, KeyDestroyer):
-        return _schedule_kek_destruction(vault, provider, tenant, kek)
+        return _schedule_kek_destruction(vault, provider, kek, versions)
     if not isinstance(provider, KeyVersionDestroyer):
         return {"kek": kek, "destroyed": False, "why": "the provider cannot destroy keys"}
     provider.destroy_key(kek)
@@ -462,17 +531,10 @@ def _destroy_kek(vault: Vault, tenant: ScopeRow, ref: ScopeRef) -> dict[str, Any
 
 
 def _schedule_kek_destruction(
-    vault: Vault, provider: KeyDestroyer, tenant: ScopeRow, kek: str
+    vault: Vault, provider: KeyDestroyer, kek: str, versions: set[str]
 ) -> dict[str, Any]:
-    """``destroy_kek`` with a KMS that destroys whole keys (maybe after a waiting period)."""
-    with vault._read() as s:
-        versions = set(
-            s.scalars(
-                select(ScopeKeyRow.kek_version).where(
-                    ScopeKeyRow.scope_id == tenant.id, ScopeKeyRow.kek_version.is_not(None)
-                )
-            )
-        )
+    """``destroy_kek`` with a KMS that destroys whole keys (maybe after a waiting period);
+    ``versions``: the KEK versions that wrapped the tenant's keys."""
     keys = sorted(
         str(k)
         for k in {provider.key_of(kek, v) for v in versions if v} or {provider.key_of(kek, "")}
@@ -508,6 +570,7 @@ def _document(
     scan: dict[str, Any],
     sample: dict[str, Any],
     kek_result: dict[str, Any] | None,
+    keks: list[str],
 ) -> dict[str, Any]:
     from keycustody import __version__  # here: the package imports this module
 
@@ -538,6 +601,7 @@ def _document(
             "reason": reason,
             "key_versions_destroyed": destroyed,
             "kek": {"id": tenant.kek_id, "provider": (tenant.kek_id or ":").split(":")[0]},
+            "keks": [{"id": k, "provider": k.split(":")[0]} for k in keks],
             "records_unreadable": sum(by_scope.values()),
             "records_by_scope": by_scope,
             "backups": "unknown to keycustody: the operator must list backups and replicas",
@@ -567,7 +631,15 @@ def _document(
         "verification": {"sample": sample, "forensic_scan": scan},
         "residual_risk": residual,
     }
-    if kek_result and kek_result.get("destructions"):
+    if (
+        kek_result
+        and kek_result.get("destructions")
+        and all(
+            r.get("destroyed") or r.get("destructions")
+            for r in kek_result.get("keks", [kek_result])
+        )
+    ):
+        # Every KEK is destroyed or scheduled: phase 2 waits on the scheduled ones only.
         phase2 = document["when"]["phase2"]
         phase2["destructions"] = kek_result["destructions"]
         phase2["scheduled_at"] = kek_result.get("at")
@@ -696,6 +768,41 @@ def complete_erasures(
     return list(updated.values())
 
 
+def _kek_versions(s: Session, kek: str) -> set[str]:
+    """Every version of ``kek`` that wraps (or, per metadata, wrapped) a tenant key here."""
+    primary = s.scalars(
+        select(ScopeKeyRow.kek_version).where(
+            ScopeKeyRow.kek_id == kek, ScopeKeyRow.kek_version.is_not(None)
+        )
+    )
+    extra = s.scalars(select(ScopeKeyWrapRow.kek_version).where(ScopeKeyWrapRow.kek_id == kek))
+    return {v for v in [*primary, *extra] if v}
+
+
+def _destroyed_versions(cert: ErasureCertificate, kek: str) -> set[str]:
+    """The versions of ``kek`` that wrapped the keys this erasure destroyed (its metadata)."""
+    out: set[str] = set()
+    for k in cert.document["what"]["key_versions_destroyed"]:
+        for wrap in [k["wrapped_by"], *k.get("also_wrapped_by", [])]:
+            if str(wrap).startswith(f"kek:{kek}#"):
+                out.add(str(wrap).rpartition("#")[2])
+    return out
+
+
+def _tenants_using(s: Session, kek: str) -> list[ScopeRow]:
+    """The live tenants that have ``kek`` in their KEK list."""
+    extra = select(TenantKekRow.scope_id).where(TenantKekRow.kek_id == kek)
+    return list(
+        s.scalars(
+            select(ScopeRow).where(
+                ScopeRow.parent_id.is_(None),
+                (ScopeRow.kek_id == kek) | ScopeRow.id.in_(extra),
+                ScopeRow.state != SHREDDED,
+            )
+        ).all()
+    )
+
+
 def _complete_pending(
     vault: Vault, pending: list[ErasureCertificate], replacements: dict[str, str]
 ) -> list[ErasureCertificate]:
@@ -707,11 +814,12 @@ def _complete_pending(
             scope = load_scope(s, cert.document["what"]["scope"])
             chain = _ancestors(s, scope)
             rekeyed[cert.id] = [a.path for a in chain]
-    # KMSs that destroy whole keys: who moves where, checked before anything changes. These
-    # erasures retire the KEK their tenant had when shredded (a rerun after a crash finds the
-    # tenant on its new KEK already).
-    cloud = {c.id: _shred_kek(c) for c in pending if _destroys_whole_keys(vault, c)}
-    retirements = _plan_retirements(vault, [c for c in pending if c.id in cloud], replacements)
+    # Every KEK the erasure's tenant had when shredded is retired (a rerun after a crash
+    # finds the tenant on its new KEKs already). KMSs that destroy whole keys: who moves
+    # where, checked before anything changes.
+    cert_keks = {c.id: _cert_keks(c) for c in pending}
+    cloud = {c.id: [k for k in cert_keks[c.id] if _destroys_whole_keys(vault, k)] for c in pending}
+    retirements = _plan_retirements(vault, pending, cloud, replacements)
     # Re-key every ancestor, bottom-up, once (shared by all pending erasures).
     seen: set[str] = set()
     for cert in pending:
@@ -741,27 +849,14 @@ def _complete_pending(
             f"reencrypt on their scopes): {', '.join(survivors)}; nothing was confirmed"
         )
     # The KEKs that wrapped any tenant key of these erasures: new version, rewrap, destroy old.
-    tenant_kek: dict[str, str] = {}
     with vault._read() as s:
         for cert in pending:
-            if cert.id in cloud:
-                continue
-            tenant = load_scope(s, cert.document["what"]["tenant"])
-            kek = tenant_kek[cert.id] = tenant.kek_id or ""
-            old = set(
-                s.scalars(
-                    select(ScopeKeyRow.kek_version).where(
-                        ScopeKeyRow.kek_id == kek, ScopeKeyRow.kek_version.is_not(None)
-                    )
-                )
-            )
-            keks.setdefault(kek, set()).update(v for v in old if v)
-            # Versions of destroyed tenant keys still name their KEK version in metadata.
-            keks[kek].update(
-                str(k["wrapped_by"]).rpartition("#")[2]
-                for k in cert.document["what"]["key_versions_destroyed"]
-                if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
-            )
+            for kek in cert_keks[cert.id]:
+                if kek in cloud[cert.id]:
+                    continue
+                keks.setdefault(kek, set()).update(_kek_versions(s, kek))
+                # Versions of destroyed tenant keys still name their KEK version in metadata.
+                keks[kek].update(_destroyed_versions(cert, kek))
     events: dict[str, list[str]] = {}
     destructions = {kek: _retire(vault, plan) for kek, plan in retirements.items()}
     for kek, versions in keks.items():
@@ -781,15 +876,9 @@ def _complete_pending(
             events.setdefault(kek, []).append(f"{kek} already destroyed in the KMS")
             continue
         with vault._read() as s:
-            tenants = s.scalars(
-                select(ScopeRow).where(
-                    ScopeRow.parent_id.is_(None),
-                    ScopeRow.kek_id == kek,
-                    ScopeRow.state != SHREDDED,
-                )
-            ).all()
+            tenants = _tenants_using(s, kek)
         for t in tenants:
-            rotation.rotate_kek(vault, ScopeRef.of(t), kek)
+            rotation.rotate_kek(vault, ScopeRef.of(t), kek, old=kek)
         for version in sorted(versions - {new_version}):
             try:
                 provider.destroy_key(kek, version)
@@ -800,28 +889,34 @@ def _complete_pending(
     for cert in pending:
         document = dict(cert.document)
         document["when"] = dict(document["when"])
-        if cert.id in cloud:
-            kek = cloud[cert.id]
+        local_events = [
+            e for k in cert_keks[cert.id] if k not in cloud[cert.id] for e in events.get(k, [])
+        ]
+        if cloud[cert.id]:
+            gone = [d for k in cloud[cert.id] for d in destructions[k]]
             document["when"]["phase2"] = {
                 "status": SCHEDULED,
                 "scheduled_at": confirmed,
                 "confirmed_at": None,
                 "ancestors_rekeyed": rekeyed[cert.id],
-                "tenants_moved": retirements[kek].moves,
-                "destructions": [_destruction_entry(d, confirmed) for d in destructions[kek]],
-                "events": [f"{d.key_id}: {d.event}" for d in destructions[kek]],
+                "tenants_moved": {
+                    label: target
+                    for k in cloud[cert.id]
+                    for label, target in retirements[k].moved().items()
+                },
+                "destructions": [_destruction_entry(d, confirmed) for d in gone],
+                "events": [f"{d.key_id}: {d.event}" for d in gone] + local_events,
             }
             _summarize(document)
             document.pop("integrity", None)
             done.append(_store(vault, document, "erasure.phase2"))
             continue
-        kek = tenant_kek[cert.id]
         document["when"]["phase2"] = {
             "status": CONFIRMED,
             "scheduled_at": confirmed,
             "confirmed_at": confirmed,
             "ancestors_rekeyed": rekeyed[cert.id],
-            "events": events.get(kek, []),
+            "events": local_events,
         }
         document["residual_risk"] = [
             r for r in document["residual_risk"] if "phase 2" not in r.lower()
@@ -845,40 +940,41 @@ class _Retirement:
     provider: KeyDestroyer
     keys: list[str]
     """The whole KMS keys that wrapped the tenant keys (``key_of`` ids): to be destroyed."""
-    moves: dict[str, str]
-    """Surviving tenant path -> the KEK it moves to first."""
+    moves: list[tuple[str, str, str, bool]]
+    """``(surviving tenant path, its KEK on the old key, the KEK it moves to, whether that
+    is the tenant's primary KEK)``."""
+
+    def moved(self) -> dict[str, str]:
+        """The moves for the certificate: by tenant path (``path (old KEK)`` for a KEK that
+        is not the tenant's primary)."""
+        return {(p if primary else f"{p} ({old})"): t for p, old, t, primary in self.moves}
 
 
 def _plan_retirements(
-    vault: Vault, pending: list[ErasureCertificate], replacements: dict[str, str]
+    vault: Vault,
+    pending: list[ErasureCertificate],
+    cloud: dict[str, list[str]],
+    replacements: dict[str, str],
 ) -> dict[str, _Retirement]:
-    """For each KEK of these erasures whose provider destroys whole keys: which keys go, and
-    where their surviving tenants move. Raises before anything changes when a tenant has
-    nowhere to go, or ``new_keks`` names something phase 2 does not need."""
+    """For each KEK of these erasures whose provider destroys whole keys (``cloud``, by
+    certificate id): which keys go, and where their surviving tenants move. Raises before
+    anything changes when a tenant has nowhere to go, or ``new_keks`` names something phase 2
+    does not need."""
     plans: dict[str, _Retirement] = {}
     missing: list[str] = []
+    suggest: list[str] = []
     used: set[str] = set()
     with vault._read() as s:
         keks: dict[str, set[str]] = {}
         for cert in pending:
-            kek = _shred_kek(cert)
-            if kek == vault.audit_kek:
-                raise ConfigError(
-                    "a tenant shares the audit KEK; phase 2 would destroy the evidence"
-                )
-            versions = keks.setdefault(kek, set())
-            versions.update(
-                v
-                for v in s.scalars(
-                    select(ScopeKeyRow.kek_version).where(ScopeKeyRow.kek_id == kek)
-                )
-                if v
-            )
-            versions.update(
-                str(k["wrapped_by"]).rpartition("#")[2]
-                for k in cert.document["what"]["key_versions_destroyed"]
-                if str(k["wrapped_by"]).startswith(f"kek:{kek}#")
-            )
+            for kek in cloud.get(cert.id, []):
+                if kek == vault.audit_kek:
+                    raise ConfigError(
+                        "a tenant shares the audit KEK; phase 2 would destroy the evidence"
+                    )
+                versions = keks.setdefault(kek, set())
+                versions.update(_kek_versions(s, kek))
+                versions.update(_destroyed_versions(cert, kek))
     for kek, versions in sorted(keks.items()):
         provider = vault._registry.provider(kek)
         assert isinstance(provider, KeyDestroyer)  # noqa: S101 - filtered above
@@ -886,33 +982,49 @@ def _plan_retirements(
             str(k)
             for k in {provider.key_of(kek, v) for v in versions} or {provider.key_of(kek, "")}
         )
-        moves: dict[str, str] = {}
+        moves: list[tuple[str, str, str, bool]] = []
         with vault._read() as s:
-            rows = [s.get(ScopeRow, scope_id) for scope_id in _live_scopes(vault, s, keys)]
-        for row in rows:
+            live = _live_scopes(vault, s, keys)
+            rows = [(s.get(ScopeRow, scope_id), entries) for scope_id, entries in live.items()]
+            lists = {
+                row.id: tenant_keks(s, row.id, row.kek_id) for row, _ in rows if row is not None
+            }
+        for row, entries in rows:
             if row is None or row.parent_id is not None:
                 continue
-            current = row.kek_id or ""
-            target = replacements.get(row.path) or replacements.get(current)
-            if target is not None:
-                used.update(k for k in (row.path, current) if k in replacements)
-            elif (
-                key_prefix(current) == key_prefix(kek) and provider.key_of(current, "") not in keys
-            ):
-                target = current  # e.g. an AWS alias pointed at a new key (UpdateAlias)
-            if target is None:
-                missing.append(f"{row.path} (KEK {current})")
-                continue
-            destroyer = vault._registry.provider(target)
-            if isinstance(destroyer, KeyDestroyer) and destroyer.key_of(target, "") in keys:
-                raise ConfigError(
-                    f"the new KEK {target!r} for tenant {row.path!r} is the KMS key that "
-                    "phase 2 must destroy; name a different key; nothing was changed"
+            for current in sorted(entries):
+                target = replacements.get(current) or (
+                    replacements.get(row.path) if len(entries) == 1 else None
                 )
-            moves[row.path] = target
+                if target is not None:
+                    used.update(k for k in (row.path, current) if k in replacements)
+                elif (
+                    key_prefix(current) == key_prefix(kek)
+                    and provider.key_of(current, "") not in keys
+                ):
+                    target = current  # e.g. an AWS alias pointed at a new key (UpdateAlias)
+                if target is None:
+                    missing.append(f"{row.path} (KEK {current})")
+                    # new_keks is keyed by tenant path, or by KEK id for a tenant with
+                    # several KEKs on the old key.
+                    suggest.append(row.path if len(entries) == 1 else current)
+                    continue
+                destroyer = vault._registry.provider(target)
+                if isinstance(destroyer, KeyDestroyer) and destroyer.key_of(target, "") in keys:
+                    raise ConfigError(
+                        f"the new KEK {target!r} for tenant {row.path!r} is the KMS key that "
+                        "phase 2 must destroy; name a different key; nothing was changed"
+                    )
+                if target != current and target in lists[row.id]:
+                    raise ConfigError(
+                        f"the new KEK {target!r} for tenant {row.path!r} already protects it; "
+                        f"name another key, or remove {current!r} from the tenant "
+                        "(remove_kek); nothing was changed"
+                    )
+                moves.append((row.path, current, target, current == row.kek_id))
         plans[kek] = _Retirement(kek, provider, keys, moves)
     if missing:
-        first = missing[0].partition(" ")[0]
+        first = suggest[0]
         raise ConfigError(
             "phase 2 must destroy KMS key(s) "
             f"{', '.join(k for p in plans.values() for k in p.keys)}, and AWS KMS and Azure "
@@ -932,22 +1044,28 @@ def _plan_retirements(
     return plans
 
 
-def _live_scopes(vault: Vault, s: Session, keys: list[str]) -> set[bytes]:
-    """Scopes with a key version (not destroyed) wrapped by one of these whole KMS keys."""
+def _live_scopes(vault: Vault, s: Session, keys: list[str]) -> dict[bytes, set[str]]:
+    """Scopes with a key version (not destroyed) wrapped by one of these whole KMS keys, with
+    the KEK ids (of the scope's list) whose wraps are on them."""
     wanted = set(keys)
     prefixes = {key_prefix(k) for k in keys}
-    rows = s.execute(
-        select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version).where(
-            ScopeKeyRow.wrapped.is_not(None), ScopeKeyRow.kek_id.is_not(None)
-        )
-    ).all()
-    out: set[bytes] = set()
+    rows: list[Any] = [
+        *s.execute(
+            select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version).where(
+                ScopeKeyRow.wrapped.is_not(None), ScopeKeyRow.kek_id.is_not(None)
+            )
+        ).all(),
+        *s.execute(
+            select(ScopeKeyWrapRow.scope_id, ScopeKeyWrapRow.kek_id, ScopeKeyWrapRow.kek_version)
+        ).all(),
+    ]
+    out: dict[bytes, set[str]] = {}
     for scope_id, kek_id, version in rows:
         if kek_id is None or key_prefix(kek_id) not in prefixes:
             continue
         provider = vault._registry.provider(kek_id)
         if isinstance(provider, KeyDestroyer) and provider.key_of(kek_id, version or "") in wanted:
-            out.add(scope_id)
+            out.setdefault(scope_id, set()).add(kek_id)
     return out
 
 
@@ -972,21 +1090,23 @@ def _live_users(vault: Vault, keys: list[str]) -> list[str]:
     return users
 
 
-def _shred_kek(cert: ErasureCertificate) -> str:
-    """The KEK the erasure's tenant had when it was shredded."""
-    return str(cert.document["what"]["kek"]["id"] or "")
+def _cert_keks(cert: ErasureCertificate) -> list[str]:
+    """The KEKs the erasure's tenant had when it was shredded (primary first)."""
+    what = cert.document["what"]
+    listed = [str(k["id"]) for k in what.get("keks") or [] if k.get("id")]
+    return listed or [k for k in [str(what["kek"]["id"] or "")] if k]
 
 
-def _destroys_whole_keys(vault: Vault, cert: ErasureCertificate) -> bool:
-    return isinstance(vault._registry.provider(_shred_kek(cert)), KeyDestroyer)
+def _destroys_whole_keys(vault: Vault, kek: str) -> bool:
+    return isinstance(vault._registry.provider(kek), KeyDestroyer)
 
 
 def _retire(vault: Vault, plan: _Retirement) -> list[Destruction]:
     """Moves the surviving tenants off the old KMS keys, then schedules their destruction."""
-    for path, target in plan.moves.items():
+    for path, old, target, _ in plan.moves:
         with vault._read() as s:
             tenant = load_scope(s, path)
-        rotation.rotate_kek(vault, tenant, target)
+        rotation.rotate_kek(vault, tenant, target, old=old)
     users = _live_users(vault, plan.keys)
     if users:
         raise ConfigError(

@@ -22,12 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keycustody.errors import KeyCustodyError
 from keycustody.keys import lineage
+from keycustody.keys.hierarchy import tenant_keks
 from keycustody.keys.shredding import CONFIRMED, SCHEDULED, verify_certificate
 from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, SHREDDED, SUSPENDED
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.pkcs11 import Pkcs11KMS
 from keycustody.kms.registry import key_prefix
-from keycustody.storage.models import ScopeKeyRow, ScopeRow
+from keycustody.storage.models import ScopeKeyRow, ScopeKeyWrapRow, ScopeRow
 from keycustody.usage import ScopeUsage, _subject_scope
 from keycustody.validation import check_path
 
@@ -47,6 +48,9 @@ TIMELINE_KINDS: Final[dict[str, str]] = {
     "scope.create": "created",
     "key.rotate": "rotated",
     "kek.rotate": "kek_rotated",
+    "kek.add": "kek_added",
+    "kek.remove": "kek_removed",
+    "kek.failover": "kek_failover",
     "key.rewrap": "rewrapped",
     "key.reencrypt": "reencrypted",
     "key.compromise": "compromised",
@@ -70,6 +74,10 @@ _DETAIL_KEYS: Final = (
     "destroyed",
     "scopes",
     "key_versions_destroyed",
+    "keks",
+    "used",
+    "passed_over",
+    "tampered_wrap",
 )
 """Audit details a timeline event carries (counts, versions, ids and the operator's reason)."""
 
@@ -102,11 +110,14 @@ class KekFacts(TypedDict):
 
 
 class TenantFacts(TypedDict):
-    """A top-level scope and its KEK."""
+    """A top-level scope and its KEKs."""
 
     tenant: str
     state: str
     kek: KekFacts | None
+    """The primary KEK (tried first)."""
+    keks: list[KekFacts]
+    """Every KEK of the tenant in failover order, the primary first: any one unwraps."""
 
 
 class ScopeFacts(TypedDict):
@@ -277,30 +288,46 @@ def _vkey(item: tuple[str, Any]) -> tuple[int, str]:
 
 def _tenants(vault: Vault, rows: list[Any]) -> list[TenantFacts]:
     tenants = [r for r in rows if r.parent_id is None]
+    ids = [t.id for t in tenants]
     with vault._read() as s:
-        in_use: dict[bytes, set[str]] = {}
-        for scope_id, version in s.execute(
-            select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_version)
-            .where(
-                ScopeKeyRow.scope_id.in_([t.id for t in tenants]),
-                ScopeKeyRow.state != DESTROYED,
-                ScopeKeyRow.kek_version.is_not(None),
-            )
-            .distinct()
-        ).all():
-            in_use.setdefault(scope_id, set()).add(str(version))
+        in_use: dict[tuple[bytes, str], set[str]] = {}
+        for scope_id, kek_id, version in [
+            *s.execute(
+                select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version)
+                .where(
+                    ScopeKeyRow.scope_id.in_(ids),
+                    ScopeKeyRow.state != DESTROYED,
+                    ScopeKeyRow.kek_version.is_not(None),
+                )
+                .distinct()
+            ).all(),
+            *s.execute(
+                select(
+                    ScopeKeyWrapRow.scope_id, ScopeKeyWrapRow.kek_id, ScopeKeyWrapRow.kek_version
+                )
+                .where(ScopeKeyWrapRow.scope_id.in_(ids))
+                .distinct()
+            ).all(),
+        ]:
+            in_use.setdefault((scope_id, str(kek_id)), set()).add(str(version))
+        lists = {t.id: tenant_keks(s, t.id, t.kek_id) for t in tenants}
     out: list[TenantFacts] = []
     for t in tenants:
-        kek: KekFacts | None = None
-        if t.kek_id:
-            kek = {
-                "id": t.kek_id,
-                "provider": key_prefix(t.kek_id),
-                "location": kek_location(vault, t.kek_id),
-                "versions_in_use": sorted(in_use.get(t.id, set()), key=lambda v: (len(v), v)),
-                "kms_state": _kms_state(vault, t.kek_id),
+        keks: list[KekFacts] = [
+            {
+                "id": kek_id,
+                "provider": key_prefix(kek_id),
+                "location": kek_location(vault, kek_id),
+                "versions_in_use": sorted(
+                    in_use.get((t.id, kek_id), set()), key=lambda v: (len(v), v)
+                ),
+                "kms_state": _kms_state(vault, kek_id),
             }
-        out.append({"tenant": t.path, "state": t.state, "kek": kek})
+            for kek_id in lists[t.id]
+        ]
+        out.append(
+            {"tenant": t.path, "state": t.state, "kek": keks[0] if keks else None, "keks": keks}
+        )
     return out
 
 
@@ -495,7 +522,8 @@ def storage_settings(dialect: str, query: Callable[[str], object]) -> dict[str, 
             except SQLAlchemyError:
                 settings[name] = "unavailable"
         settings["scrub_on_shred"] = (
-            "VACUUM FULL scope_keys rewrites the key table and unlinks the old file; deleted "
+            "VACUUM FULL scope_keys, scope_key_wraps rewrites the key tables and unlinks the "
+            "old files; deleted "
             "rows survive in pg_wal, WAL archives, replicas and base backups until phase 2 "
             "destroys the old KEK version"
         )
@@ -542,6 +570,7 @@ def _summary(
     audit: AuditFacts,
     certificates: list[CertificateFacts],
     storage: dict[str, Any],
+    timeline: list[TimelineEvent] | None = None,
 ) -> SummaryFacts:
     live = [s for s in scopes if s["state"] != SHREDDED]
     tenant_kek = {t["tenant"]: t["kek"] for t in tenants}
@@ -554,8 +583,8 @@ def _summary(
     phases: Counter[str] = Counter(c["phase2"]["status"] for c in certificates)
     points: list[SummaryPoint] = []
 
-    keks = {t["kek"]["id"] for t in tenants if t["kek"] is not None}
-    providers = {t["kek"]["provider"] for t in tenants if t["kek"] is not None}
+    keks = {k["id"] for t in tenants for k in t["keks"]}
+    providers = {k["provider"] for t in tenants for k in t["keks"]}
     unprotected = sum(s["records"] for s in live) - protected
     if unprotected:
         points.append({"level": BAD, "text": f"{unprotected:,} records have no tenant KEK"})
@@ -594,6 +623,23 @@ def _summary(
                 "level": BAD,
                 "text": f"{_plural(compromised, 'record')} under a COMPROMISED key version "
                 "await re-encryption",
+            }
+        )
+    failovers = [e for e in timeline or [] if e["kind"] == "kek_failover"]
+    tampered = [e for e in failovers if e["details"].get("tampered_wrap")]
+    if failovers:
+        points.append(
+            {
+                "level": BAD if tampered else WARN,
+                "text": f"{_plural(len(failovers), 'key unwrap')} failed over to another "
+                "KEK of the tenant (a KEK was unavailable"
+                + (
+                    f"; {len(tampered):,} because a stored wrap did NOT authenticate: "
+                    "tampered or corrupt key material in the database"
+                    if tampered
+                    else ""
+                )
+                + ")",
             }
         )
     suspended = [s for s in scopes if s["state"] == SUSPENDED]
@@ -750,6 +796,7 @@ def gather(
     tenants = _tenants(vault, [r for r in rows if r.parent_id is None and r.path in tenant_paths])
     certificates = _certificates(vault, paths, report)
     config = _config(vault, certificates)
+    timeline = _timeline(vault, paths)
     return {
         "format": REPORT_FORMAT,
         "generated_at": iso(now or datetime.now(UTC)),
@@ -761,11 +808,11 @@ def gather(
         },
         "scope": root,
         "include_names": include_names,
-        "summary": _summary(scopes, tenants, audit, certificates, config["storage"]),
+        "summary": _summary(scopes, tenants, audit, certificates, config["storage"], timeline),
         "audit": audit,
         "tenants": tenants,
         "scopes": scopes,
-        "timeline": _timeline(vault, paths),
+        "timeline": timeline,
         "certificates": certificates,
         "usage": [_usage_dict(u) for u in usage.values()],
         "config": config,

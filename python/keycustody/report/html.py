@@ -138,6 +138,9 @@ KIND_STYLES: Final[dict[str, _Style]] = {
     "created": _Style("scope created", "#2da44e", "circle"),
     "rotated": _Style("key rotated", "#0969da", "diamond"),
     "kek_rotated": _Style("KEK rotated", "#8250df", "triangle"),
+    "kek_added": _Style("KEK added", "#8250df", "plus"),
+    "kek_removed": _Style("KEK removed", "#8250df", "cross"),
+    "kek_failover": _Style("KEK failover", "#bf8700", "triangle"),
     "rewrapped": _Style("records rewrapped", "#1b7c83", "square"),
     "reencrypted": _Style("records re-encrypted", "#bc4c00", "square"),
     "compromised": _Style("key compromised", "#cf222e", "cross"),
@@ -202,6 +205,12 @@ def _marker(shape: str, x: float, y: float, color: str) -> str:
             f'<path d="M{x - d:.1f},{y - d:.1f}L{x + d:.1f},{y + d:.1f}M{x + d:.1f},'
             f'{y - d:.1f}L{x - d:.1f},{y + d:.1f}" stroke="{color}" stroke-width="3.2" '
             'stroke-linecap="round"/>'
+        )
+    if shape == "plus":
+        d = r - 0.5
+        return (
+            f'<path d="M{x - d:.1f},{y:.1f}H{x + d:.1f}M{x:.1f},{y - d:.1f}V{y + d:.1f}" '
+            f'stroke="{color}" stroke-width="3.2" stroke-linecap="round"/>'
         )
     if shape == "shred":
         d = r * 0.5
@@ -504,26 +513,28 @@ def _integrity(facts: ReportFacts, json_sha256: str) -> str:
 def _keks(facts: ReportFacts) -> str:
     rows = []
     for t in facts["tenants"]:
-        kek = t["kek"]
-        if kek is None:
+        keks = t.get("keks") or ([t["kek"]] if t["kek"] is not None else [])
+        if not keks:
             rows.append([e(t["tenant"]), _badge(t["state"]), _NONE, _NONE, _NONE, _NONE, "no KEK"])
             continue
-        kms = kek["kms_state"]
-        kms_text = "not queried (no KMS call for a report)"
-        if kms is not None:
-            versions = ", ".join(f"v{v} {s}" for v, s in (kms.get("versions") or {}).items())
-            kms_text = f"{kms.get('state')}; primary v{kms.get('primary_version')}; {versions}"
-        rows.append(
-            [
-                f"<strong>{e(t['tenant'])}</strong>",
-                _badge(t["state"]),
-                e(kek["provider"]),
-                _code(kek["id"]),
-                e(", ".join(kek["versions_in_use"]) or "none"),
-                e(kek["location"]),
-                e(kms_text),
-            ]
-        )
+        for i, kek in enumerate(keks):
+            kms = kek["kms_state"]
+            kms_text = "not queried (no KMS call for a report)"
+            if kms is not None:
+                versions = ", ".join(f"v{v} {s}" for v, s in (kms.get("versions") or {}).items())
+                kms_text = f"{kms.get('state')}; primary v{kms.get('primary_version')}; {versions}"
+            role = "" if len(keks) == 1 else (" (primary)" if i == 0 else f" (failover {i})")
+            rows.append(
+                [
+                    f"<strong>{e(t['tenant'])}</strong>" if i == 0 else "",
+                    _badge(t["state"]) if i == 0 else "",
+                    e(kek["provider"]),
+                    _code(kek["id"]) + e(role),
+                    e(", ".join(kek["versions_in_use"]) or "none"),
+                    e(kek["location"]),
+                    e(kms_text),
+                ]
+            )
     body = _table(
         ["Tenant", "State", "Provider", "KEK id", "Versions in use", "Where it lives", "In KMS"],
         rows,
@@ -532,7 +543,9 @@ def _keks(facts: ReportFacts) -> str:
     note = (
         "<p class='note'>Versions in use: the KEK versions that wrap the tenant's live scope "
         "key versions. Child scopes' keys are wrapped by their parent's scope key, so the "
-        "tenant's KEK protects the whole tree below it.</p>"
+        "tenant's KEK protects the whole tree below it. A tenant with several KEKs has every "
+        "key version wrapped under each; any one of them unwraps it (the primary first), so "
+        "disabling one of them does not revoke the tenant.</p>"
     )
     return _section("keks", "2. Tenants and their KEKs", body + note)
 

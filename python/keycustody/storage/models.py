@@ -87,6 +87,45 @@ class ScopeKeyRow(Base):
     destroyed_at: Mapped[datetime | None]
 
 
+class ScopeKeyWrapRow(Base):
+    """An additional wrap of a tenant's scope key version, by one of the tenant's other KEKs.
+
+    The wrap by the tenant's primary KEK (``scopes.kek_id``) stays in ``scope_keys``; each KEK
+    added with ``vault.add_kek`` gets a row here per live key version. Any one wrap unwraps the
+    version. Rows are deleted (never kept empty) when the version is destroyed, so a live row
+    is always key material, in this small table next to ``scope_keys`` for the same scrub.
+    """
+
+    __tablename__ = "scope_key_wraps"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["scope_id", "version"], ["scope_keys.scope_id", "scope_keys.version"]
+        ),
+    )
+
+    scope_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    kek_version: Mapped[str] = mapped_column(String(256))
+    wrapped: Mapped[bytes]
+    created_at: Mapped[datetime]
+
+
+class TenantKekRow(Base):
+    """One of a tenant's additional KEKs (the primary is ``scopes.kek_id``), in failover order.
+
+    Unwrapping tries the primary first, then these by ``position``; new key versions are
+    wrapped under all of them.
+    """
+
+    __tablename__ = "tenant_keks"
+
+    scope_id: Mapped[bytes] = mapped_column(ForeignKey("scopes.id"), primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    added_at: Mapped[datetime]
+
+
 class RecordRow(Base):
     """A stored record: v1 header, encrypted name and payload ciphertext."""
 
