@@ -576,7 +576,7 @@ def test_report_lists_every_kek_and_flags_tampered_failovers(
 
 
 @pytest.mark.sqlite_only
-def test_a_database_made_at_revision_0007_keeps_reading(
+def test_a_database_made_at_revision_0008_keeps_reading(
     db_path: Path, kms: kc.LocalKMS, dr: DrKMS
 ) -> None:
     url = f"sqlite:///{db_path}"
@@ -585,9 +585,9 @@ def test_a_database_made_at_revision_0007_keeps_reading(
     config.set_main_option("script_location", str(schema.MIGRATIONS))
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         config.attributes["connection"] = conn
-        command.upgrade(config, "0007")
+        command.upgrade(config, "0008")
     engine.dispose()
-    # At 0007 the database has none of the multi-KEK tables.
+    # At 0008 the database has none of the multi-KEK tables.
     raw = sqlite3.connect(db_path)
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "scope_key_wraps" not in tables and "tenant_keks" not in tables
@@ -596,11 +596,11 @@ def test_a_database_made_at_revision_0007_keeps_reading(
     kek = kms.create_key("acme-kek")
     with kc.Vault.open(url, kms=[kms, dr]) as vault:
         vault.scope("acme", kek=kek, create=True).put_many(DATA.items())
-    # Back to 0007 (the new tables go, the data stays), as a database of that release.
+    # Back to 0008 (the new tables go, the data stays), as a database of that release.
     engine = make_engine(url)
     with engine.connect().execution_options(**WRITE) as c, c.begin():
         config.attributes["connection"] = c
-        command.downgrade(config, "0007")
+        command.downgrade(config, "0008")
     engine.dispose()
 
     with kc.Vault.open(url, kms=[kms, dr], cache_ttl=0) as vault:

@@ -33,7 +33,7 @@ TABLES = {
     "scope_key_wraps",
     "tenant_keks",
 }
-HEAD = "0008"
+HEAD = "0009"
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 The primary KEK stays ``scopes.kek_id`` and its wraps stay in ``scope_keys``, so a database
 made before this revision needs no data change: every tenant has one KEK and no row here.
 
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-11-27
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-26
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
