@@ -157,19 +157,24 @@ class Vault:
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StorageError(f"cannot open or migrate the database: {exc}") from exc
-        vault = cls(
-            engine,
-            registry,
-            cache_ttl=cache_ttl,
-            max_key_uses=max_key_uses,
-            revalidate_s=revalidate_s,
-            rotation_period=rotation_period,
-            actor=actor or _default_actor(),
-            max_record_bytes=max_record_bytes,
-            audit_kek=audit_kek,
-        )
-        # One KMS call for the audit key, outside any transaction (not under a write lock).
-        vault.audit.ensure_key()
+        try:
+            vault = cls(
+                engine,
+                registry,
+                cache_ttl=cache_ttl,
+                max_key_uses=max_key_uses,
+                revalidate_s=revalidate_s,
+                rotation_period=rotation_period,
+                actor=actor or _default_actor(),
+                max_record_bytes=max_record_bytes,
+                audit_kek=audit_kek,
+            )
+            # One KMS call for the audit key, outside any transaction (not under a write lock).
+            vault.audit.ensure_key()
+        except BaseException:
+            # A bad setting or an unavailable audit key: close the connections migrate opened.
+            engine.dispose()
+            raise
         return vault
 
     def __repr__(self) -> str:
