@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import keycustody as kc
+from dbadmin import RawDB
 from keycustody.storage import schema
 from keycustody.storage.engine import make_engine
 
@@ -124,6 +125,15 @@ def db_url(backend: str, request: pytest.FixtureRequest) -> str:
     if backend == "postgresql":
         return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{request.getfixturevalue('db_path')}"
+
+
+@pytest.fixture
+def raw(db_url: str) -> Iterator[RawDB]:
+    """A raw connection to the test database (sqlite3 or psycopg, autocommit), as its
+    administrator or an attacker would use, closed after the test."""
+    conn = RawDB(db_url)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture

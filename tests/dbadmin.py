@@ -41,15 +41,24 @@ def libpq_url(db_url: str) -> str:
 
 class RawDB:
     """A DBAPI connection in autocommit mode, with sqlite3's ``execute(sql, params)`` on both
-    backends (each statement commits on its own unless the caller runs ``BEGIN`` itself)."""
+    backends (each statement commits on its own unless the caller runs ``BEGIN`` itself).
 
-    def __init__(self, db_url: str) -> None:
+    Foreign keys are not enforced unless ``foreign_keys``: sqlite3's default; on PostgreSQL
+    ``session_replication_role = replica`` (superuser), what an administrator does to load or
+    edit rows past the constraints. The library must notice such edits by itself.
+    """
+
+    def __init__(self, db_url: str, *, foreign_keys: bool = False) -> None:
         self.backend = backend_of(db_url)
         self._conn: Any
         if self.backend == "sqlite":
             self._conn = sqlite3.connect(sqlite_file(db_url), isolation_level=None)
+            if foreign_keys:
+                self._conn.execute("PRAGMA foreign_keys=ON")
         else:
             self._conn = psycopg.connect(libpq_url(db_url), autocommit=True)
+            if not foreign_keys:
+                self._conn.execute("SET session_replication_role = replica")
 
     def _sql(self, statement: str) -> str:
         if self.backend == "sqlite":
@@ -94,9 +103,9 @@ class RawDB:
         self.close()
 
 
-def raw_db(db_url: str) -> RawDB:
+def raw_db(db_url: str, *, foreign_keys: bool = False) -> RawDB:
     """A raw connection to the test database (close it, or use it in ``with``)."""
-    return RawDB(db_url)
+    return RawDB(db_url, foreign_keys=foreign_keys)
 
 
 def admin_sql(db_url: str, statement: str, *params: Any) -> None:
@@ -109,36 +118,6 @@ def admin_rows(db_url: str, statement: str, *params: Any) -> list[tuple[Any, ...
     """The rows of one query, read on its own raw connection."""
     with RawDB(db_url) as conn:
         return conn.rows(statement, params)
-
-
-def tables(db_url: str) -> list[str]:
-    """The names of the database's tables (Alembic's version table included)."""
-    if backend_of(db_url) == "sqlite":
-        query = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-    else:
-        query = (
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = 'public' ORDER BY table_name"
-        )
-    return [name for (name,) in admin_rows(db_url, query)]
-
-
-def dump(db_url: str) -> bytes:
-    """Every value of every table, as a client reads it: bytes as they are, text as UTF-8,
-    anything else as its ``str``. What a scan of the rows (not of the files) can find."""
-    out = bytearray()
-    with RawDB(db_url) as conn:
-        for table in tables(db_url):
-            for values in conn.rows(f'SELECT * FROM "{table}"'):
-                for value in values:
-                    if isinstance(value, bytes | bytearray | memoryview):
-                        out += bytes(value)
-                    elif isinstance(value, str):
-                        out += value.encode()
-                    else:
-                        out += str(value).encode()
-                    out += b"\x00"
-    return bytes(out)
 
 
 def as_datetime(value: object) -> datetime:
