@@ -174,20 +174,22 @@ def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
-    [
-        "postgresql://u:p@localhost/db",
-        "postgresql+psycopg://u:p@localhost:5432/db",
-        "postgresql+psycopg2://u@localhost/db",
-    ],
+    "url", ["postgresql+psycopg2://u:p@localhost/db", "postgresql+pg8000://u:p@localhost/db"]
 )
-def test_postgresql_is_not_supported_yet(url: str) -> None:
+def test_postgresql_needs_psycopg_3(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_engine(url)
     message = str(info.value)
-    assert "PostgreSQL" in message
-    assert "not available yet" in message or "not yet supported" in message
+    assert "postgresql+psycopg://" in message
     assert ":p@" not in message
+
+
+def test_a_postgresql_url_makes_an_engine_without_connecting() -> None:
+    engine = make_engine("postgresql+psycopg://u:p@localhost:5432/db")
+    try:
+        assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
+    finally:
+        engine.dispose()
 
 
 # -- transactions --------------------------------------------------------------------------
