@@ -114,12 +114,6 @@ def admin_sql(db_url: str, statement: str, *params: Any) -> None:
         conn.execute(statement, params)
 
 
-def admin_rows(db_url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """The rows of one query, read on its own raw connection."""
-    with RawDB(db_url) as conn:
-        return conn.rows(statement, params)
-
-
 def as_datetime(value: object) -> datetime:
     """A stored timestamp: SQLite's text or PostgreSQL's ``datetime``."""
     if isinstance(value, datetime):
