@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 import keycustody as kc
+from dbadmin import RawDB
 
 
 def test_round_trip_list_and_lineage(acme: kc.Scope) -> None:
@@ -85,12 +84,11 @@ def test_derived_misuse(acme: kc.Scope) -> None:
         acme.put("b#emb", "text", derived_from="a.py")  # type: ignore[arg-type]
 
 
-def test_a_derivative_cannot_be_moved_to_another_source(acme: kc.Scope, db_path: Path) -> None:
+def test_a_derivative_cannot_be_moved_to_another_source(acme: kc.Scope, raw: RawDB) -> None:
     acme.put("a.py", b"a")
     acme.put("b.py", b"b")
     emb = bytes.fromhex(acme.put("a.py#emb", b"vector", derived_from="a.py").record_id)
     b_id = bytes.fromhex(acme.lineage("b.py").dek_id)
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("UPDATE records SET source_id = ? WHERE record_id = ?", (b_id, emb))
+    raw.execute("UPDATE records SET source_id = ? WHERE record_id = ?", (b_id, emb))
     with pytest.raises(kc.IntegrityError):
         acme.get("a.py#emb")

@@ -1,15 +1,15 @@
-"""Segmented stream records (suite 2): put_stream / open_stream on a real SQLite vault."""
+"""Segmented stream records (suite 2): put_stream / open_stream on a real vault (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 import keycustody as kc
+from dbadmin import RawDB, raw_db
 from keycustody import _core
 
 SEG = _core.SEGMENT_LEN
@@ -79,26 +79,31 @@ def test_stream_replaces_and_whole_records_refuse_open_stream(acme: kc.Scope) ->
     assert acme.get("f") == b"stream again"
 
 
-def test_segments_are_deleted_with_the_record(acme: kc.Scope, db_path: Path) -> None:
+def test_segments_are_deleted_with_the_record(acme: kc.Scope, raw: RawDB) -> None:
     acme.put_stream("f", PatternFile(2 * SEG + 1))
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 3
+    assert raw.one("SELECT count(*) FROM segments") == (3,)
     acme.put_stream("f", PatternFile(10))  # replaced: old segments go
-    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 1
+    assert raw.one("SELECT count(*) FROM segments") == (1,)
     acme.delete("f")
-    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+    assert raw.one("SELECT count(*) FROM segments") == (0,)
 
 
 @pytest.mark.parametrize(
     "attack",
     ["drop-last", "swap", "flip", "size-smaller", "size-larger", "size-zero", "move"],
 )
-def test_stream_tampering_is_detected(acme: kc.Scope, db_path: Path, attack: str) -> None:
+def test_stream_tampering_is_detected(acme: kc.Scope, db_url: str, attack: str) -> None:
     size = 2 * SEG + 100
     rid = bytes.fromhex(acme.put_stream("f", PatternFile(size)).record_id)
     other = bytes.fromhex(acme.put_stream("g", PatternFile(size)).record_id)
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA foreign_keys=ON")
+    with raw_db(db_url, foreign_keys=True) as conn:
+        _tamper(conn, attack, size, rid, other)
+    with pytest.raises(kc.IntegrityError):
+        acme.get("f")
+    assert acme.get("g") == content(size)
+
+
+def _tamper(conn: RawDB, attack: str, size: int, rid: bytes, other: bytes) -> None:
     if attack == "drop-last":
         conn.execute("DELETE FROM segments WHERE record_id = ? AND seq = 2", (rid,))
     elif attack == "swap":
@@ -124,9 +129,6 @@ def test_stream_tampering_is_detected(acme: kc.Scope, db_path: Path, attack: str
             "WHERE record_id = ? AND seq = 1",
             (rid, other),
         )
-    with pytest.raises(kc.IntegrityError):
-        acme.get("f")
-    assert acme.get("g") == content(size)
 
 
 def test_put_stream_rejects_text_files(acme: kc.Scope) -> None:
@@ -138,7 +140,7 @@ def test_put_stream_rejects_text_files(acme: kc.Scope) -> None:
         acme.open_stream("t")
 
 
-def test_failed_stream_writes_nothing(acme: kc.Scope, db_path: Path) -> None:
+def test_failed_stream_writes_nothing(acme: kc.Scope, raw: RawDB) -> None:
     acme.put("f", b"previous")
 
     class Broken(io.RawIOBase):
@@ -151,8 +153,7 @@ def test_failed_stream_writes_nothing(acme: kc.Scope, db_path: Path) -> None:
     with pytest.raises(OSError, match="fire"):
         acme.put_stream("f", Broken())
     assert acme.get("f") == b"previous"
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+    assert raw.one("SELECT count(*) FROM segments") == (0,)
 
 
 @pytest.mark.slow

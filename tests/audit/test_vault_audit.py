@@ -1,5 +1,6 @@
 """The audit trail of a real Vault (TESTPLAN T31, T32): a realistic workload of key lifecycle
-operations, then tampering with raw sqlite3 the way a database administrator would.
+operations, then tampering with a raw connection (sqlite3 on SQLite, psycopg on PostgreSQL) the
+way a database administrator would.
 
 Every lifecycle operation writes exactly one event with its action; denied and failed access is
 recorded; editing any column of any event, deleting, reordering or inserting events is found by
@@ -12,17 +13,19 @@ import base64
 import io
 import json
 import shutil
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 import keycustody as kc
+from dbadmin import RawDB, pg_create, pg_drop, sqlite_file
 from keycustody.audit.events import event_hash
 from keycustody.keys.hierarchy import load_scope
 from keycustody.storage.models import ScopeKeyRow
@@ -61,10 +64,11 @@ LIFECYCLE = {
 }
 
 
-def raw_db(db_path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection, as a database administrator (or attacker) would use."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")  # only speeds up the many tamper-and-restore steps
+def raw_db(db_url: str) -> RawDB:
+    """A raw connection, as a database administrator (or attacker) would use."""
+    conn = RawDB(db_url)
+    if conn.backend == "sqlite":
+        conn.execute("PRAGMA synchronous=OFF")  # only speeds up the many tamper-and-restore steps
     return conn
 
 
@@ -72,43 +76,32 @@ def records(prefix: str, n: int, size: int = 200) -> list[tuple[str, bytes]]:
     return [(f"{prefix}/{i:04d}", (f"{prefix}:{i};" * size)[:size].encode()) for i in range(n)]
 
 
-def flip_body_byte(db_path: Path) -> tuple[bytes, bytes]:
+def flip_body_byte(db_url: str) -> tuple[bytes, bytes]:
     """Flips one ciphertext byte of one record of acme; returns (record_id, original body)."""
-    conn = raw_db(db_path)
-    try:
+    with raw_db(db_url) as conn:
         rid, body = conn.execute(
             "SELECT r.record_id, r.body FROM records r JOIN scopes s ON s.id = r.scope_id "
-            "WHERE s.path = 'acme' LIMIT 1"
+            "WHERE s.path = 'acme' ORDER BY r.record_id LIMIT 1"
         ).fetchone()
         tampered = bytearray(body)
         tampered[len(tampered) // 2] ^= 0x40
         conn.execute("UPDATE records SET body = ? WHERE record_id = ?", (bytes(tampered), rid))
         return bytes(rid), bytes(body)
-    finally:
-        conn.close()
 
 
-def restore_body(db_path: Path, rid: bytes, body: bytes) -> None:
-    conn = raw_db(db_path)
-    try:
+def restore_body(db_url: str, rid: bytes, body: bytes) -> None:
+    with raw_db(db_url) as conn:
         conn.execute("UPDATE records SET body = ? WHERE record_id = ?", (body, rid))
-    finally:
-        conn.close()
 
 
 # -- a realistic workload, built once ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A closed vault after a realistic workload: tenants and child scopes, writes, a delete,
-    rotation and rewrap, a KEK move, a suspension with a denied read, a tampered record, a
-    compromise with re-encryption, a shred with phase 2, and a purge. Returns (db, kms dir)."""
-    root = tmp_path_factory.mktemp("audit-workload")
-    (root / "db").mkdir()
-    db = root / "db" / "ctx.db"
-    kms = kc.LocalKMS(root / "keys")
-    with kc.Vault.open(f"sqlite:///{db}", kms=kms, actor=ACTOR) as vault:
+def workload(url: str, kms: kc.LocalKMS) -> None:
+    """A realistic workload: tenants and child scopes, writes, a delete, rotation and rewrap, a
+    KEK move, a suspension with a denied read, a tampered record, a compromise with
+    re-encryption, a shred with phase 2, and a purge; the vault closed after it."""
+    with kc.Vault.open(url, kms=kms, actor=ACTOR) as vault:
         acme = vault.scope("acme", kek=kms.create_key("acme-kek"), create=True)
         globex = vault.scope("globex", create=True)
         api = vault.scope("acme/repos/api", create=True)
@@ -128,10 +121,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         with pytest.raises(kc.KeyRevokedError):
             api.get("api/0001")
         api.resume(reason="incident 42 closed")
-        rid, body = flip_body_byte(db)
+        rid, body = flip_body_byte(url)
         with pytest.raises(kc.IntegrityError):
             acme.get_many([name for name, _ in records("acme", 300)])
-        restore_body(db, rid, body)
+        restore_body(url, rid, body)
         globex.mark_compromised(reason="key seen in a crash dump")
         globex.reencrypt()
         vault.shred(SHRED, reason="GDPR Art.17 request #123")
@@ -140,29 +133,71 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         vault.complete_erasures()
         vault.purge()
         assert vault.audit.verify().ok
-    return db, kms.path
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The workload's closed vault (a SQLite file, or a PostgreSQL database each test copies
+    as a template) and its KMS directory."""
+
+    url: str
+    keys: Path
+
+
+class Workloads:
+    """The workload's vault per backend, run on first use and shared by the module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.built: dict[str, Workload] = {}
+
+    def get(self, backend: str) -> Workload:
+        if backend not in self.built:
+            kms = kc.LocalKMS(self.root / backend / "keys")
+            if backend == "postgresql":
+                url = pg_create(prefix="kc_audit_workload")
+            else:
+                (self.root / backend / "db").mkdir(parents=True)
+                url = f"sqlite:///{self.root / backend / 'db' / 'ctx.db'}"
+            workload(url, kms)
+            self.built[backend] = Workload(url, kms.path)
+        return self.built[backend]
+
+    def copy(self, backend: str, folder: Path) -> str:
+        """A private copy of the workload's database: its URL (PostgreSQL: drop it after)."""
+        source = self.get(backend).url
+        if backend == "postgresql":
+            return pg_create(template=make_url(source).database)
+        db = sqlite_file(source)
+        folder.mkdir()
+        shutil.copyfile(db, folder / db.name)
+        return f"sqlite:///{folder / db.name}"
+
+    def close(self) -> None:
+        for built in self.built.values():
+            if built.url.startswith("postgresql"):
+                pg_drop(built.url)
+
+
+@pytest.fixture(scope="module")
+def workloads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workloads]:
+    made = Workloads(tmp_path_factory.mktemp("audit-workload"))
+    yield made
+    made.close()
 
 
 @dataclass
 class Trail:
     vault: kc.Vault
-    db: Path
+    url: str
+    conn: RawDB
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
-        conn = raw_db(self.db)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute("SELECT * FROM audit_events ORDER BY seq")]
-        finally:
-            conn.close()
+        return self.conn.dicts("SELECT * FROM audit_events ORDER BY seq")
 
     def sql(self, statement: str, *args: Any) -> None:
-        conn = raw_db(self.db)
-        try:
-            conn.execute(statement, args)
-        finally:
-            conn.close()
+        self.conn.execute(statement, args)
 
     def set(self, seq: int, column: str, value: Any) -> None:
         self.sql(f"UPDATE audit_events SET {column} = ? WHERE seq = ?", value, seq)
@@ -179,16 +214,21 @@ class Trail:
 
 
 @pytest.fixture
-def trail(template: tuple[Path, Path], tmp_path: Path) -> Iterator[Trail]:
+def trail(workloads: Workloads, backend: str, tmp_path: Path) -> Iterator[Trail]:
     """A private copy of the workload's vault, open through the Python API."""
-    db, keys = template
-    (tmp_path / "db").mkdir()
-    copy = tmp_path / "db" / db.name
-    shutil.copyfile(db, copy)
-    with kc.Vault.open(f"sqlite:///{copy}", kms=kc.LocalKMS(keys), actor=ACTOR) as vault:
-        trail = Trail(vault, copy)
-        trail.events = trail.rows()
-        yield trail
+    url = workloads.copy(backend, tmp_path / "db")
+    keys = workloads.get(backend).keys
+    try:
+        with (
+            kc.Vault.open(url, kms=kc.LocalKMS(keys), actor=ACTOR) as vault,
+            raw_db(url) as conn,
+        ):
+            trail = Trail(vault, url, conn)
+            trail.events = trail.rows()
+            yield trail
+    finally:
+        if backend == "postgresql":
+            pg_drop(url)
 
 
 def forge(column: str, value: Any) -> Any:
@@ -207,7 +247,9 @@ def forge(column: str, value: Any) -> Any:
         details = json.loads(value)
         details["forged"] = True
         return json.dumps(details, sort_keys=True, separators=(",", ":"))
-    if column == "at":  # '2026-11-26 10:00:00.123456': one microsecond later
+    if isinstance(value, datetime):  # PostgreSQL's timestamptz: one microsecond later
+        return value + timedelta(microseconds=1)
+    if column == "at":  # SQLite's '2026-11-26 10:00:00.123456': one microsecond later
         return value[:-1] + ("1" if value[-1] != "1" else "2")
     assert isinstance(value, str)
     return value + "x"
@@ -466,7 +508,7 @@ def test_a_shred_writes_one_shred_and_one_certificate_event(base: kc.Vault) -> N
 
 
 def test_denied_and_failed_access_is_recorded(
-    base: kc.Vault, kms: kc.LocalKMS, db_path: Path, db_url: str
+    base: kc.Vault, kms: kc.LocalKMS, db_url: str
 ) -> None:
     audit = base.audit
 
@@ -486,13 +528,13 @@ def test_denied_and_failed_access_is_recorded(
     assert (denied_put.outcome, denied_put.subject) == ("denied", "acme/repos/api:put_many")
     api.resume()
 
-    rid, body = flip_body_byte(db_path)
+    rid, body = flip_body_byte(db_url)
     names = [n for n, _ in records("acme", 50)]
     (failed,) = last_events(lambda: base.scope("acme").get_many(names), kc.IntegrityError)
     assert (failed.action, failed.outcome) == ("integrity.failure", "failed")
     assert failed.subject == "acme:get_many"
     assert failed.details_dict() == {"error": "IntegrityError"}
-    restore_body(db_path, rid, body)
+    restore_body(db_url, rid, body)
 
     kms.disable_key("local:acme-kek")
     with kc.Vault.open(db_url, kms=kms, cache_ttl=0) as cold:
@@ -513,7 +555,7 @@ def test_denied_and_failed_access_is_recorded(
 # -- no key bytes in the trail -----------------------------------------------------------
 
 
-def _key_material(vault: kc.Vault, db: Path, kms_dir: Path) -> set[bytes]:
+def _key_material(vault: kc.Vault, conn: RawDB, kms_dir: Path) -> set[bytes]:
     """Plaintext keys (live scope key versions, the audit key, KEK files) and stored key
     material (wrapped scope keys, the wrapped audit key, every record's wrapped DEK)."""
     found: set[bytes] = set()
@@ -532,18 +574,16 @@ def _key_material(vault: kc.Vault, db: Path, kms_dir: Path) -> set[bytes]:
     assert audit_key is not None
     found.add(bytes(audit_key.export_secret()))
     found.update(p.read_bytes() for p in kms_dir.glob("*/v*.key"))
-    conn = raw_db(db)
-    try:
-        found.update(bytes(w) for (w,) in conn.execute("SELECT wrapped FROM scope_keys") if w)
-        found.update(bytes(w) for (w,) in conn.execute("SELECT wrapped FROM audit_keys"))
-        found.update(bytes(h)[72:132] for (h,) in conn.execute("SELECT header FROM records"))
-    finally:
-        conn.close()
+    found.update(bytes(w) for (w,) in conn.rows("SELECT wrapped FROM scope_keys") if w)
+    found.update(bytes(w) for (w,) in conn.rows("SELECT wrapped FROM audit_keys"))
+    found.update(bytes(h)[72:132] for (h,) in conn.rows("SELECT header FROM records"))
     return found
 
 
-def test_no_key_bytes_in_any_audit_row(trail: Trail, template: tuple[Path, Path]) -> None:
-    keys = _key_material(trail.vault, trail.db, template[1])
+def test_no_key_bytes_in_any_audit_row(
+    trail: Trail, workloads: Workloads, backend: str, tmp_path: Path
+) -> None:
+    keys = _key_material(trail.vault, trail.conn, workloads.get(backend).keys)
     assert len(keys) > 500
     pieces: set[bytes] = set()
     for key in keys:
@@ -556,7 +596,7 @@ def test_no_key_bytes_in_any_audit_row(trail: Trail, template: tuple[Path, Path]
         stored = b"|".join(v if isinstance(v, bytes) else str(v).encode() for v in row.values())
         hit = next((f for f in forms if f in stored), None)
         assert hit is None, f"event {row['seq']} ({row['action']}) holds key material"
-    export = trail.db.parent / "audit.jsonl"
+    export = tmp_path / "audit.jsonl"
     assert trail.vault.audit.export(export) == len(trail.events)
     text = export.read_bytes()
     assert not [f for f in forms if f in text]

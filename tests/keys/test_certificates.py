@@ -7,14 +7,15 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import keycustody as kc
+from dbadmin import raw_db
 from keycustody.keys.shredding import CERTIFICATE_FORMAT, ErasureCertificate
 
 SHRED = "acme/subjects/alice"
@@ -22,11 +23,6 @@ REASON = "GDPR Art.17 request #123"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 LeafPath = tuple[str | int, ...]
-
-
-def raw_db(db_path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection, as a database administrator (or attacker) would use."""
-    return sqlite3.connect(db_path, isolation_level=None)
 
 
 @pytest.fixture
@@ -225,17 +221,16 @@ def test_a_forger_who_reseals_the_certificate_still_fails(
     assert "does not record this certificate" in why
 
 
-def _event_row(db_path: Path, seq: int) -> dict[str, Any]:
-    conn = raw_db(db_path)
-    conn.row_factory = sqlite3.Row
+def _event_row(db_url: str, seq: int) -> dict[str, Any]:
+    conn = raw_db(db_url)
     try:
-        return dict(conn.execute("SELECT * FROM audit_events WHERE seq = ?", (seq,)).fetchone())
+        return conn.dicts("SELECT * FROM audit_events WHERE seq = ?", (seq,))[0]
     finally:
         conn.close()
 
 
-def _set_column(db_path: Path, seq: int, column: str, value: Any) -> None:
-    conn = raw_db(db_path)
+def _set_column(db_url: str, seq: int, column: str, value: Any) -> None:
+    conn = raw_db(db_url)
     try:
         conn.execute(f"UPDATE audit_events SET {column} = ? WHERE seq = ?", (value, seq))
     finally:
@@ -251,6 +246,8 @@ def _forge(column: str, value: Any) -> Any:
         details = json.loads(value)
         details["sha256"] = "0" * 64
         return json.dumps(details, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, datetime):  # PostgreSQL
+        return value + timedelta(microseconds=1)
     if column == "at":
         return value[:-1] + ("1" if value[-1] != "1" else "2")
     if value is None:
@@ -276,29 +273,29 @@ COLUMNS = [
 
 @pytest.mark.parametrize("column", COLUMNS)
 def test_a_tampered_anchoring_audit_event_fails(
-    vault: kc.Vault, shredded: kc.ErasureCertificate, db_path: Path, column: str
+    vault: kc.Vault, shredded: kc.ErasureCertificate, db_url: str, column: str
 ) -> None:
     seq = shredded.document["integrity"]["audit_seq"]
-    original = _event_row(db_path, seq)[column]
+    original = _event_row(db_url, seq)[column]
     forged = _forge(column, original)
-    _set_column(db_path, seq, column, forged)
+    _set_column(db_url, seq, column, forged)
     ok, why = vault.verify_certificate(shredded.document)
     assert not ok, column
     assert str(seq) in why
-    _set_column(db_path, forged if column == "seq" else seq, column, original)
+    _set_column(db_url, forged if column == "seq" else seq, column, original)
     assert vault.verify_certificate(shredded.document)[0]
 
 
 def test_a_broken_audit_trail_anywhere_fails_the_certificate(
-    vault: kc.Vault, shredded: kc.ErasureCertificate, db_path: Path
+    vault: kc.Vault, shredded: kc.ErasureCertificate, db_url: str
 ) -> None:
-    row = _event_row(db_path, 2)
-    _set_column(db_path, 2, "actor", "mallory@elsewhere")
+    row = _event_row(db_url, 2)
+    _set_column(db_url, 2, "actor", "mallory@elsewhere")
     ok, why = vault.verify_certificate(shredded.document)
     assert not ok
     assert "broken at event 2" in why
-    _set_column(db_path, 2, "actor", row["actor"])
-    conn = raw_db(db_path)
+    _set_column(db_url, 2, "actor", row["actor"])
+    conn = raw_db(db_url)
     try:
         conn.execute("DELETE FROM audit_events WHERE seq = ?", (3,))
     finally:
@@ -307,9 +304,9 @@ def test_a_broken_audit_trail_anywhere_fails_the_certificate(
 
 
 def test_a_tampered_stored_certificate_fails(
-    vault: kc.Vault, shredded: kc.ErasureCertificate, db_path: Path
+    vault: kc.Vault, shredded: kc.ErasureCertificate, db_url: str
 ) -> None:
-    conn = raw_db(db_path)
+    conn = raw_db(db_url)
     try:
         body = json.loads(
             conn.execute(

@@ -4,44 +4,36 @@ the key cache TTL), and suspension seen across processes within ``revalidate_s``
 from __future__ import annotations
 
 import io
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import keycustody as kc
+from dbadmin import raw_db
 from keycustody.keys.states import ACTIVE, SUSPENDED
 
 Op = Callable[[], object]
 
 
-def stored(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """The records and key rows as plain sqlite3 sees them."""
-    conn = sqlite3.connect(db_path)
-    try:
+def stored(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The records and key rows as a raw connection sees them."""
+    with raw_db(db_url) as conn:
         return {
-            "records": conn.execute("SELECT * FROM records ORDER BY record_id").fetchall(),
-            "segments": conn.execute("SELECT * FROM segments ORDER BY record_id, seq").fetchall(),
-            "scope_keys": conn.execute(
-                "SELECT * FROM scope_keys ORDER BY scope_id, version"
-            ).fetchall(),
+            "records": conn.rows("SELECT * FROM records ORDER BY record_id"),
+            "segments": conn.rows("SELECT * FROM segments ORDER BY record_id, seq"),
+            "scope_keys": conn.rows("SELECT * FROM scope_keys ORDER BY scope_id, version"),
         }
-    finally:
-        conn.close()
 
 
-def scope_state(db_path: Path, path: str) -> str:
-    conn = sqlite3.connect(db_path)
-    try:
-        (state,) = conn.execute("SELECT state FROM scopes WHERE path = ?", (path,)).fetchone()
-    finally:
-        conn.close()
-    return str(state)
+def scope_state(db_url: str, path: str) -> str:
+    with raw_db(db_url) as conn:
+        got = conn.one("SELECT state FROM scopes WHERE path = ?", (path,))
+    assert got is not None
+    return str(got[0])
 
 
 def operations(scope: kc.Scope, blob: bytes) -> dict[str, Op]:
@@ -85,16 +77,16 @@ def _assert_readable(scope: kc.Scope, data: dict[str, bytes], blob: bytes) -> No
 
 
 def test_suspend_revokes_scope_and_subtree_resume_restores_everything(
-    vault: kc.Vault, acme: kc.Scope, db_path: Path, db_url: str, kms: kc.LocalKMS
+    vault: kc.Vault, acme: kc.Scope, db_url: str, kms: kc.LocalKMS
 ) -> None:
     child = vault.scope("acme/repos/api", create=True)
     other = vault.scope("globex", create=True)
     filled = {s.path: _fill(s) for s in (acme, child, other)}
-    before = stored(db_path)
+    before = stored(db_url)
 
     acme.suspend(reason="incident 4711: tenant under investigation")
-    assert scope_state(db_path, "acme") == SUSPENDED
-    assert scope_state(db_path, "acme/repos/api") == ACTIVE  # revoked through its ancestor
+    assert scope_state(db_url, "acme") == SUSPENDED
+    assert scope_state(db_url, "acme/repos/api") == ACTIVE  # revoked through its ancestor
 
     for scope in (acme, child):
         for name, op in operations(scope, filled[scope.path][1]).items():
@@ -113,11 +105,11 @@ def test_suspend_revokes_scope_and_subtree_resume_restores_everything(
     _assert_readable(other, *filled["globex"])
     with pytest.raises(kc.InvalidInputError):
         acme.suspend()  # already suspended
-    assert stored(db_path) == before  # nothing was written or lost while suspended
+    assert stored(db_url) == before  # nothing was written or lost while suspended
 
     acme.resume()
-    assert scope_state(db_path, "acme") == ACTIVE
-    assert stored(db_path) == before
+    assert scope_state(db_url, "acme") == ACTIVE
+    assert stored(db_url) == before
     for scope in (acme, child, other):
         _assert_readable(scope, *filled[scope.path])
     assert acme.put("after.py", b"after").key_version == 1

@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+import dbadmin
 import keycustody as kc
+from dbadmin import RawDB
 from forensics import hits
 from keycustody.keys import shredding
 from keycustody.keys.hierarchy import load_scope
@@ -49,9 +51,12 @@ Data = dict[str, dict[str, bytes]]
 # -- helpers -----------------------------------------------------------------------------
 
 
-def raw_db(db_path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection, as a database administrator (or attacker) would use."""
-    return sqlite3.connect(db_path, isolation_level=None)
+def raw_db(db: Path | str) -> sqlite3.Connection | RawDB:
+    """A plain connection, as a database administrator (or attacker) would use: sqlite3 on a
+    SQLite file, or the backend's own driver on a database URL (:mod:`dbadmin`)."""
+    if isinstance(db, str):
+        return dbadmin.raw_db(db)
+    return sqlite3.connect(db, isolation_level=None)
 
 
 def payloads(path: str, n: int, seed: int = 0, size: int = 1500) -> dict[str, bytes]:
@@ -79,7 +84,9 @@ def subtree_paths(vault: kc.Vault, root: str) -> list[str]:
     return [p for p in vault.scopes() if p == root or p.startswith(root + "/")]
 
 
-def key_rows(db_path: Path, paths: Iterable[str]) -> list[tuple[str, int, str, bytes | None]]:
+def key_rows(
+    db_path: Path | str, paths: Iterable[str]
+) -> list[tuple[str, int, str, bytes | None]]:
     """(path, version, state, wrapped) of every key version of the scopes."""
     paths = list(paths)
     marks = ",".join("?" * len(paths))
@@ -98,7 +105,7 @@ def key_rows(db_path: Path, paths: Iterable[str]) -> list[tuple[str, int, str, b
         conn.close()
 
 
-def wrapped_keys(db_path: Path, paths: Iterable[str]) -> set[bytes]:
+def wrapped_keys(db_path: Path | str, paths: Iterable[str]) -> set[bytes]:
     """The wrapped key material stored for the scopes right now."""
     return {w for _, _, _, w in key_rows(db_path, paths) if w is not None}
 
@@ -543,13 +550,12 @@ def test_a_rerun_after_a_crash_completes_the_shred(
     vault: kc.Vault,
     kms: kc.LocalKMS,
     db_url: str,
-    db_path: Path,
     data: Data,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _crash_after_phase1(monkeypatch, vault)
     assert vault.certificates() == []
-    assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_path, SUBTREE))
+    assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_url, SUBTREE))
     with kc.Vault.open(db_url, kms=kms) as restarted:
         certificate = restarted.shred(SHRED, reason="GDPR #5")
         assert [c.id for c in restarted.certificates()] == [certificate.id]
@@ -733,14 +739,14 @@ def test_shred_needs_no_kms(vault: kc.Vault, kms: kc.LocalKMS, data: Data) -> No
     assert_reads(vault, data, SURVIVORS)
 
 
-def test_bad_requests_change_nothing(vault: kc.Vault, db_path: Path, data: Data) -> None:
-    before = key_rows(db_path, vault.scopes())
+def test_bad_requests_change_nothing(vault: kc.Vault, db_url: str, data: Data) -> None:
+    before = key_rows(db_url, vault.scopes())
     for reason in ("", "   "):
         with pytest.raises(kc.InvalidInputError, match="reason"):
             vault.shred(SHRED, reason=reason)
     with pytest.raises(kc.NotFoundError):
         vault.shred("acme/subjects/nobody", reason="GDPR #11")
-    assert key_rows(db_path, vault.scopes()) == before
+    assert key_rows(db_url, vault.scopes()) == before
     assert vault.certificates() == []
     assert_reads(vault, data, COUNTS)
 
@@ -855,7 +861,7 @@ def test_phase_2_after_the_tenant_kek_was_destroyed(
 # -- purge -------------------------------------------------------------------------------
 
 
-def _count(db_path: Path, sql: str, *args: object) -> int:
+def _count(db_path: Path | str, sql: str, *args: object) -> int:
     conn = raw_db(db_path)
     try:
         return int(conn.execute(sql, args).fetchone()[0])
@@ -863,7 +869,7 @@ def _count(db_path: Path, sql: str, *args: object) -> int:
         conn.close()
 
 
-def _records_of(db_path: Path, path: str) -> int:
+def _records_of(db_path: Path | str, path: str) -> int:
     return _count(
         db_path,
         "SELECT count(*) FROM records r JOIN scopes s ON s.id = r.scope_id WHERE s.path = ?",
@@ -871,7 +877,7 @@ def _records_of(db_path: Path, path: str) -> int:
     )
 
 
-def _segments_of(db_path: Path, path: str) -> int:
+def _segments_of(db_path: Path | str, path: str) -> int:
     return _count(
         db_path,
         "SELECT count(*) FROM segments g JOIN records r ON r.record_id = g.record_id "
@@ -881,32 +887,32 @@ def _segments_of(db_path: Path, path: str) -> int:
 
 
 def test_purge_removes_only_the_shredded_records_and_their_segments(
-    vault: kc.Vault, db_path: Path, data: Data
+    vault: kc.Vault, db_url: str, data: Data
 ) -> None:
     big = os.urandom(5 * 2**20 + 123)
     vault.scope(SHRED).put_stream("video.bin", io.BytesIO(big))
     vault.scope("acme/subjects/bob").put_stream("video.bin", io.BytesIO(big))
-    assert _segments_of(db_path, SHRED) > 1
-    bob_segments = _segments_of(db_path, "acme/subjects/bob")
+    assert _segments_of(db_url, SHRED) > 1
+    bob_segments = _segments_of(db_url, "acme/subjects/bob")
     assert vault.purge() == 0, "nothing is shredded yet"
     certificate = vault.shred(SHRED, reason="GDPR #14")
-    before = {p: _records_of(db_path, p) for p in SURVIVORS}
+    before = {p: _records_of(db_url, p) for p in SURVIVORS}
     head = vault.audit.verify().head_seq
 
     purged = vault.purge()
 
     assert purged == COUNTS[SHRED] + 1 + COUNTS[f"{SHRED}/chats"]
-    assert all(_records_of(db_path, p) == 0 for p in SUBTREE)
-    assert _segments_of(db_path, SHRED) == 0
+    assert all(_records_of(db_url, p) == 0 for p in SUBTREE)
+    assert _segments_of(db_url, SHRED) == 0
     assert (
         _count(
-            db_path,
+            db_url,
             "SELECT count(*) FROM segments WHERE record_id NOT IN (SELECT record_id FROM records)",
         )
         == 0
     )
-    assert {p: _records_of(db_path, p) for p in SURVIVORS} == before
-    assert _segments_of(db_path, "acme/subjects/bob") == bob_segments
+    assert {p: _records_of(db_url, p) for p in SURVIVORS} == before
+    assert _segments_of(db_url, "acme/subjects/bob") == bob_segments
     assert_reads(vault, data, SURVIVORS)
     bob_video = vault.scope("acme/subjects/bob").open_stream("video.bin")
     assert bob_video.read() == big

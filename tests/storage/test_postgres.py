@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
 
 import keycustody as kc
 from forensics import hits
@@ -152,3 +154,24 @@ def test_shred_on_postgres_leaves_no_plaintext_key_and_vacuums_the_key_table(
         assert hits(everything, plaintext) == []
         in_wal = hits(_files(data / "pg_wal"), wrapped)
         print(f"T27: destroyed wrapped keys still in pg_wal segments: {len(in_wal)}")
+
+
+def test_a_failed_open_leaves_no_connection_behind(pg_url: str, kms: kc.LocalKMS) -> None:
+    """Vault.open migrates, then fails on a bad setting or an unavailable audit key: the
+    connections it opened are closed (they used to stay in the pool until garbage
+    collection, where psycopg warns, failing whichever test runs then)."""
+    audit = kms.create_key("audit")
+    kms.disable_key(audit)
+    with pytest.raises(kc.ConfigError):
+        kc.Vault.open(pg_url, kms=kms, rotation_period=timedelta(0))
+    with pytest.raises(kc.AuditError):
+        kc.Vault.open(pg_url, kms=kms, audit_kek=audit)
+
+    name = make_url(pg_url).database
+    server = create_engine(make_url(pg_url).set(database="postgres"))
+    with server.connect() as conn:
+        sessions = conn.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"), {"name": name}
+        )
+    server.dispose()
+    assert sessions == 0

@@ -1,8 +1,10 @@
-"""schema.upgrade on real SQLite files: the migration must build exactly the models' schema."""
+"""schema.upgrade on a real SQLite file and a real PostgreSQL database: the migrations must
+build exactly the models' schema on each backend (whose types differ: bytea, timestamptz,
+varchar lengths), in one write transaction, and down again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
+from dbadmin import pg_create, pg_drop
 from keycustody.storage import schema
-from keycustody.storage.engine import WRITE, make_engine
+from keycustody.storage.engine import PG_WRITE_LOCK, WRITE, make_engine
 from keycustody.storage.models import Base
 
 TABLES = {
@@ -37,8 +40,29 @@ HEAD = "0009"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'vault.db'}")
+def new_database(backend: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Makes empty databases (no schema) on the test's backend: name -> URL."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        if backend == "postgresql":
+            made.append(pg_create(prefix=f"kc_{name}"))
+            return made[-1]
+        return f"sqlite:///{tmp_path / name}.db"
+
+    yield make
+    for url in made:
+        pg_drop(url)
+
+
+@pytest.fixture
+def empty_url(new_database: Callable[[str], str]) -> str:
+    return new_database("vault")
+
+
+@pytest.fixture
+def engine(empty_url: str) -> Iterator[Engine]:
+    engine = make_engine(empty_url)
     yield engine
     engine.dispose()
 
@@ -49,12 +73,55 @@ def migrated(engine: Engine) -> Engine:
     return engine
 
 
+class Shared:
+    """Per backend, one migrated database and one built by ``create_all``, made on first use
+    and shared by the module's tests that only reflect them (a PostgreSQL database costs a
+    CREATE DATABASE and a migration)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.engines: dict[tuple[str, str], Engine] = {}
+        self.databases: list[str] = []
+
+    def get(self, backend: str, kind: str) -> Engine:
+        if (backend, kind) not in self.engines:
+            if backend == "postgresql":
+                url = pg_create(prefix=f"kc_{kind}")
+                self.databases.append(url)
+            else:
+                url = f"sqlite:///{self.root / kind}.db"
+            engine = make_engine(url)
+            if kind == "migrated":
+                schema.upgrade(engine)
+            else:
+                Base.metadata.create_all(engine)
+            self.engines[backend, kind] = engine
+        return self.engines[backend, kind]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+        for url in self.databases:
+            pg_drop(url)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    made = Shared(tmp_path_factory.mktemp("schema"))
+    yield made
+    made.close()
+
+
 @pytest.fixture
-def from_models(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'models.db'}")
-    Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+def reflected(shared: Shared, backend: str) -> Engine:
+    """A migrated database that tests only read (shared, see :class:`Shared`)."""
+    return shared.get(backend, "migrated")
+
+
+@pytest.fixture
+def reflected_models(shared: Shared, backend: str) -> Engine:
+    """A database made by ``create_all`` that tests only read (shared)."""
+    return shared.get(backend, "models")
 
 
 def _version(engine: Engine) -> list[str]:
@@ -66,7 +133,10 @@ def _describe(engine: Engine, table: str) -> dict[str, Any]:
     """Everything reflection tells about a table, in a comparable form."""
     insp = inspect(engine)
     return {
-        "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)],
+        "columns": [
+            (c["name"], c["type"].compile(engine.dialect), c["nullable"])
+            for c in insp.get_columns(table)
+        ],
         "pk": insp.get_pk_constraint(table),
         "unique": sorted(
             (u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)
@@ -74,6 +144,8 @@ def _describe(engine: Engine, table: str) -> dict[str, Any]:
         "indexes": sorted(
             (i["name"], tuple(i["column_names"]), bool(i["unique"]))
             for i in insp.get_indexes(table)
+            # PostgreSQL also lists the index behind each unique constraint ("unique" above).
+            if "duplicates_constraint" not in i
         ),
         "fks": sorted(
             (
@@ -87,13 +159,13 @@ def _describe(engine: Engine, table: str) -> dict[str, Any]:
     }
 
 
-def test_upgrade_creates_the_tables(migrated: Engine) -> None:
-    assert set(inspect(migrated).get_table_names()) == TABLES | {"alembic_version"}
+def test_upgrade_creates_the_tables(reflected: Engine) -> None:
+    assert set(inspect(reflected).get_table_names()) == TABLES | {"alembic_version"}
     assert set(Base.metadata.tables) == TABLES
 
 
-def test_alembic_version_is_head(migrated: Engine) -> None:
-    assert _version(migrated) == [HEAD]
+def test_alembic_version_is_head(reflected: Engine) -> None:
+    assert _version(reflected) == [HEAD]
 
 
 def test_migrations_have_a_single_head() -> None:
@@ -104,21 +176,23 @@ def test_migrations_have_a_single_head() -> None:
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_columns_match_the_models(migrated: Engine, table: str) -> None:
+def test_columns_match_the_models(reflected: Engine, table: str) -> None:
     model = Base.metadata.tables[table]
-    reflected = {c["name"]: c for c in inspect(migrated).get_columns(table)}
+    columns = {c["name"]: c for c in inspect(reflected).get_columns(table)}
 
-    assert list(reflected) == [c.name for c in model.columns]
+    assert list(columns) == [c.name for c in model.columns]
     for column in model.columns:
-        got = reflected[column.name]
+        got = columns[column.name]
         assert got["nullable"] == column.nullable, column.name
-        assert str(got["type"]) == str(column.type.compile(migrated.dialect)), column.name
+        # Both as the backend spells them (e.g. TIMESTAMP WITH TIME ZONE, BYTEA, VARCHAR(64)).
+        expected = column.type.compile(reflected.dialect)
+        assert got["type"].compile(reflected.dialect) == expected, column.name
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_keys_constraints_and_indexes_match_the_models(migrated: Engine, table: str) -> None:
+def test_keys_constraints_and_indexes_match_the_models(reflected: Engine, table: str) -> None:
     model = Base.metadata.tables[table]
-    got = _describe(migrated, table)
+    got = _describe(reflected, table)
 
     assert got["pk"]["constrained_columns"] == [c.name for c in model.primary_key.columns]
     assert got["pk"]["name"] == model.primary_key.name
@@ -136,22 +210,24 @@ def test_keys_constraints_and_indexes_match_the_models(migrated: Engine, table: 
     )
 
 
-def test_unique_constraints(migrated: Engine) -> None:
-    assert _describe(migrated, "scopes")["unique"] == [("uq_scopes_path", ("path",))]
-    assert _describe(migrated, "records")["unique"] == [
+def test_unique_constraints(reflected: Engine) -> None:
+    assert _describe(reflected, "scopes")["unique"] == [("uq_scopes_path", ("path",))]
+    assert _describe(reflected, "records")["unique"] == [
         ("uq_records_scope_id", ("scope_id", "name_index"))
     ]
-    assert _describe(migrated, "scope_keys")["unique"] == []
-    assert _describe(migrated, "vault_meta")["unique"] == []
+    assert _describe(reflected, "scope_keys")["unique"] == []
+    assert _describe(reflected, "vault_meta")["unique"] == []
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_migration_equals_create_all(migrated: Engine, from_models: Engine, table: str) -> None:
-    assert _describe(migrated, table) == _describe(from_models, table)
+def test_migration_equals_create_all(
+    reflected: Engine, reflected_models: Engine, table: str
+) -> None:
+    assert _describe(reflected, table) == _describe(reflected_models, table)
 
 
-def test_autogenerate_finds_no_drift(migrated: Engine) -> None:
-    with migrated.connect() as conn:
+def test_autogenerate_finds_no_drift(reflected: Engine) -> None:
+    with reflected.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
 
@@ -180,10 +256,10 @@ def test_upgrade_is_idempotent(migrated: Engine) -> None:
         assert conn.execute(text("SELECT path FROM scopes")).scalars().all() == ["acme"]
 
 
-def test_upgrade_survives_a_new_engine(engine: Engine, tmp_path: Path) -> None:
+def test_upgrade_survives_a_new_engine(engine: Engine, empty_url: str) -> None:
     schema.upgrade(engine)
     engine.dispose()
-    again = make_engine(f"sqlite:///{tmp_path / 'vault.db'}")
+    again = make_engine(empty_url)
     try:
         schema.upgrade(again)
         assert _version(again) == [HEAD]
@@ -192,18 +268,28 @@ def test_upgrade_survives_a_new_engine(engine: Engine, tmp_path: Path) -> None:
         again.dispose()
 
 
-def test_upgrade_runs_in_one_write_transaction(engine: Engine) -> None:
+def test_upgrade_runs_in_one_write_transaction(engine: Engine, backend: str) -> None:
     seen: list[str] = []
+    ends: list[str] = []
 
     @event.listens_for(engine, "before_cursor_execute")
     def _record(*args: Any) -> None:
         seen.append(args[2])
 
+    event.listen(engine, "begin", lambda _conn: ends.append("begin"))
+    event.listen(engine, "commit", lambda _conn: ends.append("commit"))
+    event.listen(engine, "rollback", lambda _conn: ends.append("rollback"))
+
     schema.upgrade(engine)
 
+    assert ends == ["begin", "commit"]  # PostgreSQL's DDL is transactional: all or nothing
     begins = [s for s in seen if s.startswith("BEGIN")]
-    assert begins == ["BEGIN IMMEDIATE"]
-    assert seen[0] == "BEGIN IMMEDIATE"
+    if backend == "sqlite":
+        assert begins == ["BEGIN IMMEDIATE"]
+        assert seen[0] == "BEGIN IMMEDIATE"
+    else:  # the vault's write lock, exclusive: no writer runs beside a migration
+        assert begins == []
+        assert seen[0] == f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
 
 
 def test_upgrade_on_memory_engine() -> None:
@@ -219,7 +305,7 @@ def test_upgrade_on_memory_engine() -> None:
 def test_foreign_keys_are_enforced_after_upgrade(migrated: Engine) -> None:
     now = datetime.now(UTC)
     with (
-        pytest.raises(IntegrityError, match="FOREIGN KEY"),
+        pytest.raises(IntegrityError, match=r"(?i)foreign key"),
         migrated.connect().execution_options(**WRITE) as conn,
         conn.begin(),
     ):
@@ -240,7 +326,7 @@ def test_unique_path_is_enforced_after_upgrade(migrated: Engine) -> None:
     )
     with migrated.begin() as conn:
         conn.execute(insert, {"id": bytes(16), "t": now})
-    with pytest.raises(IntegrityError, match="UNIQUE"), migrated.begin() as conn:
+    with pytest.raises(IntegrityError, match=r"(?i)unique"), migrated.begin() as conn:
         conn.execute(insert, {"id": b"\x01" * 16, "t": now})
 
 
