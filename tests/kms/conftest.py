@@ -1,8 +1,8 @@
 """KMS test servers and provider harnesses: moto's KMS behind an AWS-faithful proxy, the Azure
 Key Vault stand-in, and one :class:`Harness` per provider for the contract suite.
 
-Adding a provider to tests/kms/test_contract.py is one fixture: write a function returning a
-:class:`Harness` and decorate it with ``@harness("name")``.
+Adding a provider to tests/kms/test_contract.py is one fixture: write a function returning (or
+yielding) a :class:`Harness` and decorate it with ``@harness("name")``.
 
 Why a proxy in front of moto (5.2, measured): moto still answers Encrypt/Decrypt under a
 disabled key or a key pending deletion, answers AccessDeniedException where AWS answers
@@ -386,10 +386,10 @@ class Harness:
 HARNESSES: list[str] = []
 
 
-def harness(name: str) -> Callable[[Callable[..., Harness]], Any]:
+def harness(name: str) -> Callable[[Callable[..., Harness | Iterator[Harness]]], Any]:
     """Registers a harness fixture ``<name>_harness`` for the contract suite."""
 
-    def register(fn: Callable[..., Harness]) -> Any:
+    def register(fn: Callable[..., Harness | Iterator[Harness]]) -> Any:
         HARNESSES.append(name)
         return pytest.fixture(name=f"{name}_harness")(fn)
 
@@ -465,6 +465,63 @@ def _azure_harness(
         timeout=azure_kms.timeout,
         audit_kms=[LocalKMS(tmp_path / "audit-keys")],
     )
+
+
+@harness("pkcs11")
+def _pkcs11_harness(tmp_path: Path) -> Iterator[Harness]:
+    """A private SoftHSM2 token (skipped without SoftHSM2 unless KEYCUSTODY_REQUIRE_SOFTHSM=1)."""
+    from softhsm import PIN, missing, softhsm
+
+    from keycustody.kms.pkcs11 import Pkcs11KMS
+
+    reason = missing()
+    if reason is not None:
+        if os.environ.get("KEYCUSTODY_REQUIRE_SOFTHSM") == "1":
+            pytest.fail(f"{reason}; KEYCUSTODY_REQUIRE_SOFTHSM=1 demands it")
+        pytest.skip(reason)
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    with softhsm(tmp_path / "softhsm") as hsm:
+        hsm.init_token("kc-contract")
+        kms = Pkcs11KMS(hsm.lib, "kc-contract", PIN)
+
+        def bad_material(key_id: KeyId, value: bytes) -> None:
+            # An HSM never hands key bytes back: what goes wrong is the key object itself.
+            # An administrator swaps version 1 of the key for another AES key (the given
+            # bytes when they make one, random ones otherwise).
+            label = key_id.removeprefix("pkcs11:")
+            session = hsm.session("kc-contract")
+            try:
+                template = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
+                for obj in list(session.get_objects(template)):
+                    obj.destroy()
+                session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.SECRET_KEY,
+                        Attribute.KEY_TYPE: KeyType.AES,
+                        Attribute.LABEL: label,
+                        Attribute.ID: b"v1",
+                        Attribute.VALUE: value if len(value) in (16, 24, 32) else os.urandom(32),
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: True,
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.ENCRYPT: True,
+                        Attribute.DECRYPT: True,
+                    }
+                )
+            finally:
+                session.close()
+
+        yield Harness(
+            name="pkcs11",
+            provider=kms,
+            new_key=lambda: kms.create_key(unique("kek")),
+            disable=kms.disable_key,
+            enable=kms.enable_key,
+            bad_material=bad_material,
+            audit_kms=[LocalKMS(tmp_path / "audit-keys")],
+        )
 
 
 @pytest.fixture(params=HARNESSES)

@@ -1,7 +1,8 @@
 """The KMS provider contract (T36): the same behaviour asserted for every provider.
 
 Providers come from the harness fixtures in tests/kms/conftest.py (local, aws on moto behind the
-AWS-faithful proxy, azure on the HTTPS stand-in); adding one is one ``@harness`` fixture.
+AWS-faithful proxy, azure on the HTTPS stand-in, pkcs11 on a SoftHSM2 token); adding one is one
+``@harness`` fixture.
 
 Decisions the contract fixes for every provider:
 
