@@ -575,6 +575,29 @@ mod tests {
     }
 
     #[test]
+    fn run_tasks_covers_every_item_once_with_its_position() {
+        for (count, total) in [(5usize, 100usize), (1000, 1 << 20), (300, 64 << 20)] {
+            let mut items: Vec<(usize, u32)> = (0..count).map(|i| (i, 0)).collect();
+            run_tasks(&mut items, total, |first, chunk| {
+                for (k, item) in chunk.iter_mut().enumerate() {
+                    assert_eq!(item.0, first + k);
+                    item.1 += 1;
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert!(items.iter().all(|i| i.1 == 1));
+            let failed = run_tasks(&mut items, total, |first, chunk| {
+                match chunk.iter().position(|i| i.0 == count - 2) {
+                    Some(k) => Err(first + k),
+                    None => Ok(()),
+                }
+            });
+            assert_eq!(failed, Err(count - 2));
+        }
+    }
+
+    #[test]
     fn rewrap_keeps_the_payload() {
         let (k1, scope_id) = setup();
         let k2 = k1.rotated().unwrap();
