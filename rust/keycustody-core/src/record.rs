@@ -211,12 +211,29 @@ pub(crate) struct DekWrap<'a> {
     pub aad_extra: &'a [u8],
 }
 
-/// Associated data of a DEK wrap: header[0..72], then the wrap's extra binding.
-pub(crate) fn dek_aad(header: &[u8], extra: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DEK_AAD_END + extra.len());
-    aad.extend_from_slice(&header[..DEK_AAD_END]);
-    aad.extend_from_slice(extra);
-    aad
+/// Associated data of a DEK wrap: header[0..72], then the wrap's extra binding (at most a
+/// record id), on the stack: it is built for every record.
+pub(crate) struct DekAad {
+    buf: [u8; DEK_AAD_END + RECORD_ID_LEN],
+    len: usize,
+}
+
+impl std::ops::Deref for DekAad {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+pub(crate) fn dek_aad(header: &[u8], extra: &[u8]) -> Result<DekAad> {
+    let len = DEK_AAD_END + extra.len();
+    let mut buf = [0u8; DEK_AAD_END + RECORD_ID_LEN];
+    buf.get_mut(DEK_AAD_END..len)
+        .ok_or_else(|| invalid("associated data too long"))?
+        .copy_from_slice(extra);
+    buf[..DEK_AAD_END].copy_from_slice(&header[..DEK_AAD_END]);
+    Ok(DekAad { buf, len })
 }
 
 pub(crate) fn write_header_with(
@@ -242,7 +259,7 @@ pub(crate) fn write_header_with(
     h[RECORD_ID].copy_from_slice(record_id);
     h[NAME_INDEX].copy_from_slice(&wrap.index.name_index(name)?);
     h[WRAP_NONCE].copy_from_slice(wrap_nonce);
-    let aad = dek_aad(h, wrap.aad_extra);
+    let aad = dek_aad(h, wrap.aad_extra)?;
     seal_into(wrap.key, wrap_nonce, &aad, dek, &mut h[WRAPPED_DEK])?;
     h[DATA_NONCE].copy_from_slice(data_nonce);
     let (data_key, commitment) = derive_record_keys(dek, record_id)?;
@@ -304,7 +321,7 @@ pub(crate) fn unwrap_dek(
     header: &[u8],
 ) -> Result<(Zeroizing<[u8; KEY_LEN]>, LessSafeKey)> {
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
-    let aad = dek_aad(header, aad_extra);
+    let aad = dek_aad(header, aad_extra)?;
     open_into(
         wrap,
         &header[WRAP_NONCE],
@@ -375,7 +392,7 @@ pub fn rewrap_header(
     out.copy_from_slice(header);
     out[KEY_VERSION].copy_from_slice(&to.version.to_be_bytes());
     fill_random(&mut out[WRAP_NONCE])?;
-    let aad = dek_aad(out, &[]);
+    let aad = dek_aad(out, &[])?;
     let nonce: [u8; GCM_NONCE_LEN] = out[WRAP_NONCE].try_into().expect("12 bytes");
     seal_into(to.key.aead(), &nonce, &aad, &dek[..], &mut out[WRAPPED_DEK])
 }
@@ -385,7 +402,32 @@ fn task_len(total_bytes: usize, records: usize) -> usize {
     (TASK_BYTES / avg).clamp(1, MAX_TASK_RECORDS)
 }
 
-fn seal_task(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
+/// Runs `f` on consecutive chunks of `items`, each with the position of its first item: on the
+/// calling thread when the batch carries less than 256 KiB of payload (`total_bytes`), else as
+/// parallel tasks of about 256 KiB (at most 256 records) each, so that small records share a
+/// task and large ones spread over the cores. Stops at the first error.
+pub fn run_tasks<T, E, F>(items: &mut [T], total_bytes: usize, f: F) -> std::result::Result<(), E>
+where
+    T: Send,
+    E: Send,
+    F: Fn(usize, &mut [T]) -> std::result::Result<(), E> + Sync,
+{
+    if total_bytes < PARALLEL_MIN_BYTES || items.len() < 2 {
+        return items
+            .chunks_mut(MAX_TASK_RECORDS)
+            .enumerate()
+            .try_for_each(|(i, chunk)| f(i * MAX_TASK_RECORDS, chunk));
+    }
+    let per_task = task_len(total_bytes, items.len());
+    items
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .try_for_each(|(i, chunk)| f(i * per_task, chunk))
+}
+
+/// Seals records on the calling thread (one task of [`seal_batch`]): one CSPRNG call for all of
+/// their record ids, DEKs and nonces. On error the outputs are partly written.
+pub fn seal_chunk(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
     // invariant(fresh-dek): one getrandom call yields every record's id, DEK and nonces.
     let mut random = Zeroizing::new(vec![0u8; RANDOM_PER_RECORD * jobs.len()]);
     fill_random(&mut random)?;
@@ -399,14 +441,28 @@ fn seal_task(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
 /// On error the outputs are partly written and must be discarded.
 pub fn seal_batch(key: &SealKey<'_>, jobs: &mut [SealJob<'_>]) -> Result<()> {
     let total: usize = jobs.iter().map(|j| j.data.len()).sum();
-    if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
-        return jobs
-            .chunks_mut(MAX_TASK_RECORDS)
-            .try_for_each(|chunk| seal_task(key, chunk));
-    }
-    let per_task = task_len(total, jobs.len());
-    jobs.par_chunks_mut(per_task)
-        .try_for_each(|chunk| seal_task(key, chunk))
+    run_tasks(jobs, total, |_, chunk| seal_chunk(key, chunk))
+}
+
+/// Opens records on the calling thread (one task of [`open_batch`]); stops at the first
+/// failure, with its position in `jobs`. Outputs are left as written: the caller wipes them.
+pub fn open_chunk(
+    keys: &OpenKeys<'_>,
+    jobs: &mut [OpenJob<'_>],
+) -> std::result::Result<(), (usize, CoreError)> {
+    jobs.iter_mut()
+        .enumerate()
+        .try_for_each(|(i, job)| open_one(keys, job).map_err(|e| (i, e)))
+}
+
+/// Opens encrypted names on the calling thread (see [`open_name`], [`open_chunk`]).
+pub fn open_name_chunk(
+    keys: &OpenKeys<'_>,
+    jobs: &mut [OpenJob<'_>],
+) -> std::result::Result<(), (usize, CoreError)> {
+    jobs.iter_mut()
+        .enumerate()
+        .try_for_each(|(i, job)| open_name(keys, job).map_err(|e| (i, e)))
 }
 
 /// Opens a batch of records; fails on the first record that does not authenticate.
@@ -415,7 +471,7 @@ pub fn open_batch(
     keys: &OpenKeys<'_>,
     jobs: &mut [OpenJob<'_>],
 ) -> std::result::Result<(), (usize, CoreError)> {
-    run_indexed(jobs, |job| open_one(keys, job))
+    run_indexed(jobs, |chunk| open_chunk(keys, chunk))
 }
 
 /// Opens a batch of encrypted names (see [`open_name`]).
@@ -423,24 +479,17 @@ pub fn open_name_batch(
     keys: &OpenKeys<'_>,
     jobs: &mut [OpenJob<'_>],
 ) -> std::result::Result<(), (usize, CoreError)> {
-    run_indexed(jobs, |job| open_name(keys, job))
+    run_indexed(jobs, |chunk| open_name_chunk(keys, chunk))
 }
 
 fn run_indexed<F>(jobs: &mut [OpenJob<'_>], f: F) -> std::result::Result<(), (usize, CoreError)>
 where
-    F: Fn(&mut OpenJob<'_>) -> Result<()> + Sync,
+    F: Fn(&mut [OpenJob<'_>]) -> std::result::Result<(), (usize, CoreError)> + Sync,
 {
     let total: usize = jobs.iter().map(|j| j.body.len()).sum();
-    let run = |(i, job): (usize, &mut OpenJob<'_>)| f(job).map_err(|e| (i, e));
-    let result = if total < PARALLEL_MIN_BYTES || jobs.len() < 2 {
-        jobs.iter_mut().enumerate().try_for_each(run)
-    } else {
-        let per_task = task_len(total, jobs.len());
-        jobs.par_iter_mut()
-            .enumerate()
-            .with_min_len(per_task)
-            .try_for_each(run)
-    };
+    let result = run_tasks(jobs, total, |first, chunk| {
+        f(chunk).map_err(|(i, e)| (first + i, e))
+    });
     if result.is_err() {
         // The batch is discarded: leave no plaintext of the records that did open behind.
         jobs.iter_mut().for_each(|j| j.out.fill(0));
@@ -522,6 +571,29 @@ mod tests {
         }
         for n in 0..blob.len() {
             assert!(open_blob(&keys, b"a.py", &blob[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn run_tasks_covers_every_item_once_with_its_position() {
+        for (count, total) in [(5usize, 100usize), (1000, 1 << 20), (300, 64 << 20)] {
+            let mut items: Vec<(usize, u32)> = (0..count).map(|i| (i, 0)).collect();
+            run_tasks(&mut items, total, |first, chunk| {
+                for (k, item) in chunk.iter_mut().enumerate() {
+                    assert_eq!(item.0, first + k);
+                    item.1 += 1;
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert!(items.iter().all(|i| i.1 == 1));
+            let failed = run_tasks(&mut items, total, |first, chunk| {
+                match chunk.iter().position(|i| i.0 == count - 2) {
+                    Some(k) => Err(first + k),
+                    None => Ok(()),
+                }
+            });
+            assert_eq!(failed, Err(count - 2));
         }
     }
 

@@ -8,7 +8,7 @@ use keycustody_core::{CoreError, SecretKey};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::buffers::{FreshBytes, Input};
+use crate::buffers::{prefault, zeroed, FreshBytes, Input, Uninit};
 use crate::errors::{batch_error, Error, InvalidInputError};
 use crate::gil::run_detached;
 use crate::keys::KeyHandle;
@@ -44,8 +44,46 @@ fn core_error(e: CoreError) -> PyErr {
     Error(e).into()
 }
 
-/// A core batch opener: stops at the first record that fails, with its position.
-type BatchOpen = fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>;
+/// A core opener of one task's records: stops at the first that fails, with its position.
+type ChunkOpen = fn(&OpenKeys<'_>, &mut [OpenJob<'_>]) -> Result<(), (usize, CoreError)>;
+
+/// A record to seal whose outputs (header, body, encrypted name; or one blob) are not written yet.
+struct PendingSeal<'a> {
+    name: &'a [u8],
+    data: &'a [u8],
+    outs: [Uninit<'a>; 3],
+}
+
+/// A record to open whose output is not written yet.
+struct PendingOpen<'a> {
+    name: Option<&'a [u8]>,
+    header: &'a [u8],
+    body: &'a [u8],
+    out: Uninit<'a>,
+}
+
+/// Opens records task by task (see `record::run_tasks`); each task maps and zeroes its own
+/// outputs right before writing them. On failure the outputs are partly written: wipe them.
+fn open_pending(
+    keys: &OpenKeys<'_>,
+    pending: &mut [PendingOpen<'_>],
+    total: usize,
+    open: ChunkOpen,
+) -> Result<(), (usize, CoreError)> {
+    record::run_tasks(pending, total, |first, chunk| {
+        prefault(chunk.iter().map(|p| &*p.out));
+        let mut jobs: Vec<OpenJob<'_>> = chunk
+            .iter_mut()
+            .map(|p| OpenJob {
+                name: p.name,
+                header: p.header,
+                body: p.body,
+                out: zeroed(std::mem::take(&mut p.out)),
+            })
+            .collect();
+        open(keys, &mut jobs).map_err(|(i, e)| (first + i, e))
+    })
+}
 
 /// Keys by version, borrowed from frozen handles that the dict keeps alive.
 pub(crate) fn key_table<'py>(
@@ -84,26 +122,43 @@ fn seal<'py>(
         .map(|n| if with_names { n.len() + TAG_LEN } else { 0 });
     let mut name_cts = FreshBytes::alloc(py, name_lens)?;
     let total: usize = datas.iter().map(|d| d.len()).sum();
-    let mut jobs: Vec<SealJob<'_>> = names
+    let mut pending: Vec<PendingSeal<'_>> = names
         .iter()
         .zip(datas)
         .zip(
             headers
-                .buffers(py)
+                .uninit()
                 .into_iter()
-                .zip(bodies.buffers(py))
-                .zip(name_cts.buffers(py)),
+                .zip(bodies.uninit())
+                .zip(name_cts.uninit()),
         )
-        .map(|((name, data), ((header, body), name_ct))| SealJob {
+        .map(|((name, data), ((header, body), name_ct))| PendingSeal {
             name,
             data,
-            header,
-            body,
-            name_ct: with_names.then_some(name_ct),
+            outs: [header, body, name_ct],
         })
         .collect();
-    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(core_error)?;
-    drop(jobs);
+    run_detached(py, total, || {
+        record::run_tasks(&mut pending, total, |_, chunk| {
+            prefault(chunk.iter().flat_map(|p| p.outs.iter().map(|o| &**o)));
+            let mut jobs: Vec<SealJob<'_>> = chunk
+                .iter_mut()
+                .map(|p| {
+                    let [header, body, name_ct] = p.outs.each_mut().map(std::mem::take);
+                    SealJob {
+                        name: p.name,
+                        data: p.data,
+                        header: zeroed(header),
+                        body: zeroed(body),
+                        name_ct: with_names.then(|| zeroed(name_ct)),
+                    }
+                })
+                .collect();
+            record::seal_chunk(&seal_key, &mut jobs)
+        })
+    })
+    .map_err(core_error)?;
+    drop(pending);
     Ok((headers.into_vec(), name_cts.into_vec(), bodies.into_vec()))
 }
 
@@ -125,23 +180,38 @@ pub fn seal_blobs<'py>(
     same_len(names.len(), datas.len(), "names and datas differ in length")?;
     let mut blobs = FreshBytes::alloc(py, datas.iter().map(|d| record::sealed_len(d.len())))?;
     let total: usize = datas.iter().map(|d| d.len()).sum();
-    let mut jobs: Vec<SealJob<'_>> = names
+    let mut pending: Vec<PendingSeal<'_>> = names
         .iter()
         .zip(&datas)
-        .zip(blobs.buffers(py))
-        .map(|((name, data), blob)| {
-            let (header, body) = blob.split_at_mut(HEADER_LEN);
-            SealJob {
-                name,
-                data,
-                header,
-                body,
-                name_ct: None,
-            }
+        .zip(blobs.uninit())
+        .map(|((name, data), blob)| PendingSeal {
+            name,
+            data,
+            outs: [blob, Default::default(), Default::default()],
         })
         .collect();
-    run_detached(py, total, || record::seal_batch(&seal_key, &mut jobs)).map_err(core_error)?;
-    drop(jobs);
+    run_detached(py, total, || {
+        record::run_tasks(&mut pending, total, |_, chunk| {
+            prefault(chunk.iter().map(|p| &*p.outs[0]));
+            let mut jobs: Vec<SealJob<'_>> = chunk
+                .iter_mut()
+                .map(|p| {
+                    let (header, body) =
+                        zeroed(std::mem::take(&mut p.outs[0])).split_at_mut(HEADER_LEN);
+                    SealJob {
+                        name: p.name,
+                        data: p.data,
+                        header,
+                        body,
+                        name_ct: None,
+                    }
+                })
+                .collect();
+            record::seal_chunk(&seal_key, &mut jobs)
+        })
+    })
+    .map_err(core_error)?;
+    drop(pending);
     Ok(blobs.into_vec())
 }
 
@@ -170,13 +240,13 @@ pub fn open_blobs<'py>(
     }
     let mut outs = FreshBytes::alloc(py, lens)?;
     let total: usize = blobs.iter().map(|b| b.len()).sum();
-    let mut jobs: Vec<OpenJob<'_>> = names
+    let mut pending: Vec<PendingOpen<'_>> = names
         .iter()
         .zip(&blobs)
-        .zip(outs.buffers(py))
+        .zip(outs.uninit())
         .map(|((name, blob), out)| {
             let (header, body) = blob.split_at(HEADER_LEN);
-            OpenJob {
+            PendingOpen {
                 name: Some(name),
                 header,
                 body,
@@ -184,9 +254,14 @@ pub fn open_blobs<'py>(
             }
         })
         .collect();
-    run_detached(py, total, || record::open_batch(&open_keys, &mut jobs))
-        .map_err(|(i, e)| batch_error(py, i, e))?;
-    drop(jobs);
+    let result = run_detached(py, total, || {
+        open_pending(&open_keys, &mut pending, total, record::open_chunk)
+    });
+    drop(pending);
+    if let Err((i, e)) = result {
+        outs.wipe();
+        return Err(batch_error(py, i, e));
+    }
     Ok(outs.into_vec())
 }
 
@@ -210,7 +285,7 @@ fn open_detached<'py>(
     names: Option<&[Input]>,
     headers: &[Input],
     bodies: &[Input],
-    run: BatchOpen,
+    run: ChunkOpen,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     same_len(
         headers.len(),
@@ -237,21 +312,26 @@ fn open_detached<'py>(
     }
     let mut outs = FreshBytes::alloc(py, lens)?;
     let total: usize = bodies.iter().map(|b| b.len()).sum();
-    let mut jobs: Vec<OpenJob<'_>> = headers
+    let mut pending: Vec<PendingOpen<'_>> = headers
         .iter()
         .zip(bodies)
-        .zip(outs.buffers(py))
+        .zip(outs.uninit())
         .enumerate()
-        .map(|(i, ((header, body), out))| OpenJob {
+        .map(|(i, ((header, body), out))| PendingOpen {
             name: names.map(|n| &*n[i]),
             header,
             body,
             out,
         })
         .collect();
-    run_detached(py, total, || run(&open_keys, &mut jobs))
-        .map_err(|(i, e)| batch_error(py, i, e))?;
-    drop(jobs);
+    let result = run_detached(py, total, || {
+        open_pending(&open_keys, &mut pending, total, run)
+    });
+    drop(pending);
+    if let Err((i, e)) = result {
+        outs.wipe();
+        return Err(batch_error(py, i, e));
+    }
     Ok(outs.into_vec())
 }
 
@@ -272,7 +352,7 @@ pub fn open_records<'py>(
         Some(&names),
         &headers,
         &bodies,
-        record::open_batch,
+        record::open_chunk,
     )
 }
 
@@ -292,7 +372,7 @@ pub fn open_names<'py>(
         None,
         &headers,
         &name_cts,
-        record::open_name_batch,
+        record::open_name_chunk,
     )
 }
 
@@ -319,7 +399,7 @@ pub fn rewrap_headers<'py>(
         version: key_version(new_version)?,
     };
     let mut outs = FreshBytes::alloc(py, headers.iter().map(|_| HEADER_LEN))?;
-    let mut bufs = outs.buffers(py);
+    let mut bufs: Vec<&mut [u8]> = outs.uninit().into_iter().map(zeroed).collect();
     let result = run_detached(py, headers.len() * HEADER_LEN, || {
         headers
             .iter()
