@@ -57,9 +57,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
 
+from keycustody import awssdk
 from keycustody._core import KeyHandle
 from keycustody.errors import (
     ConfigError,
@@ -105,19 +105,6 @@ _STATES = {
 }
 _KEY_SIZES = (32, 64)
 _MESSAGE_MAX = 300
-
-
-def _sdk() -> SimpleNamespace:
-    """boto3 and botocore, imported on first use so that keycustody works without them."""
-    try:
-        import boto3
-        import botocore.config
-        import botocore.exceptions
-    except ImportError:
-        raise ConfigError(
-            "AwsKMS needs boto3, which is not installed: pip install 'keycustody[aws]'"
-        ) from None
-    return SimpleNamespace(boto3=boto3, Config=botocore.config.Config, exc=botocore.exceptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +186,7 @@ class AwsKMS:
         if not 7 <= deletion_window_days <= 30:
             raise ConfigError("AwsKMS deletion_window_days must be 7 to 30 (AWS's limits)")
         self.deletion_window_days = deletion_window_days
-        self._sdk = _sdk()
+        self._sdk = awssdk.load("AwsKMS")
         self._region = region
         self._endpoint_url = endpoint_url
         self._session = session

@@ -31,12 +31,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from typing_extensions import Buffer
 
+from keycustody import awssdk
 from keycustody._core import SEGMENT_LEN, TAG_LEN
 from keycustody.durable import fsync_dir
 from keycustody.errors import BlobMissingError, ConfigError, InvalidInputError, StorageError
@@ -321,19 +321,6 @@ class LocalBlobStore:
 # -- S3 -------------------------------------------------------------------------------------
 
 
-def _sdk() -> SimpleNamespace:
-    """boto3 and botocore, imported on first use so that keycustody works without them."""
-    try:
-        import boto3
-        import botocore.config
-        import botocore.exceptions
-    except ImportError:
-        raise ConfigError(
-            "S3BlobStore needs boto3, which is not installed: pip install 'keycustody[aws]'"
-        ) from None
-    return SimpleNamespace(boto3=boto3, Config=botocore.config.Config, exc=botocore.exceptions)
-
-
 def _code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -478,7 +465,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.part_size = part_size
-        self._sdk = _sdk()
+        self._sdk = awssdk.load("S3BlobStore")
         if client is None:
             config = self._sdk.Config(
                 retries={"max_attempts": 5, "mode": "standard"},
