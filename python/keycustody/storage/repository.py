@@ -123,8 +123,7 @@ class RecordWriter:
         """Inserts ``rows`` (tuples in :data:`RECORD_COLUMNS` order), deleting any record of
         the same name first. Within ``rows`` the last record of a name wins."""
         latest = {row[2]: row for row in rows}
-        self.lock_names(conn, scope_id)
-        self.delete_names(conn, scope_id, latest.keys())
+        self.delete_names(conn, scope_id, latest.keys())  # takes the scope's name lock
         self._records.run(conn, list(latest.values()))
 
     def delete_names(self, conn: Connection, scope_id: bytes, indexes: Collection[bytes]) -> int:
@@ -134,9 +133,11 @@ class RecordWriter:
             return 0
         self.lock_names(conn, scope_id)
         if self._postgres:  # one statement with an array, not one per name
-            result = conn.exec_driver_sql(
-                "DELETE FROM records WHERE scope_id = %(scope)s AND name_index = ANY(%(names)s)",
-                {"scope": scope_id, "names": list(indexes)},
+            result = conn.execute(
+                delete(RecordRow).where(
+                    RecordRow.scope_id == scope_id,
+                    name_in(RecordRow.name_index, list(indexes), conn.dialect),
+                )
             )
             return int(result.rowcount)
         rows = [{"scope_id": scope_id, "name_index": index} for index in indexes]
