@@ -470,16 +470,12 @@ def _azure_harness(
 @harness("pkcs11")
 def _pkcs11_harness(tmp_path: Path) -> Iterator[Harness]:
     """A private SoftHSM2 token (skipped without SoftHSM2 unless KEYCUSTODY_REQUIRE_SOFTHSM=1)."""
-    from softhsm import PIN, missing, softhsm
+    from softhsm import PIN, import_key, require, softhsm
 
     from keycustody.kms.pkcs11 import Pkcs11KMS
 
-    reason = missing()
-    if reason is not None:
-        if os.environ.get("KEYCUSTODY_REQUIRE_SOFTHSM") == "1":
-            pytest.fail(f"{reason}; KEYCUSTODY_REQUIRE_SOFTHSM=1 demands it")
-        pytest.skip(reason)
-    from pkcs11 import Attribute, KeyType, ObjectClass
+    require()
+    from pkcs11 import Attribute, ObjectClass
 
     with softhsm(tmp_path / "softhsm") as hsm:
         hsm.init_token("kc-contract")
@@ -495,20 +491,8 @@ def _pkcs11_harness(tmp_path: Path) -> Iterator[Harness]:
                 template = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
                 for obj in list(session.get_objects(template)):
                     obj.destroy()
-                session.create_object(
-                    {
-                        Attribute.CLASS: ObjectClass.SECRET_KEY,
-                        Attribute.KEY_TYPE: KeyType.AES,
-                        Attribute.LABEL: label,
-                        Attribute.ID: b"v1",
-                        Attribute.VALUE: value if len(value) in (16, 24, 32) else os.urandom(32),
-                        Attribute.TOKEN: True,
-                        Attribute.PRIVATE: True,
-                        Attribute.SENSITIVE: True,
-                        Attribute.EXTRACTABLE: False,
-                        Attribute.ENCRYPT: True,
-                        Attribute.DECRYPT: True,
-                    }
+                import_key(
+                    session, label, 1, value if len(value) in (16, 24, 32) else os.urandom(32)
                 )
             finally:
                 session.close()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pkcs11
+import pytest
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 LIBRARY_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -27,6 +29,15 @@ LIBRARY_CANDIDATES = (
 )
 PIN = "4242-user"
 SO_PIN = "9999-security-officer"
+SAFE_KEY = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.ENCRYPT: True,
+    Attribute.DECRYPT: True,
+}
+"""Attributes of a KEK as keycustody creates one: on the token, never extractable."""
 
 
 def find_library() -> str | None:
@@ -45,6 +56,16 @@ def missing() -> str | None:
     if shutil.which("softhsm2-util") is None:
         return "SoftHSM2 is not installed (softhsm2-util is not on PATH)"
     return None
+
+
+def require() -> None:
+    """Skips the test without SoftHSM2, unless CI demands it (KEYCUSTODY_REQUIRE_SOFTHSM=1)."""
+    reason = missing()
+    if reason is None:
+        return
+    if os.environ.get("KEYCUSTODY_REQUIRE_SOFTHSM") == "1":
+        pytest.fail(f"{reason}; KEYCUSTODY_REQUIRE_SOFTHSM=1 demands it (.ci/softhsm-setup.sh)")
+    pytest.skip(reason)
 
 
 @dataclass(frozen=True)
@@ -120,3 +141,20 @@ def softhsm(root: Path) -> Iterator[SoftHsm]:
             os.environ.pop("SOFTHSM2_CONF", None)
         else:
             os.environ["SOFTHSM2_CONF"] = before
+
+
+def import_key(s: pkcs11.Session, label: str, version: int, value: bytes, **extra: object) -> None:
+    """An administrator-imported AES key with known bytes under keycustody's label and version
+    id (test-only: real KEKs are generated on the token). ``extra`` overrides attributes by
+    name, e.g. ``extractable=True``."""
+    s.create_object(
+        {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.LABEL: label,
+            Attribute.ID: b"v%d" % version,
+            Attribute.VALUE: value,
+            **SAFE_KEY,
+            **{getattr(Attribute, k.upper()): v for k, v in extra.items()},
+        }
+    )

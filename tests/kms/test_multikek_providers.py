@@ -5,13 +5,12 @@ retires the KEKs of both (see tests/keys/test_multikek.py for the rest of the co
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from softhsm import PIN, SoftHsm, missing, softhsm
+from softhsm import PIN, SoftHsm, require, softhsm
 
 import keycustody as kc
 from keycustody.errors import ConfigError
@@ -34,11 +33,7 @@ class KmsProxy(Protocol):
 
 @pytest.fixture
 def hsm(tmp_path: Path) -> Iterator[SoftHsm]:
-    reason = missing()
-    if reason is not None:
-        if os.environ.get("KEYCUSTODY_REQUIRE_SOFTHSM") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require()
     with softhsm(tmp_path / "softhsm") as h:
         h.init_token(TOKEN)
         yield h

@@ -18,7 +18,7 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11e
-from softhsm import PIN, SO_PIN, SoftHsm, missing, softhsm
+from softhsm import PIN, SAFE_KEY, SO_PIN, SoftHsm, import_key, require, softhsm
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -40,30 +40,12 @@ TOKEN = "kc-test"
 CTX = EncryptionContext({"vault": "v-1", "scope": "acme", "version": "1"})
 OTHER_CTX = EncryptionContext({"vault": "v-1", "scope": "acme", "version": "2"})
 VECTORS = Path(__file__).parent.parent / "vectors" / "wycheproof"
-SAFE_KEY = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: True,
-    Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.ENCRYPT: True,
-    Attribute.DECRYPT: True,
-}
-
-
-def _require_softhsm() -> None:
-    """Skips without SoftHSM2, unless CI demands it (KEYCUSTODY_REQUIRE_SOFTHSM=1)."""
-    reason = missing()
-    if reason is None:
-        return
-    if os.environ.get("KEYCUSTODY_REQUIRE_SOFTHSM") == "1":
-        pytest.fail(f"{reason}; KEYCUSTODY_REQUIRE_SOFTHSM=1 demands it (.ci/softhsm-setup.sh)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
 def hsm(tmp_path: Path) -> Iterator[SoftHsm]:
     """A private SoftHSM2 configuration with one fresh token, ``kc-test``."""
-    _require_softhsm()
+    require()
     with softhsm(tmp_path / "softhsm") as h:
         h.init_token(TOKEN)
         yield h
@@ -96,21 +78,6 @@ def _keys(s: pkcs11.Session, label: str, version: int | None = None) -> list[Any
 
 def _same_key(a: KeyHandle, b: KeyHandle) -> bool:
     return a.export_secret() == b.export_secret()
-
-
-def _import_key(s: pkcs11.Session, label: str, version: int, value: bytes, **extra: Any) -> None:
-    """An administrator-imported key with known bytes (test-only: real KEKs are generated)."""
-    s.create_object(
-        {
-            Attribute.CLASS: ObjectClass.SECRET_KEY,
-            Attribute.KEY_TYPE: KeyType.AES,
-            Attribute.LABEL: label,
-            Attribute.ID: b"v%d" % version,
-            Attribute.VALUE: value,
-            **SAFE_KEY,
-            **{getattr(Attribute, k.upper()): v for k, v in extra.items()},
-        }
-    )
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -376,9 +343,9 @@ def test_key_id_and_version_are_bound_even_with_equal_key_bytes(
 ) -> None:
     """Key id and version are in the associated data, not only pointers to token objects."""
     value = os.urandom(32)
-    _import_key(session, "a", 1, value)
-    _import_key(session, "b", 1, value)
-    _import_key(session, "b", 2, value)
+    import_key(session, "a", 1, value)
+    import_key(session, "b", 1, value)
+    import_key(session, "b", 2, value)
     scope_key = KeyHandle.generate()
     wrapped = p11.wrap(KeyId("pkcs11:a"), scope_key, CTX)
     assert _same_key(p11.unwrap(wrapped, CTX), scope_key)
@@ -486,7 +453,7 @@ def test_duplicate_objects_for_one_version_are_tolerated(
     key_id = p11.create_key("acme")
     scope_key = KeyHandle.generate()
     before = p11.wrap(key_id, scope_key, CTX)
-    _import_key(session, "acme", 1, os.urandom(32))
+    import_key(session, "acme", 1, os.urandom(32))
 
     assert _same_key(p11.unwrap(before, CTX), scope_key)
     after = p11.wrap(key_id, scope_key, CTX)
@@ -538,7 +505,7 @@ def test_the_token_enforces_a_disable_made_outside_keycustody(
 
 
 def test_disable_needs_a_modifiable_key(p11: Pkcs11KMS, session: pkcs11.Session) -> None:
-    _import_key(session, "frozen", 1, os.urandom(32), modifiable=False)
+    import_key(session, "frozen", 1, os.urandom(32), modifiable=False)
     with pytest.raises(KmsError, match="no standard disabled state") as info:
         p11.disable_key("pkcs11:frozen")
     assert "user PIN" in str(info.value)
@@ -680,8 +647,8 @@ def test_an_administrator_generated_key_is_used(p11: Pkcs11KMS, session: pkcs11.
 
 
 def test_an_extractable_key_is_refused(p11: Pkcs11KMS, session: pkcs11.Session) -> None:
-    _import_key(session, "leaky", 1, os.urandom(32), extractable=True)
-    _import_key(session, "readable", 1, os.urandom(32), sensitive=False)
+    import_key(session, "leaky", 1, os.urandom(32), extractable=True)
+    import_key(session, "readable", 1, os.urandom(32), sensitive=False)
     for label in ("leaky", "readable"):
         with pytest.raises(ConfigError, match="CKA_EXTRACTABLE=false"):
             p11.wrap(KeyId(f"pkcs11:{label}"), KeyHandle.generate(), CTX)
@@ -690,7 +657,7 @@ def test_an_extractable_key_is_refused(p11: Pkcs11KMS, session: pkcs11.Session) 
 def test_objects_without_a_version_id_are_not_keks(
     p11: Pkcs11KMS, session: pkcs11.Session
 ) -> None:
-    _import_key(session, "stranger", 1, os.urandom(32))
+    import_key(session, "stranger", 1, os.urandom(32))
     [key] = _keys(session, "stranger")
     key[Attribute.ID] = b"\x01"
     with pytest.raises(NotFoundError, match="no keycustody version id"):
@@ -825,7 +792,7 @@ def test_gcm_vector_subset_is_complete() -> None:
 
 @pytest.fixture(scope="module")
 def vector_hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    _require_softhsm()
+    require()
     with softhsm(tmp_path_factory.mktemp("softhsm-vectors")) as h:
         h.init_token("vectors")
         yield h
