@@ -390,6 +390,23 @@ def test_failed_put_many_writes_nothing(acme: kc.Scope, raw: RawDB) -> None:
     assert raw.one("SELECT count(*) FROM records") == (0,)
 
 
+def test_database_errors_do_not_echo_the_rows(acme: kc.Scope, raw: RawDB) -> None:
+    """A failed write says what the driver said, never SQLAlchemy's text with the statement's
+    parameters (ciphertext, wrapped DEKs, blind indexes)."""
+    acme.put("first", b"x")
+    raw.execute("ALTER TABLE records RENAME TO records_away")
+    try:
+        with pytest.raises(kc.StorageError) as info:
+            acme.put_many([("a.py", b"print(1)")])
+    finally:
+        raw.execute("ALTER TABLE records_away RENAME TO records")
+    message = str(info.value)
+    assert "storing records failed after 0 were committed" in message
+    assert "records" in message  # the driver's own words name the table
+    assert "[parameters" not in message and "[SQL" not in message
+    assert acme.get("first") == b"x"
+
+
 def test_size_limit_checked_before_writing(db_url: str, kms: kc.LocalKMS) -> None:
     with kc.Vault.open(db_url, kms=kms, max_record_bytes=1000) as vault:
         scope = vault.scope("t", create=True)

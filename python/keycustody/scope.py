@@ -34,6 +34,7 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
+from keycustody.storage.engine import db_message
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.storage.repository import name_in
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
@@ -260,7 +261,7 @@ class Scope:
             raise
         except SQLAlchemyError as exc:
             raise StorageError(
-                f"storing records failed after {len(infos)} were committed: {exc}"
+                f"storing records failed after {len(infos)} were committed: {db_message(exc)}"
             ) from exc
 
     def _batches(self, iterator: Iterator[tuple[str, Data]]) -> Iterator[_Batch]:
@@ -477,7 +478,9 @@ class Scope:
                     details={"records": 1, "bytes": size, "segments": sealer.segments},
                 )
         except SQLAlchemyError as exc:
-            raise StorageError(f"storing the stream failed; nothing was written: {exc}") from exc
+            raise StorageError(
+                f"storing the stream failed; nothing was written: {db_message(exc)}"
+            ) from exc
         return RecordInfo(name, record_id.hex(), size, version, now)
 
     @_audit_failures("open_stream")

@@ -52,7 +52,7 @@ from keycustody.payloads import DEFAULT_ORPHAN_GRACE, DEFAULT_THRESHOLD, BlobSwe
 from keycustody.scope import Scope
 from keycustody.storage import schema
 from keycustody.storage.blobs import BlobStore, open_blob_store
-from keycustody.storage.engine import RECORD_WRITE, WRITE, make_engine
+from keycustody.storage.engine import RECORD_WRITE, WRITE, db_message, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
 from keycustody.storage.repository import RecordWriter
 from keycustody.usage import ScopeUsage
@@ -181,7 +181,7 @@ class Vault:
             schema.upgrade(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise StorageError(f"cannot open or migrate the database: {exc}") from exc
+            raise StorageError(f"cannot open or migrate the database: {db_message(exc)}") from exc
         try:
             vault = cls(
                 engine,
@@ -265,7 +265,7 @@ class Vault:
                     s.add(row)
                 return row.value
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot read the vault id: {exc}") from exc
+            raise StorageError(f"cannot read the vault id: {db_message(exc)}") from exc
 
     # -- scopes -------------------------------------------------------------------------
 
@@ -395,7 +395,7 @@ class Vault:
             with self._read() as s:
                 return load_scope(s, path)
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot create scope {path!r}: {exc}") from exc
+            raise StorageError(f"cannot create scope {path!r}: {db_message(exc)}") from exc
         self._keys.cache.put(scope_id, 1, key)
         return ScopeRef(scope_id, path, parent.id if parent else None, kek_id, ACTIVE, 1)
 
@@ -665,8 +665,9 @@ class Vault:
                     )
         except (KeyCustodyError, SQLAlchemyError) as exc:
             self._keys.requeue_failovers(failovers)
+            why = db_message(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
             raise AuditError(
-                f"cannot record {len(failovers)} KEK failover(s) in the audit trail: {exc}"
+                f"cannot record {len(failovers)} KEK failover(s) in the audit trail: {why}"
             ) from exc
 
     def _audit_change(

@@ -49,7 +49,7 @@ from keycustody.audit.events import (
 from keycustody.durable import fsync_dir
 from keycustody.errors import AuditError, IntegrityError, InvalidInputError, KeyCustodyError
 from keycustody.kms.registry import ProviderRegistry
-from keycustody.storage.engine import lock_audit_head
+from keycustody.storage.engine import db_message, lock_audit_head
 from keycustody.storage.models import AuditEventRow, AuditKeyRow
 from keycustody.types import EncryptionContext, KeyId, WrappedKey, utc
 
@@ -156,11 +156,6 @@ def _recompute(ev: AuditEvent) -> bytes:
         details=ev.details,
         prev_hash=ev.prev_hash,
     )
-
-
-def _db_message(exc: SQLAlchemyError) -> str:
-    # The driver's message only: SQLAlchemy's own text would echo the statement's parameters.
-    return str(getattr(exc, "orig", None) or type(exc).__name__)
 
 
 class AuditLog:
@@ -290,7 +285,7 @@ class AuditLog:
             # Another process may have stored its key first: use theirs.
             self._adopt(handle if row is None else self._unwrap(row))
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot store the audit key: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot store the audit key: {db_message(exc)}") from exc
         except KeyCustodyError as exc:
             raise AuditError(f"the audit key is unavailable: {exc}") from exc
 
@@ -335,7 +330,7 @@ class AuditLog:
                     details={"from_kek": old_kek},
                 )
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot rewrap the audit key: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot rewrap the audit key: {db_message(exc)}") from exc
         except (AuditError, InvalidInputError):
             raise
         except KeyCustodyError as exc:
@@ -441,7 +436,7 @@ class AuditLog:
                 )
             )
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot append audit event {action!r}: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot append audit event {action!r}: {db_message(exc)}") from exc
         except (AuditError, InvalidInputError):
             raise
         except KeyCustodyError as exc:
@@ -499,7 +494,7 @@ class AuditLog:
                     details=details,
                 )
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot append audit event {action!r}: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot append audit event {action!r}: {db_message(exc)}") from exc
 
     # -- reading --------------------------------------------------------------------------
 
@@ -561,7 +556,7 @@ class AuditLog:
                         f"audit event {row[0]!r} is malformed ({bad}); run audit verify"
                     ) from None
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot read the audit trail: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot read the audit trail: {db_message(exc)}") from exc
 
     def tail(self, n: int = 20) -> list[AuditEvent]:
         """The last ``n`` events, oldest first.
@@ -580,7 +575,7 @@ class AuditLog:
         except _MalformedError as bad:
             raise AuditError(f"an audit event is malformed ({bad}); run audit verify") from None
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot read the audit trail: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot read the audit trail: {db_message(exc)}") from exc
 
     def export(self, path: str | os.PathLike[str], since: int | None = None) -> int:
         """Writes events as JSON Lines for a SIEM, atomically (temp file, fsync, rename).
@@ -648,7 +643,7 @@ class AuditLog:
         except (IntegrityError, TypeError, ValueError):
             return "the stored audit key does not unwrap under its KEK (audit_keys was altered)"
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot read the audit key: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot read the audit key: {db_message(exc)}") from exc
         except KeyCustodyError as exc:
             raise AuditError(f"cannot verify: the audit key is unavailable: {exc}") from exc
 
@@ -724,7 +719,7 @@ class AuditLog:
                 checked += 1
                 head_seq, head_hash = ev.seq, ev.hash
         except SQLAlchemyError as exc:
-            raise AuditError(f"cannot read the audit trail: {_db_message(exc)}") from exc
+            raise AuditError(f"cannot read the audit trail: {db_message(exc)}") from exc
         if anchor is not None and head_seq < anchor[0]:
             return fail(
                 head_seq + 1,

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from keycustody.errors import ConfigError
@@ -77,6 +77,12 @@ def lock_audit_head(conn: Any) -> None:
     SQLite the write transaction already holds the database's only write lock)."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_AUDIT_LOCK})")
+
+
+def db_message(exc: SQLAlchemyError) -> str:
+    """The driver's message of a database error, for keycustody's own errors: SQLAlchemy's
+    text would echo the statement's parameters (ciphertext, wrapped keys, blind indexes)."""
+    return str(getattr(exc, "orig", None) or type(exc).__name__)
 
 
 def make_engine(url: str) -> Engine:
