@@ -64,7 +64,7 @@ def test_blob_round_trip(key: _core.KeyHandle, size: int) -> None:
     assert len(blob) == HEADER_LEN + size + TAG_LEN
     assert blob[:4] == b"KC\x01\x01"  # magic, format version, suite
     assert blob[4:20] == SCOPE
-    assert _core.header_key_version(blob[:HEADER_LEN]) == 1
+    assert _core.header_key_versions([blob[:HEADER_LEN]]) == {1}
     assert data not in blob or size <= 1
     assert open_one({1: key}, b"notes/a.md", blob) == data
 
@@ -356,7 +356,7 @@ def test_rewrap_keeps_bodies_valid(key: _core.KeyHandle) -> None:
     k2 = key.rotated()
     headers, name_cts, bodies = sealed_records(key, NAMES, DATAS)
     new = _core.rewrap_headers(SCOPE, {1: key}, k2, 2, headers)
-    assert [_core.header_key_version(h) for h in new] == [2] * len(NAMES)
+    assert _core.header_key_versions(new) == {2}
     for old_h, new_h in zip(headers, new, strict=True):
         assert len(new_h) == HEADER_LEN
         assert new_h[WRAPPED_DEK] != old_h[WRAPPED_DEK]

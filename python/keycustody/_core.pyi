@@ -16,7 +16,7 @@ __all__ = [
     "aes256gcm_open",
     "aes256gcm_seal",
     "begin_stream",
-    "header_key_version",
+    "header_key_versions",
     "open_blobs",
     "open_derived",
     "open_names",
@@ -146,8 +146,13 @@ def rewrap_headers(
 ) -> list[bytes]:
     """Rewraps records' DEKs under ``new_key``; payload ciphertexts stay valid."""
 
-def header_key_version(header: Buffer) -> int:
-    """The scope key version a header names (not authenticated on its own)."""
+def header_key_versions(headers: Sequence[Buffer]) -> set[int]:
+    """The scope key versions headers name (not authenticated on their own); a blob that
+    starts with a header counts as its header.
+
+    Raises:
+        IntegrityError: a header is malformed (``.index`` names its position).
+    """
 
 @final
 class StreamSealer:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from keycustody import _core
 from keycustody.errors import IntegrityError, NotFoundError, ShreddedError
 from keycustody.storage.models import RecordRow
-from keycustody.storage.repository import RecordWriter
+from keycustody.storage.repository import RecordStatements
 from keycustody.types import RecordInfo
 from keycustody.validation import Data, encode_name, size_of
 
@@ -147,7 +147,7 @@ def derivatives(
 
 
 def rederive(
-    writer: RecordWriter,
+    writer: RecordStatements,
     payloads: Payloads,
     s: Session,
     scope_id: bytes,

@@ -52,7 +52,7 @@ from keycustody.errors import (
 )
 from keycustody.storage.blobs import BlobStore, BlobWriter
 from keycustody.storage.models import RecordRow, ScopeRow, SegmentRow
-from keycustody.storage.repository import RECORD_COLUMNS, RecordWriter
+from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements
 from keycustody.streams import segment_count
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
@@ -151,7 +151,7 @@ class Payloads:
 
     def place(self, s: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Prepares record rows (tuples in RECORD_COLUMNS order, ``blob_key`` None) for
-        :meth:`RecordWriter.replace`: a body above the threshold is written to the blob store
+        :meth:`RecordStatements.replace`: a body above the threshold is written to the blob store
         now, before the row's transaction commits, and its row gets an empty body and the
         key. As in ``replace``, the last row of a name wins (no object for the others)."""
         store = self.store
@@ -197,7 +197,7 @@ class Payloads:
     def segments(
         self,
         s: Session,
-        writer: RecordWriter,
+        writer: RecordStatements,
         scope_id: bytes,
         record_id: bytes,
         size: int | None,
@@ -338,7 +338,7 @@ class SegmentSink:
         self,
         payloads: Payloads,
         s: Session,
-        writer: RecordWriter,
+        writer: RecordStatements,
         scope_id: bytes,
         record_id: bytes,
         size: int | None,

@@ -36,10 +36,9 @@ from keycustody.keys.hierarchy import ScopeRef, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.engine import db_message
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
-from keycustody.storage.repository import name_in
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
-from keycustody.validation import Data, check_data, encode_name, size_of
+from keycustody.validation import Data, check_data, check_items, encode_name, size_of
 
 if TYPE_CHECKING:
     from keycustody.vault import Vault
@@ -47,6 +46,9 @@ if TYPE_CHECKING:
 BATCH_RECORDS = 1000
 BATCH_BYTES = 64 * 1024 * 1024
 _SELECT_CHUNK = 500
+TAG_LEN = _core.TAG_LEN
+_SEPARATE_SUITES = (SUITE_SEGMENTED, derived.SUITE_DERIVED)
+"""Suites get_many opens record by record (streams) or through their source (derived)."""
 _Batch = tuple[list[str], list[bytes], list[Data]]
 
 
@@ -55,24 +57,30 @@ def _now() -> datetime:
 
 
 class _StoredRow(Protocol):
-    record_id: bytes
-    name_index: bytes
-    key_version: int | None
-    header: bytes
-    size: int
-    blob_key: str | None
+    @property
+    def record_id(self) -> bytes: ...
+    @property
+    def name_index(self) -> bytes: ...
+    @property
+    def key_version(self) -> int | None: ...
+    @property
+    def header(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def blob_key(self) -> str | None: ...
 
 
-def _check_row(row: _StoredRow) -> None:
-    """The lookup columns of a record row must agree with its authenticated header."""
-    header: bytes = row.header
-    if (
-        len(header) != _core.HEADER_LEN
-        or header[24:40] != row.record_id
-        or header[40:72] != row.name_index
-        or _core.header_key_version(header) != (row.key_version or 0)
-    ):
-        raise IntegrityError("a stored record's columns do not match its header")
+def _check_rows(rows: Sequence[_StoredRow]) -> None:
+    """The lookup columns of record rows must agree with their authenticated headers."""
+    for r in rows:
+        header = r.header
+        if (
+            len(header) != _core.HEADER_LEN
+            or header[24:72] != r.record_id + r.name_index
+            or int.from_bytes(header[20:24]) != (r.key_version or 0)
+        ):
+            raise IntegrityError("a stored record's columns do not match its header")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -149,13 +157,12 @@ class Scope:
             with contextlib.suppress(ConcurrentRotationError):
                 rotation.rotate_key(self._vault, ref)
 
-    def _keys_for(self, s: Session, headers: Sequence[bytes]) -> dict[int, _core.KeyHandle]:
-        versions = set()
-        for header in headers:
-            try:
-                versions.add(_core.header_key_version(header))
-            except IntegrityError:
-                raise IntegrityError("a stored record header is malformed") from None
+    def _keys_for(self, s: Session, headers: Sequence[Data]) -> dict[int, _core.KeyHandle]:
+        """Handles of the key versions ``headers`` name (or blobs starting with a header)."""
+        try:
+            versions = _core.header_key_versions(headers)
+        except IntegrityError:
+            raise IntegrityError("a stored record header is malformed") from None
         return self._vault._keys.keys(s, self._ref, versions)
 
     # -- encryption only (caller stores the blobs) --------------------------------------
@@ -188,24 +195,17 @@ class Scope:
     def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Decrypts blobs; same order as ``items``."""
         names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
-        headers = [bytes(b[: _core.HEADER_LEN]) for b in blobs]
         with self._vault._read() as s:
             self._fresh(s)
-            keys = self._keys_for(s, headers)
+            keys = self._keys_for(s, blobs)
         return _core.open_blobs(self._ref.id, keys, names, blobs)
 
     def _prepare(
         self, items: Iterable[tuple[str, Data]], max_bytes: int | None = None
     ) -> tuple[list[bytes], list[Data]]:
         limit = self._vault.max_record_bytes if max_bytes is None else max_bytes
-        names: list[bytes] = []
-        datas: list[Data] = []
-        for item in items:
-            if not isinstance(item, tuple) or len(item) != 2:
-                raise InvalidInputError("items must be (name, data) pairs")
-            names.append(encode_name(item[0]))
-            datas.append(check_data(item[1], limit))
-        return names, datas
+        _, raw, datas = check_items(items if isinstance(items, list) else list(items), limit)
+        return raw, datas
 
     # -- storage ------------------------------------------------------------------------
 
@@ -265,26 +265,22 @@ class Scope:
             ) from exc
 
     def _batches(self, iterator: Iterator[tuple[str, Data]]) -> Iterator[_Batch]:
-        """Validates items and groups them by count and bytes."""
+        """Groups items by count and bytes, and validates each group."""
         limit = self._vault.max_record_bytes
         while True:
-            names: list[str] = []
-            raw: list[bytes] = []
-            datas: list[Data] = []
+            items: list[tuple[str, Data]] = []
             total = 0
             for item in islice(iterator, BATCH_RECORDS):
-                if not isinstance(item, tuple) or len(item) != 2:
-                    raise InvalidInputError("items must be (name, data) pairs")
-                raw.append(encode_name(item[0]))
-                names.append(item[0])
-                data = check_data(item[1], limit)
-                datas.append(data)
-                total += size_of(data)
+                items.append(item)
+                try:
+                    total += size_of(item[1])
+                except (TypeError, IndexError, KeyError):
+                    break  # not a (name, data) pair: check_items says so
                 if total >= BATCH_BYTES:
                     break
-            if not names:
+            if not items:
                 return
-            yield names, raw, datas
+            yield check_items(items, limit)
 
     def _write_pipelined(
         self,
@@ -360,34 +356,23 @@ class Scope:
         wanted = list(dict.fromkeys(names))
         raw = [encode_name(n) for n in wanted]
         out: dict[str, bytes] = {}
+        records = self._vault._records
+        payloads = self._vault._payloads
+        scope_id = self._ref.id
         with self._vault._read() as s:
             _, key = self._active_key(s)
+            conn = s.connection()
             for start in range(0, len(wanted), _SELECT_CHUNK):
                 chunk = wanted[start : start + _SELECT_CHUNK]
                 chunk_raw = raw[start : start + _SELECT_CHUNK]
                 index = {key.name_index(r): i for i, r in enumerate(chunk_raw)}
-                rows = s.execute(
-                    select(
-                        RecordRow.record_id,
-                        RecordRow.name_index,
-                        RecordRow.key_version,
-                        RecordRow.size,
-                        RecordRow.header,
-                        RecordRow.body,
-                        RecordRow.source_id,
-                        RecordRow.blob_key,
-                    ).where(
-                        RecordRow.scope_id == self._ref.id,
-                        name_in(RecordRow.name_index, list(index), s.get_bind().dialect),
-                    )
-                ).all()
+                rows = records.find_by_names(conn, scope_id, list(index))
                 if len(rows) != len(chunk):
                     missing = len(chunk) - len(rows)
                     if len(wanted) == 1:
                         raise NotFoundError(f"no record of that name in scope {self.path!r}")
                     raise NotFoundError(f"{missing} of the requested records do not exist")
-                for r in rows:
-                    _check_row(r)
+                _check_rows(rows)
                 streamed = [r for r in rows if r.header[3] == SUITE_SEGMENTED]
                 for r in streamed:
                     i = index[r.name_index]
@@ -402,15 +387,12 @@ class Scope:
                     strict=True,
                 ):
                     out[chunk[index[r.name_index]]] = data
-                rows = [
-                    r
-                    for r in rows
-                    if r.header[3] != SUITE_SEGMENTED and not derived.is_derived(r.header)
+                rows = [r for r in rows if r.header[3] not in _SEPARATE_SUITES]
+                bodies = [
+                    r.body if r.blob_key is None else payloads.body(scope_id, r) for r in rows
                 ]
-                bodies = [self._vault._payloads.body(self._ref.id, r) for r in rows]
-                for r, body in zip(rows, bodies, strict=True):
-                    if r.size != len(body) - _core.TAG_LEN:
-                        raise IntegrityError("a stored record's size does not match its body")
+                if any(r.size + TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
+                    raise IntegrityError("a stored record's size does not match its body")
                 order = [index[r.name_index] for r in rows]
                 headers = [r.header for r in rows]
                 keys = self._keys_for(s, headers)
@@ -512,7 +494,7 @@ class Scope:
             ).one_or_none()
             if row is None:
                 raise NotFoundError(f"no record of that name in scope {self.path!r}")
-            _check_row(row)
+            _check_rows([row])
             if row.header[3] != SUITE_SEGMENTED:
                 raise InvalidInputError("this record was stored whole; read it with get()")
             return self._open_stream_row(s, raw, row)
@@ -663,7 +645,7 @@ class Scope:
                 for r, raw in zip([*rows, *deriv], names, strict=True):
                     if raw is None:
                         continue  # a derivative whose source is gone: unreadable for good
-                    _check_row(r)
+                    _check_rows([r])
                     name = raw.decode("utf-8")
                     if name.startswith(prefix):
                         infos.append(

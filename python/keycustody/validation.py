@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from keycustody.errors import InvalidInputError
 
@@ -44,6 +46,43 @@ def check_data(data: object, max_bytes: int) -> Data:
             f"record of {size} bytes exceeds the limit of {max_bytes} bytes per record"
         )
     return data
+
+
+def check_items(items: Sequence[Any], max_bytes: int) -> tuple[list[str], list[bytes], list[Data]]:
+    """Validates ``(name, data)`` pairs; returns the names, their UTF-8 and the payloads.
+
+    The common case (tuples of str and bytes) is checked a whole batch at a time with C-level
+    builtins, since per-item checks cost as much as sealing a small record; anything else,
+    or any failed check, goes item by item through :func:`encode_name` and
+    :func:`check_data`, which raise the precise error.
+    """
+    if not items:
+        return [], [], []
+    try:
+        if set(map(type, items)) == {tuple} and set(map(len, items)) == {2}:
+            names, datas = zip(*items, strict=True)
+            joined = "".join(names)  # TypeError unless every name is a str
+            if "\x00" not in joined and set(map(type, datas)) <= {bytes, bytearray}:
+                raw = [name.encode() for name in names]  # lone surrogates raise
+                lengths = set(map(len, raw))
+                if (
+                    0 not in lengths
+                    and max(lengths) <= MAX_NAME_BYTES
+                    and max(map(len, datas)) <= max_bytes
+                ):
+                    return list(names), raw, list(datas)
+    except (TypeError, UnicodeEncodeError):
+        pass
+    names_out: list[str] = []
+    raw_out: list[bytes] = []
+    datas_out: list[Data] = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidInputError("items must be (name, data) pairs")
+        raw_out.append(encode_name(item[0]))
+        names_out.append(item[0])
+        datas_out.append(check_data(item[1], max_bytes))
+    return names_out, raw_out, datas_out
 
 
 def check_path(path: object) -> str:

@@ -54,7 +54,7 @@ from keycustody.storage import schema
 from keycustody.storage.blobs import BlobStore, open_blob_store
 from keycustody.storage.engine import RECORD_WRITE, WRITE, db_message, make_engine
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
-from keycustody.storage.repository import RecordWriter
+from keycustody.storage.repository import RecordStatements
 from keycustody.usage import ScopeUsage
 from keycustody.validation import MAX_RECORD_BYTES, check_path
 
@@ -114,7 +114,7 @@ class Vault:
         self.actor = actor
         self.max_record_bytes = max_record_bytes
         self.id = self._vault_id()
-        self._records = RecordWriter(engine.dialect)
+        self._records = RecordStatements(engine.dialect)
         self._keys = KeyHierarchy(
             self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
         )

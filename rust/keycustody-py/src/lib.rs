@@ -22,7 +22,7 @@ mod _core {
     use super::keys::KeyHandle;
     #[pymodule_export]
     use super::records::{
-        header_key_version, open_blobs, open_names, open_records, rewrap_headers, seal_blobs,
+        header_key_versions, open_blobs, open_names, open_records, rewrap_headers, seal_blobs,
         seal_records,
     };
     #[pymodule_export]

@@ -1,5 +1,7 @@
 //! Batch seal/open of v1 records: one Python call per batch, GIL released, parallel in Rust.
 
+use std::collections::BTreeSet;
+
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::record::{
     self, OpenJob, OpenKeys, SealJob, SealKey, HEADER_LEN, SCOPE_ID_LEN,
@@ -414,8 +416,13 @@ pub fn rewrap_headers<'py>(
     Ok(outs.into_vec())
 }
 
-/// The scope key version a header names (unauthenticated; used to pick keys before opening).
+/// The scope key versions headers name (unauthenticated; used to pick keys before opening).
+/// A blob that starts with a header counts as its header.
 #[pyfunction]
-pub fn header_key_version(header: Input) -> PyResult<u32> {
-    record::header_key_version(&header).map_err(core_error)
+pub fn header_key_versions(py: Python<'_>, headers: Vec<Input>) -> PyResult<BTreeSet<u32>> {
+    headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| record::header_key_version(h).map_err(|e| batch_error(py, i, e)))
+        .collect()
 }
