@@ -526,3 +526,29 @@ def test_open_seal_round_trip_property(records: list[tuple[str, bytes]]) -> None
     headers, name_cts, bodies = _core.seal_records(PROPERTY_KEY, SCOPE, 3, names, datas)
     assert _core.open_records(SCOPE, {3: PROPERTY_KEY}, names, headers, bodies) == datas
     assert _core.open_names(SCOPE, {3: PROPERTY_KEY}, headers, name_cts) == names
+
+
+def test_open_segments_opens_batches_and_rejects_any_misplaced_segment(
+    key: _core.KeyHandle,
+) -> None:
+    """Several segments open in one call, in parallel; a batch with one bad segment, a wrong
+    start or a wrong final flag returns nothing."""
+    seg = _core.SEGMENT_LEN
+    datas = [os.urandom(seg) for _ in range(4)] + [os.urandom(1000)]
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"big")
+    sealed = [sealer.seal_segment(d, i == len(datas) - 1) for i, d in enumerate(datas)]
+    opener = _core.open_stream(SCOPE, {1: key}, b"big", header)
+    assert opener.open_segments(0, True, b"".join(sealed)) == b"".join(datas)
+    assert opener.open_segments(1, False, b"".join(sealed[1:3])) == b"".join(datas[1:3])
+    assert opener.open_segments(4, True, sealed[4]) == datas[4]
+    bad = [sealed[0], sealed[1], flip(sealed[2], 8 * 5000), sealed[3]]
+    for first, last, batch in [
+        (0, False, b"".join(bad)),  # one altered segment
+        (1, False, b"".join(sealed[:2])),  # moved by one position
+        (0, True, b"".join(sealed[:4])),  # not the final segment
+        (3, False, b"".join(sealed[3:])),  # the final segment, not flagged as such
+        (0, False, sealed[0] + sealed[1][:-1]),  # a short segment that is not the last
+        (0, False, b""),
+    ]:
+        with pytest.raises(IntegrityError):
+            opener.open_segments(first, last, batch)

@@ -69,6 +69,28 @@ def test_random_access(acme: kc.Scope) -> None:
         assert reader.read() == expected[-10:]
 
 
+def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -> None:
+    """Sequential reads open windows of 1, 2, then 4 segments; bytes come out right across
+    their edges, and an altered segment deep in a window fails the read that reaches it."""
+    size = 16 * SEG + 5
+    rid = bytes.fromhex(acme.put_stream("f", PatternFile(size)).record_id)
+    expected = content(size)
+    with acme.open_stream("f") as reader:
+        chunks = iter(lambda: reader.read(SEG // 2 + 3), b"")
+        assert b"".join(chunks) == expected
+    row = raw.one("SELECT body FROM segments WHERE record_id = ? AND seq = 13", (rid,))
+    assert row is not None
+    body = row[0]
+    raw.execute(
+        "UPDATE segments SET body = ? WHERE record_id = ? AND seq = 13",
+        (body[:100] + bytes([body[100] ^ 1]) + body[101:], rid),
+    )
+    with acme.open_stream("f") as reader:
+        assert reader.read(11 * SEG) == expected[: 11 * SEG]  # windows 0, 1-2, 3-6, 7-10
+        with pytest.raises(kc.IntegrityError):
+            reader.read(SEG)  # window 11-14 holds segment 13
+
+
 def test_stream_replaces_and_whole_records_refuse_open_stream(acme: kc.Scope) -> None:
     acme.put_stream("f", io.BytesIO(b"first" * 1000))
     acme.put("f", b"now whole")

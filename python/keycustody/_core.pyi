@@ -173,11 +173,14 @@ class StreamSealer:
 class StreamOpener:
     """Opens the segments of one stream record, in any order."""
 
-    def open_segment(self, index: int, last: bool, sealed: Buffer) -> bytes:
-        """Opens segment ``index``; ``last`` must say whether it is the final segment.
+    def open_segments(self, first: int, last: bool, sealed: Buffer) -> bytes:
+        """Opens consecutive segments from ``first``, sealed back to back in ``sealed``
+        (every one but the final one ``SEGMENT_LEN + TAG_LEN`` bytes), in parallel; ``last``
+        says whether the final one is the stream's last. Returns the plaintexts back to back.
 
         Raises:
-            IntegrityError: the segment was altered, moved, or its position or flag is wrong.
+            IntegrityError: a segment was altered, moved, or its position or flag is wrong
+                (nothing of the batch is returned).
         """
 
 def begin_stream(

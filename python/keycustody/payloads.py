@@ -245,35 +245,41 @@ class Payloads:
         scope_id: bytes,
         row: Any,
         session: Callable[[], AbstractContextManager[Session]],
-    ) -> Callable[[int], bytes]:
-        """``fetch(seq)``: sealed segment ``seq`` of a stream record (``row`` has
-        ``record_id``, ``size`` and ``blob_key``), from ``segments`` (through a session
-        from ``session()``) or as a ranged read of its object."""
+    ) -> Callable[[int, int], bytes]:
+        """``fetch(first, n)``: sealed segments ``first`` to ``first + n - 1`` of a stream
+        record, back to back (``row`` has ``record_id``, ``size`` and ``blob_key``), from
+        ``segments`` (one SELECT, through a session from ``session()``) or as one ranged read
+        of its object."""
         record_id: bytes = row.record_id
         if row.blob_key is None:
 
-            def fetch_row(seq: int) -> bytes:
+            def fetch_rows(first: int, n: int) -> bytes:
                 with session() as fs:
-                    body = fs.scalar(
-                        select(SegmentRow.body).where(
-                            SegmentRow.record_id == record_id, SegmentRow.seq == seq
+                    rows = fs.execute(
+                        select(SegmentRow.seq, SegmentRow.body)
+                        .where(
+                            SegmentRow.record_id == record_id,
+                            SegmentRow.seq.between(first, first + n - 1),
                         )
-                    )
-                if body is None:
+                        .order_by(SegmentRow.seq)
+                    ).all()
+                if [r.seq for r in rows] != list(range(first, first + n)):
                     raise IntegrityError("a segment of the stream record is missing")
-                return body
+                return rows[0].body if n == 1 else b"".join(r.body for r in rows)
 
-            return fetch_row
+            return fetch_rows
         key: str = row.blob_key
         store = self._located(scope_id, record_id, key)
         size: int = row.size
         count = segment_count(size)
+        last_len = size - (count - 1) * SEGMENT_LEN + TAG_LEN
 
-        def fetch_range(seq: int) -> bytes:
-            start = seq * SEALED_SEGMENT_LEN
-            last_len = size - (count - 1) * SEGMENT_LEN + TAG_LEN
-            length = last_len if seq == count - 1 else SEALED_SEGMENT_LEN
-            return self._get(store, record_id, key, start, length)
+        def fetch_range(first: int, n: int) -> bytes:
+            end = first + n  # one past the final segment read
+            length = (n - 1) * SEALED_SEGMENT_LEN + (
+                last_len if end == count else SEALED_SEGMENT_LEN
+            )
+            return self._get(store, record_id, key, first * SEALED_SEGMENT_LEN, length)
 
         return fetch_range
 

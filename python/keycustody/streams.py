@@ -1,4 +1,4 @@
-"""Segmented streams: large payloads written and read one 1 MiB segment at a time.
+"""Segmented streams: large payloads written one 1 MiB segment at a time, read a few at once.
 
 A stream record (suite 2) keeps its header and encrypted name in ``records`` and its payload
 in ``segments``, one sealed 1 MiB segment per row; memory stays constant whatever the size,
@@ -18,6 +18,10 @@ from keycustody.errors import IntegrityError, InvalidInputError
 
 SEGMENT_LEN = _core.SEGMENT_LEN
 SUITE_SEGMENTED = 2
+READ_AHEAD = 4
+"""Most segments a reader fetches and opens at once (in parallel across cores), reached by
+doubling while it reads sequentially; a random access opens one. 4 MiB windows keep both
+cores busy; larger ones only cost memory."""
 
 
 def segment_count(size: int) -> int:
@@ -65,12 +69,13 @@ def read_segments(fileobj: Readable) -> Iterator[tuple[bytes, bool]]:
 class StreamReader(io.BufferedIOBase):
     """A read-only, seekable file over a stream record; opens segments on demand.
 
-    Segment fetching is injected (``fetch(seq) -> sealed bytes``) so that each read uses a
-    short database transaction of its own.
+    Segment fetching is injected (``fetch(first, n) -> n sealed segments back to back``) so
+    that each read uses a short database transaction of its own. The reader keeps one window
+    of opened segments; sequential reads double it up to :data:`READ_AHEAD` segments.
     """
 
     def __init__(
-        self, opener: _core.StreamOpener, size: int, fetch: Callable[[int], bytes]
+        self, opener: _core.StreamOpener, size: int, fetch: Callable[[int, int], bytes]
     ) -> None:
         super().__init__()
         self._opener = opener
@@ -78,7 +83,8 @@ class StreamReader(io.BufferedIOBase):
         self._fetch = fetch
         self._count = segment_count(size)
         self._pos = 0
-        self._cached: tuple[int, bytes] | None = None
+        self._window: tuple[int, int, bytes] | None = None  # first segment, count, plaintext
+        self._ahead = 1
 
     def __repr__(self) -> str:
         return f"<StreamReader size={self._size} pos={self._pos}>"
@@ -106,16 +112,21 @@ class StreamReader(io.BufferedIOBase):
         """Payload size in bytes."""
         return self._size
 
-    def _segment(self, seq: int) -> bytes:
-        if self._cached is not None and self._cached[0] == seq:
-            return self._cached[1]
-        last = seq == self._count - 1
-        plain = self._opener.open_segment(seq, last, self._fetch(seq))
-        expected = self._size - seq * SEGMENT_LEN if last else SEGMENT_LEN
+    def _open(self, seq: int) -> tuple[int, bytes]:
+        """The window holding segment ``seq``, and where that segment starts in it."""
+        window = self._window
+        if window is not None and window[0] <= seq < window[0] + window[1]:
+            return (seq - window[0]) * SEGMENT_LEN, window[2]
+        sequential = window is not None and seq == window[0] + window[1]
+        self._ahead = min(self._ahead * 2, READ_AHEAD) if sequential else 1
+        n = min(self._ahead, self._count - seq)
+        last = seq + n == self._count
+        plain = self._opener.open_segments(seq, last, self._fetch(seq, n))
+        expected = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
         if len(plain) != expected:
             raise IntegrityError("a stream record's size does not match its segments")
-        self._cached = (seq, plain)
-        return plain
+        self._window = (seq, n, plain)
+        return 0, plain
 
     def readinto(self, buffer: Buffer) -> int:
         """Fills ``buffer`` as far as the payload goes; returns the bytes read (0 at the end)."""
@@ -129,7 +140,7 @@ class StreamReader(io.BufferedIOBase):
         return total
 
     def readinto1(self, buffer: Buffer) -> int:
-        """Reads from at most one segment."""
+        """Reads from at most one window of opened segments."""
         return self._read_segment_into(memoryview(buffer).cast("B"))
 
     def read(self, size: int | None = -1) -> bytes:
@@ -143,7 +154,7 @@ class StreamReader(io.BufferedIOBase):
         return bytes(out[:got])
 
     def read1(self, size: int = -1) -> bytes:
-        """Reads from at most one segment."""
+        """Reads at most one segment's worth of bytes."""
         return self.read(min(size, SEGMENT_LEN) if size >= 0 else SEGMENT_LEN)
 
     def readall(self) -> bytes:
@@ -156,17 +167,18 @@ class StreamReader(io.BufferedIOBase):
         if self._pos >= self._size:
             # End of stream: authenticate the final segment, so a shortened size (or an
             # emptied record) cannot end a read early without an error.
-            self._segment(self._count - 1)
+            self._open(self._count - 1)
             return 0
         if not len(view):
             return 0
         seq, offset = divmod(self._pos, SEGMENT_LEN)
-        segment = self._segment(seq)
-        n = min(len(view), len(segment) - offset)
-        view[:n] = segment[offset : offset + n]
+        start, plain = self._open(seq)
+        start += offset
+        n = min(len(view), len(plain) - start)
+        view[:n] = memoryview(plain)[start : start + n]
         self._pos += n
         return n
 
     def close(self) -> None:
-        self._cached = None
+        self._window = None
         super().close()

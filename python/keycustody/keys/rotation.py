@@ -936,7 +936,7 @@ def _reencrypt_stream(
     with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:
         for seq in range(count):
             last = seq == count - 1
-            plain = opener.open_segment(seq, last, fetch(seq))
+            plain = opener.open_segments(seq, last, fetch(seq, 1))
             sink.add(seq, sealer.seal_segment(plain, last))
             size += len(plain)
     s.execute(

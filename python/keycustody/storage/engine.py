@@ -26,16 +26,11 @@ from sqlalchemy.pool import StaticPool
 from keycustody.errors import ConfigError
 
 SQLITE_PRAGMAS = (
-    # Durability: WAL with a full fsync per commit; freed pages overwritten with zeros.
     "PRAGMA journal_mode=WAL",
     "PRAGMA secure_delete=ON",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
-    # Speed, durability unchanged: a 64 MiB page cache (the default 2 MiB rereads the pages of
-    # one 4,096-record batch) and reads through mmap instead of a read() per page.
-    "PRAGMA cache_size=-65536",
-    "PRAGMA mmap_size=268435456",
 )
 
 WRITE = {"keycustody_write": "keys"}
