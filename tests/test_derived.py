@@ -33,6 +33,27 @@ def test_round_trip_list_and_lineage(acme: kc.Scope) -> None:
     assert derived.kek_id == source.kek_id
 
 
+def test_many_derivatives_of_many_sources(acme: kc.Scope) -> None:
+    """put_many(derived_from=) stores a batch in one call; get_many and list open them a
+    source at a time, with one source gone among them."""
+    for src in ("a.py", "b.py", "c.py"):
+        acme.put(src, src.encode())
+        infos = acme.put_many(
+            ((f"{src}#chunk{i}", f"{src}:{i}".encode()) for i in range(40)), derived_from=src
+        )
+        assert [i.name for i in infos] == [f"{src}#chunk{i}" for i in range(40)]
+    names = [f"{src}#chunk{i}" for i in range(40) for src in ("c.py", "a.py", "b.py")]
+    assert acme.get_many(names) == {n: n.replace("#chunk", ":").encode() for n in names}
+    acme.delete("b.py")
+    assert len(acme.list()) == 2 + 80  # b.py's chunks are unreadable: listed no more
+    with pytest.raises(kc.ShreddedError):
+        acme.get_many(["a.py#chunk1", "b.py#chunk1"])
+    with pytest.raises(kc.InvalidInputError, match="one transaction"):
+        acme.put_many([("x", b"x")], derived_from="a.py", commit_every=10)
+    with pytest.raises(kc.InvalidInputError):
+        acme.put_many([("x", "not bytes")], derived_from="a.py")  # type: ignore[list-item]
+
+
 @pytest.mark.parametrize("how", ["delete", "replace", "shred"])
 def test_deleting_the_source_makes_derivatives_unreadable(
     vault: kc.Vault, acme: kc.Scope, how: str

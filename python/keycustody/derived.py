@@ -21,7 +21,7 @@ from keycustody.errors import IntegrityError, NotFoundError, ShreddedError
 from keycustody.storage.models import RecordRow
 from keycustody.storage.repository import RecordStatements
 from keycustody.types import RecordInfo
-from keycustody.validation import Data, encode_name, size_of
+from keycustody.validation import Data, check_items, encode_name, size_of
 
 if TYPE_CHECKING:
     from keycustody.payloads import Payloads
@@ -53,14 +53,8 @@ def _source_row(
 def put_derived(scope: Scope, items: Iterable[tuple[str, Data]], source: str) -> list[RecordInfo]:
     """Stores records derived from record ``source`` of the same scope (one transaction)."""
     raw_source = encode_name(source)
-    names: list[str] = []
-    raws: list[bytes] = []
-    datas: list[Data] = []
-    for name, data in items:
-        raws.append(encode_name(name))
-        names.append(name)
-        datas.append(data)
     vault = scope._vault
+    names, raws, datas = check_items(list(items), vault.max_record_bytes)
     writer = vault._records
     with vault._write_records() as s, s.begin():
         _, key = scope._active_key(s)
@@ -104,30 +98,52 @@ def _source_for(s: Session, scope: Scope, source_id: bytes | None) -> tuple[byte
     return row.header, scope._vault._keys.keys(s, scope._ref, {row.key_version})
 
 
+def _by_source(rows: Sequence[Any]) -> dict[bytes | None, list[int]]:
+    """Positions of ``rows`` grouped by source record: one key lookup and one parallel Rust
+    call per source."""
+    groups: dict[bytes | None, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.source_id, []).append(i)
+    return groups
+
+
 def open_payloads(
     s: Session, scope: Scope, rows: Sequence[Any], raw_names: Sequence[bytes]
 ) -> list[bytes]:
     """Opens derived records (``rows`` with record_id, source_id, header, body, blob_key) by
     name."""
-    out: list[bytes] = []
-    for row, raw in zip(rows, raw_names, strict=True):
-        header, keys = _source_for(s, scope, row.source_id)
-        body = scope._vault._payloads.body(scope._ref.id, row)
-        out += _core.open_derived(scope._ref.id, keys, header, [raw], [row.header], [body])
+    out: list[bytes] = [b""] * len(rows)
+    payloads = scope._vault._payloads
+    for source_id, positions in _by_source(rows).items():
+        header, keys = _source_for(s, scope, source_id)
+        group = [rows[i] for i in positions]
+        opened = _core.open_derived(
+            scope._ref.id,
+            keys,
+            header,
+            [raw_names[i] for i in positions],
+            [r.header for r in group],
+            [payloads.body(scope._ref.id, r) for r in group],
+        )
+        for i, data in zip(positions, opened, strict=True):
+            out[i] = data
     return out
 
 
 def open_names(s: Session, scope: Scope, rows: Sequence[Any]) -> list[bytes | None]:
     """Decrypts the names of derived records (``rows`` with source_id, header, name_ct);
     None for a record whose source is gone (unreadable for good; ``purge`` removes it)."""
-    out: list[bytes | None] = []
-    for row in rows:
+    out: list[bytes | None] = [None] * len(rows)
+    for source_id, positions in _by_source(rows).items():
         try:
-            header, keys = _source_for(s, scope, row.source_id)
+            header, keys = _source_for(s, scope, source_id)
         except ShreddedError:
-            out.append(None)
             continue
-        out += _core.open_derived(scope._ref.id, keys, header, None, [row.header], [row.name_ct])
+        headers = [rows[i].header for i in positions]
+        name_cts = [rows[i].name_ct for i in positions]
+        opened = _core.open_derived(scope._ref.id, keys, header, None, headers, name_cts)
+        for i, name in zip(positions, opened, strict=True):
+            out[i] = name
     return out
 
 

@@ -38,7 +38,7 @@ from keycustody.storage.engine import db_message
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
-from keycustody.validation import Data, check_data, check_items, encode_name, size_of
+from keycustody.validation import Data, check_items, encode_name, size_of
 
 if TYPE_CHECKING:
     from keycustody.vault import Vault
@@ -219,14 +219,15 @@ class Scope:
                 to the source: deleting, replacing or shredding the source makes it unreadable
                 in the same step.
         """
-        if derived_from is not None:
-            check_data(data, self._vault.max_record_bytes)
-            return derived.put_derived(self, [(name, data)], derived_from)[0]
-        return self.put_many([(name, data)])[0]
+        return self.put_many([(name, data)], derived_from=derived_from)[0]
 
     @_audit_failures("put_many")
     def put_many(
-        self, items: Iterable[tuple[str, Data]], *, commit_every: int | None = None
+        self,
+        items: Iterable[tuple[str, Data]],
+        *,
+        commit_every: int | None = None,
+        derived_from: str | None = None,
     ) -> list[RecordInfo]:
         """Stores records; all in one transaction unless ``commit_every`` is given.
 
@@ -237,6 +238,9 @@ class Scope:
             items: ``(name, data)`` pairs; any iterable, consumed batch by batch.
             commit_every: Commit after about this many records (for very large ingests); a
                 failure then keeps the batches already committed, each record whole.
+            derived_from: Name of the record of this scope these records derive from (chunks,
+                embeddings, summaries of it), as in :meth:`put`. They are held in memory
+                and stored in one transaction.
 
         Raises:
             InvalidInputError: a name or payload is invalid; nothing of the failed
@@ -246,6 +250,10 @@ class Scope:
         """
         if commit_every is not None and commit_every < 1:
             raise InvalidInputError("commit_every must be a positive number of records")
+        if derived_from is not None:
+            if commit_every is not None:
+                raise InvalidInputError("derived records are stored in one transaction")
+            return derived.put_derived(self, items, derived_from)
         self._rotate_if_due()
         infos: list[RecordInfo] = []
         iterator = iter(items)

@@ -1,15 +1,21 @@
-//! Derived records (suite 3): sealed and opened through their source record's header.
+//! Derived records (suite 3): sealed and opened through their source record's header, in
+//! parallel across cores.
 
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::derived::Source;
 use keycustody_core::record::{OpenKeys, HEADER_LEN};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use rayon::prelude::*;
 
 use crate::buffers::Input;
 use crate::errors::{batch_error, Error, InvalidInputError};
 use crate::gil::run_detached;
 use crate::records::{borrow_keys, key_table, scope_id};
+
+/// Fewest records per parallel task: below that, handing work to another core costs more
+/// than sealing small records (derived records are chunks, summaries, embeddings).
+const MIN_TASK_RECORDS: usize = 16;
 
 type Lists<'py> = (
     Vec<Bound<'py, PyBytes>>,
@@ -49,8 +55,9 @@ pub fn seal_derived<'py>(
     let total: usize = datas.iter().map(|d| d.len()).sum();
     let sealed = run_detached(py, total, || {
         names
-            .iter()
+            .par_iter()
             .zip(&datas)
+            .with_min_len(MIN_TASK_RECORDS)
             .map(|(name, data)| {
                 let mut header = vec![0u8; HEADER_LEN];
                 let mut body = vec![0u8; data.len() + TAG_LEN];
@@ -97,9 +104,10 @@ pub fn open_derived<'py>(
     let total: usize = bodies.iter().map(|b| b.len()).sum();
     let opened = run_detached(py, total, || {
         headers
-            .iter()
+            .par_iter()
             .zip(&bodies)
             .enumerate()
+            .with_min_len(MIN_TASK_RECORDS)
             .map(|(i, (header, body))| {
                 let len = body
                     .len()
