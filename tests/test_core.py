@@ -548,7 +548,40 @@ def test_open_segments_opens_batches_and_rejects_any_misplaced_segment(
         (0, True, b"".join(sealed[:4])),  # not the final segment
         (3, False, b"".join(sealed[3:])),  # the final segment, not flagged as such
         (0, False, sealed[0] + sealed[1][:-1]),  # a short segment that is not the last
+        (0, False, sealed[0] + sealed[4][:5]),  # a final segment shorter than its tag
         (0, False, b""),
     ]:
         with pytest.raises(IntegrityError):
             opener.open_segments(first, last, batch)
+        out = bytearray(b"\xff" * max(0, len(batch) - 16 * -(-len(batch) // (seg + 16))))
+        with pytest.raises((IntegrityError, InvalidInputError)):
+            opener.open_segments_into(first, last, batch, out)
+        assert not any(out), "a failed open leaves no plaintext behind"
+
+
+def test_open_segments_into_writes_the_callers_buffer(key: _core.KeyHandle) -> None:
+    seg = _core.SEGMENT_LEN
+    datas = [os.urandom(seg), os.urandom(seg), os.urandom(77)]
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"f")
+    sealed = b"".join(sealer.seal_segment(d, i == 2) for i, d in enumerate(datas))
+    opener = _core.open_stream(SCOPE, {1: key}, b"f", header)
+    buffer = bytearray(2 * seg + 100)
+    opener.open_segments_into(0, True, sealed, memoryview(buffer)[: 2 * seg + 77])
+    assert buffer[: 2 * seg + 77] == b"".join(datas) and buffer[2 * seg + 77 :] == bytes(23)
+    for out in (bytearray(10), bytes(2 * seg + 77), memoryview(bytearray(4 * seg))[::2]):
+        with pytest.raises(InvalidInputError):
+            opener.open_segments_into(0, True, sealed, out)
+
+
+def test_an_empty_streams_tag_is_checked(key: _core.KeyHandle) -> None:
+    """The final segment of an empty stream is a bare 16-byte tag: it must authenticate."""
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"empty")
+    tag = sealer.seal_segment(b"", True)
+    opener = _core.open_stream(SCOPE, {1: key}, b"empty", header)
+    assert opener.open_segments(0, True, tag) == b""
+    opener.open_segments_into(0, True, tag, bytearray())
+    for bad in (flip(tag, 3), bytes(16)):
+        with pytest.raises(IntegrityError):
+            opener.open_segments(0, True, bad)
+        with pytest.raises(IntegrityError):
+            opener.open_segments_into(0, True, bad, bytearray())

@@ -70,8 +70,9 @@ def test_random_access(acme: kc.Scope) -> None:
 
 
 def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -> None:
-    """Sequential reads open windows of 1, 2, then 4 segments; bytes come out right across
-    their edges, and an altered segment deep in a window fails the read that reaches it."""
+    """Sequential reads open windows of 1, 2, then 4 segments (or whole segments straight
+    into the caller's buffer); bytes come out right across their edges, and an altered
+    segment deep in a window fails the read that reaches it."""
     size = 16 * SEG + 5
     rid = bytes.fromhex(acme.put_stream("f", PatternFile(size)).record_id)
     expected = content(size)
@@ -85,10 +86,15 @@ def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -
         "UPDATE segments SET body = ? WHERE record_id = ? AND seq = 13",
         (body[:100] + bytes([body[100] ^ 1]) + body[101:], rid),
     )
+    got = bytearray()
+    with acme.open_stream("f") as reader, pytest.raises(kc.IntegrityError):
+        while chunk := reader.read(SEG // 2 + 3):  # windows 0, 1-2, 3-6, 7-10, then 11-14
+            got += chunk
+    assert got == expected[: len(got)] and 10 * SEG < len(got) <= 11 * SEG
     with acme.open_stream("f") as reader:
-        assert reader.read(11 * SEG) == expected[: 11 * SEG]  # windows 0, 1-2, 3-6, 7-10
+        assert reader.read(12 * SEG) == expected[: 12 * SEG]  # straight into the buffer
         with pytest.raises(kc.IntegrityError):
-            reader.read(SEG)  # window 11-14 holds segment 13
+            reader.read(2 * SEG)  # segments 12-13
 
 
 def test_stream_replaces_and_whole_records_refuse_open_stream(acme: kc.Scope) -> None:
@@ -108,6 +114,18 @@ def test_segments_are_deleted_with_the_record(acme: kc.Scope, raw: RawDB) -> Non
     assert raw.one("SELECT count(*) FROM segments") == (1,)
     acme.delete("f")
     assert raw.one("SELECT count(*) FROM segments") == (0,)
+
+
+def test_an_emptied_stream_is_detected(acme: kc.Scope, raw: RawDB) -> None:
+    """A stream cut down to size 0 and one 16-byte segment (a forged empty stream) fails."""
+    rid = bytes.fromhex(acme.put_stream("f", PatternFile(SEG + 1)).record_id)
+    raw.execute("DELETE FROM segments WHERE record_id = ? AND seq = 1", (rid,))
+    raw.execute("UPDATE segments SET body = ? WHERE record_id = ?", (bytes(16), rid))
+    raw.execute("UPDATE records SET size = 0 WHERE record_id = ?", (rid,))
+    with pytest.raises(kc.IntegrityError):
+        acme.get("f")
+    with acme.open_stream("f") as reader, pytest.raises(kc.IntegrityError):
+        reader.read()
 
 
 @pytest.mark.parametrize(

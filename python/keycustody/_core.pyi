@@ -183,6 +183,15 @@ class StreamOpener:
                 (nothing of the batch is returned).
         """
 
+    def open_segments_into(self, first: int, last: bool, sealed: Buffer, out: Buffer) -> None:
+        """As :meth:`open_segments`, into ``out``: a writable contiguous buffer of exactly the
+        plaintext's length (zeroed if a segment fails).
+
+        Raises:
+            IntegrityError: as :meth:`open_segments`.
+            InvalidInputError: ``out`` is read-only, not contiguous, or of another length.
+        """
+
 def begin_stream(
     key: KeyHandle, scope_id: Buffer, version: int, name: Buffer
 ) -> tuple[bytes, bytes, StreamSealer]:

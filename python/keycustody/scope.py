@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 BATCH_RECORDS = 1000
 BATCH_BYTES = 64 * 1024 * 1024
 _SELECT_CHUNK = 500
-TAG_LEN = _core.TAG_LEN
+_TAG_LEN = _core.TAG_LEN
 _SEPARATE_SUITES = (SUITE_SEGMENTED, derived.SUITE_DERIVED)
 """Suites get_many opens record by record (streams) or through their source (derived)."""
 _Batch = tuple[list[str], list[bytes], list[Data]]
@@ -399,7 +399,7 @@ class Scope:
                 bodies = [
                     r.body if r.blob_key is None else payloads.body(scope_id, r) for r in rows
                 ]
-                if any(r.size + TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
+                if any(r.size + _TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
                     raise IntegrityError("a stored record's size does not match its body")
                 order = [index[r.name_index] for r in rows]
                 headers = [r.header for r in rows]

@@ -17,6 +17,7 @@ from keycustody import _core
 from keycustody.errors import IntegrityError, InvalidInputError
 
 SEGMENT_LEN = _core.SEGMENT_LEN
+TAG_LEN = _core.TAG_LEN
 SUITE_SEGMENTED = 2
 READ_AHEAD = 4
 """Most segments a reader fetches and opens at once (in parallel across cores), reached by
@@ -71,7 +72,8 @@ class StreamReader(io.BufferedIOBase):
 
     Segment fetching is injected (``fetch(first, n) -> n sealed segments back to back``) so
     that each read uses a short database transaction of its own. The reader keeps one window
-    of opened segments; sequential reads double it up to :data:`READ_AHEAD` segments.
+    of opened segments; sequential reads double it up to :data:`READ_AHEAD` segments. A read
+    into a buffer that holds whole segments opens them straight into it.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class StreamReader(io.BufferedIOBase):
         self._pos = 0
         self._window: tuple[int, int, bytes] | None = None  # first segment, count, plaintext
         self._ahead = 1
+        self._end_verified = False  # the final segment has authenticated
 
     def __repr__(self) -> str:
         return f"<StreamReader size={self._size} pos={self._pos}>"
@@ -121,12 +124,34 @@ class StreamReader(io.BufferedIOBase):
         self._ahead = min(self._ahead * 2, READ_AHEAD) if sequential else 1
         n = min(self._ahead, self._count - seq)
         last = seq + n == self._count
-        plain = self._opener.open_segments(seq, last, self._fetch(seq, n))
-        expected = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
-        if len(plain) != expected:
-            raise IntegrityError("a stream record's size does not match its segments")
+        plain = self._opener.open_segments(seq, last, self._fetched(seq, n))
+        self._end_verified |= last
         self._window = (seq, n, plain)
         return 0, plain
+
+    def _fetched(self, seq: int, n: int) -> bytes:
+        """Sealed segments ``seq`` to ``seq + n - 1``, checked against the record's size."""
+        sealed = self._fetch(seq, n)
+        last = seq + n == self._count
+        expected = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
+        if len(sealed) - n * TAG_LEN != expected:
+            raise IntegrityError("a stream record's size does not match its segments")
+        return sealed
+
+    def _open_into(self, seq: int, view: memoryview) -> int:
+        """Opens the whole segments from ``seq`` that fit in ``view`` straight into it (no
+        window, no copy); returns the bytes written (0 if not even one fits)."""
+        n = min(len(view) // SEGMENT_LEN, READ_AHEAD, self._count - seq)
+        final_len = self._size - (self._count - 1) * SEGMENT_LEN
+        if n == 0 and seq == self._count - 1 and len(view) >= final_len:
+            n = 1  # the final, shorter segment fits
+        if n == 0:
+            return 0
+        last = seq + n == self._count
+        length = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
+        self._opener.open_segments_into(seq, last, self._fetched(seq, n), view[:length])
+        self._end_verified |= last
+        return length
 
     def readinto(self, buffer: Buffer) -> int:
         """Fills ``buffer`` as far as the payload goes; returns the bytes read (0 at the end)."""
@@ -167,11 +192,18 @@ class StreamReader(io.BufferedIOBase):
         if self._pos >= self._size:
             # End of stream: authenticate the final segment, so a shortened size (or an
             # emptied record) cannot end a read early without an error.
-            self._open(self._count - 1)
+            if not self._end_verified:
+                self._open(self._count - 1)
             return 0
         if not len(view):
             return 0
         seq, offset = divmod(self._pos, SEGMENT_LEN)
+        window = self._window
+        if offset == 0 and (window is None or not window[0] <= seq < window[0] + window[1]):
+            written = self._open_into(seq, view)
+            if written:
+                self._pos += written
+                return written
         start, plain = self._open(seq)
         start += offset
         n = min(len(view), len(plain) - start)

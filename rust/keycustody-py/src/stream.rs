@@ -4,12 +4,13 @@
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::record::{OpenKeys, SealKey, HEADER_LEN};
 use keycustody_core::stream::{StreamOpener, StreamSealer, SEGMENT_LEN};
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use rayon::prelude::*;
 
-use crate::buffers::{prefault, zeroed, FreshBytes, Input, Uninit};
-use crate::errors::{Error, IntegrityError};
+use crate::buffers::{prefault, zeroed, FreshBytes, Input};
+use crate::errors::{Error, IntegrityError, InvalidInputError};
 use crate::gil::run_detached;
 use crate::keys::KeyHandle;
 use crate::records::{borrow_keys, key_table, key_version, scope_id};
@@ -89,40 +90,16 @@ impl PyStreamOpener {
         last: bool,
         sealed: Input,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let count = sealed.len().div_ceil(SEALED_LEN).max(1);
-        let len = sealed
-            .len()
-            .checked_sub(count * TAG_LEN)
-            .ok_or_else(|| IntegrityError::new_err("a stream segment is shorter than its tag"))?;
-        if first
-            .checked_add(u32::try_from(count - 1).unwrap_or(u32::MAX))
-            .is_none()
-        {
-            return Err(IntegrityError::new_err(
-                "a stream has at most 2^32 segments",
-            ));
-        }
+        let len = plaintext_len(first, &sealed)?;
         let mut outs = FreshBytes::alloc(py, [len])?;
-        let inner = &self.inner;
         let result = {
             let mut bufs = outs.uninit();
             let out = std::mem::take(&mut bufs[0]);
             run_detached(py, len, || {
-                let open = |(i, (sealed, out)): (usize, (&[u8], Uninit<'_>))| {
+                open_window(&self.inner, first, last, &sealed, out, |out| {
                     prefault(std::iter::once(&*out));
-                    let index = first + i as u32; // in range: checked above
-                    inner.open_segment(index, last && i == count - 1, sealed, zeroed(out))
-                };
-                let pairs = sealed.chunks(SEALED_LEN).zip(out.chunks_mut(SEGMENT_LEN));
-                if count > 1 {
-                    pairs
-                        .collect::<Vec<_>>()
-                        .into_par_iter()
-                        .enumerate()
-                        .try_for_each(open)
-                } else {
-                    pairs.enumerate().try_for_each(open)
-                }
+                    zeroed(out)
+                })
             })
         };
         if let Err(e) = result {
@@ -130,6 +107,102 @@ impl PyStreamOpener {
             return Err(Error(e).into());
         }
         Ok(outs.into_vec().remove(0))
+    }
+
+    /// As `open_segments`, into `out`, a writable buffer of exactly their plaintext length
+    /// (e.g. the caller's `readinto` buffer): no output to allocate and no copy after.
+    fn open_segments_into(
+        &self,
+        py: Python<'_>,
+        first: u32,
+        last: bool,
+        sealed: Input,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let len = plaintext_len(first, &sealed)?;
+        let buffer = PyBuffer::<u8>::get(out)?;
+        if buffer.readonly() || !buffer.is_c_contiguous() || buffer.len_bytes() != len {
+            return Err(InvalidInputError::new_err(format!(
+                "out must be a writable contiguous buffer of {len} bytes"
+            )));
+        }
+        // SAFETY: `buffer` holds the export of `out` until it is dropped below, so the memory
+        // stays allocated and cannot be resized (bytearray and memoryview refuse while
+        // exported); it is writable, C-contiguous and `len` bytes long (checked above). Like
+        // the `readinto` of Python's own files, it is written with the GIL released: a thread
+        // that touches the same buffer meanwhile races with this call, as with a file read.
+        let dest = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
+        let result = run_detached(py, len, || {
+            open_window(&self.inner, first, last, &sealed, dest, |out| out)
+        });
+        if let Err(e) = result {
+            // SAFETY: as above; the detached call has ended, so this is the only access.
+            unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) }.fill(0);
+            return Err(Error(e).into());
+        }
+        drop(buffer);
+        Ok(())
+    }
+}
+
+/// Plaintext bytes of `sealed`, consecutive sealed segments numbered from `first`.
+fn plaintext_len(first: u32, sealed: &[u8]) -> PyResult<usize> {
+    let count = segment_count(sealed);
+    let len = sealed
+        .len()
+        .checked_sub(count * TAG_LEN)
+        .ok_or_else(|| IntegrityError::new_err("a stream segment is shorter than its tag"))?;
+    let final_index = u32::try_from(count - 1)
+        .ok()
+        .and_then(|n| first.checked_add(n));
+    if final_index.is_none() {
+        return Err(IntegrityError::new_err(
+            "a stream has at most 2^32 segments",
+        ));
+    }
+    Ok(len)
+}
+
+/// Sealed segments in `sealed`: every one but the final one is full; at least one (the
+/// final segment of an empty stream is its 16-byte tag).
+fn segment_count(sealed: &[u8]) -> usize {
+    sealed.len().div_ceil(SEALED_LEN).max(1)
+}
+
+/// Opens the segments in `sealed` into `out` (their plaintexts back to back), on several
+/// cores when there are several. `prepare` readies each segment's share of `out` inside the
+/// task that writes it. Every segment is authenticated, an empty final one included.
+fn open_window<'a, T: Send>(
+    inner: &StreamOpener,
+    first: u32,
+    last: bool,
+    sealed: &[u8],
+    out: &'a mut [T],
+    prepare: impl Fn(&'a mut [T]) -> &'a mut [u8] + Sync,
+) -> keycustody_core::Result<()> {
+    let count = segment_count(sealed);
+    let mut rest = out;
+    let mut jobs = Vec::with_capacity(count);
+    for (i, sealed) in sealed.chunks(SEALED_LEN).enumerate() {
+        let n = SEGMENT_LEN.min(rest.len());
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        if head.len() + TAG_LEN != sealed.len() {
+            return Err(keycustody_core::CoreError::Integrity); // a short segment mid-window
+        }
+        jobs.push((i, sealed, head));
+        rest = tail;
+    }
+    if jobs.len() != count || !rest.is_empty() {
+        return Err(keycustody_core::CoreError::Integrity);
+    }
+    let open = |(i, sealed, out): (usize, &[u8], &'a mut [T])| {
+        let index = first + i as u32; // in range: plaintext_len checked it
+        inner.open_segment(index, last && i == count - 1, sealed, prepare(out))
+    };
+    if count > 1 {
+        jobs.into_par_iter().try_for_each(open)
+    } else {
+        jobs.into_iter().try_for_each(open)
     }
 }
 
