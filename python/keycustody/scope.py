@@ -396,9 +396,7 @@ class Scope:
                 ):
                     out[chunk[index[r.name_index]]] = data
                 rows = [r for r in rows if r.header[3] not in _SEPARATE_SUITES]
-                bodies = [
-                    r.body if r.blob_key is None else payloads.body(scope_id, r) for r in rows
-                ]
+                bodies = [payloads.body(scope_id, r) for r in rows]
                 if any(r.size + _TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
                     raise IntegrityError("a stored record's size does not match its body")
                 order = [index[r.name_index] for r in rows]

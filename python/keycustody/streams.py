@@ -129,12 +129,14 @@ class StreamReader(io.BufferedIOBase):
         self._window = (seq, n, plain)
         return 0, plain
 
+    def _plain_len(self, seq: int, n: int) -> int:
+        """Payload bytes in segments ``seq`` to ``seq + n - 1`` (the final one may be short)."""
+        return min(n * SEGMENT_LEN, self._size - seq * SEGMENT_LEN)
+
     def _fetched(self, seq: int, n: int) -> bytes:
         """Sealed segments ``seq`` to ``seq + n - 1``, checked against the record's size."""
         sealed = self._fetch(seq, n)
-        last = seq + n == self._count
-        expected = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
-        if len(sealed) - n * TAG_LEN != expected:
+        if len(sealed) - n * TAG_LEN != self._plain_len(seq, n):
             raise IntegrityError("a stream record's size does not match its segments")
         return sealed
 
@@ -142,13 +144,12 @@ class StreamReader(io.BufferedIOBase):
         """Opens the whole segments from ``seq`` that fit in ``view`` straight into it (no
         window, no copy); returns the bytes written (0 if not even one fits)."""
         n = min(len(view) // SEGMENT_LEN, READ_AHEAD, self._count - seq)
-        final_len = self._size - (self._count - 1) * SEGMENT_LEN
-        if n == 0 and seq == self._count - 1 and len(view) >= final_len:
+        if n == 0 and len(view) >= self._plain_len(seq, 1):
             n = 1  # the final, shorter segment fits
         if n == 0:
             return 0
         last = seq + n == self._count
-        length = self._size - seq * SEGMENT_LEN if last else n * SEGMENT_LEN
+        length = self._plain_len(seq, n)
         self._opener.open_segments_into(seq, last, self._fetched(seq, n), view[:length])
         self._end_verified |= last
         return length

@@ -1,21 +1,22 @@
 //! Derived records (suite 3): sealed and opened through their source record's header, in
-//! parallel across cores.
+//! parallel across cores as record batches are (`record::run_tasks`).
 
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::derived::Source;
-use keycustody_core::record::{OpenKeys, HEADER_LEN};
+use keycustody_core::record::{self, OpenKeys, HEADER_LEN};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use rayon::prelude::*;
 
 use crate::buffers::Input;
 use crate::errors::{batch_error, Error, InvalidInputError};
 use crate::gil::run_detached;
 use crate::records::{borrow_keys, key_table, scope_id};
 
-/// Fewest records per parallel task: below that, handing work to another core costs more
-/// than sealing small records (derived records are chunks, summaries, embeddings).
-const MIN_TASK_RECORDS: usize = 16;
+/// A derived record's header, encrypted name and body.
+type Sealed = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Two inputs of one record (name and data, or header and body), then its output once done.
+type Job<'a, T> = (&'a [u8], &'a [u8], Option<T>);
 
 type Lists<'py> = (
     Vec<Bound<'py, PyBytes>>,
@@ -53,23 +54,27 @@ pub fn seal_derived<'py>(
     let (source, index) =
         Source::from_header(&keys, Some(&source_name), &source_header).map_err(Error)?;
     let total: usize = datas.iter().map(|d| d.len()).sum();
-    let sealed = run_detached(py, total, || {
-        names
-            .par_iter()
-            .zip(&datas)
-            .with_min_len(MIN_TASK_RECORDS)
-            .map(|(name, data)| {
+    let mut jobs: Vec<Job<'_, Sealed>> = names
+        .iter()
+        .zip(&datas)
+        .map(|(n, d)| (&n[..], &d[..], None))
+        .collect();
+    run_detached(py, total, || {
+        record::run_tasks(&mut jobs, total, |_, chunk| {
+            chunk.iter_mut().try_for_each(|(name, data, sealed)| {
                 let mut header = vec![0u8; HEADER_LEN];
                 let mut body = vec![0u8; data.len() + TAG_LEN];
                 let mut name_ct = vec![0u8; name.len() + TAG_LEN];
                 source.seal(index, name, data, &mut header, &mut body, &mut name_ct)?;
-                Ok((header, name_ct, body))
+                *sealed = Some((header, name_ct, body));
+                Ok(())
             })
-            .collect::<keycustody_core::Result<Vec<_>>>()
+        })
     })
     .map_err(Error)?;
     let mut out: Lists<'py> = (vec![], vec![], vec![]);
-    for (header, name_ct, body) in sealed {
+    for (_, _, sealed) in jobs {
+        let (header, name_ct, body) = sealed.expect("every job is sealed when the batch is");
         out.0.push(PyBytes::new(py, &header));
         out.1.push(PyBytes::new(py, &name_ct));
         out.2.push(PyBytes::new(py, &body));
@@ -102,26 +107,43 @@ pub fn open_derived<'py>(
     };
     let (source, index) = Source::from_header(&keys, None, &source_header).map_err(Error)?;
     let total: usize = bodies.iter().map(|b| b.len()).sum();
-    let opened = run_detached(py, total, || {
-        headers
-            .par_iter()
-            .zip(&bodies)
-            .enumerate()
-            .with_min_len(MIN_TASK_RECORDS)
-            .map(|(i, (header, body))| {
-                let len = body
-                    .len()
-                    .checked_sub(TAG_LEN)
-                    .ok_or((i, keycustody_core::CoreError::Integrity))?;
-                let mut out = vec![0u8; len];
-                let result = match &names {
-                    Some(names) => source.open_record(index, &names[i], header, body, &mut out),
-                    None => source.open_name(index, header, body, &mut out),
-                };
-                result.map(|()| out).map_err(|e| (i, e))
-            })
-            .collect::<Result<Vec<_>, _>>()
+    let mut jobs: Vec<Job<'_, Vec<u8>>> = headers
+        .iter()
+        .zip(&bodies)
+        .map(|(h, b)| (&h[..], &b[..], None))
+        .collect();
+    run_detached(py, total, || {
+        record::run_tasks(&mut jobs, total, |first, chunk| {
+            chunk
+                .iter_mut()
+                .enumerate()
+                .try_for_each(|(k, (header, body, opened))| {
+                    let i = first + k;
+                    let len = body
+                        .len()
+                        .checked_sub(TAG_LEN)
+                        .ok_or((i, keycustody_core::CoreError::Integrity))?;
+                    let mut out = vec![0u8; len];
+                    match &names {
+                        Some(names) => source.open_record(index, &names[i], header, body, &mut out),
+                        None => source.open_name(index, header, body, &mut out),
+                    }
+                    .map_err(|e| (i, e))?;
+                    *opened = Some(out);
+                    Ok(())
+                })
+        })
     })
     .map_err(|(i, e)| batch_error(py, i, e))?;
-    Ok(opened.iter().map(|o| PyBytes::new(py, o)).collect())
+    Ok(jobs
+        .iter()
+        .map(|(_, _, opened)| {
+            PyBytes::new(
+                py,
+                opened
+                    .as_deref()
+                    .expect("every job is opened when the batch is"),
+            )
+        })
+        .collect())
 }
