@@ -373,6 +373,25 @@ def test_put_replaces_and_destroys_old_dek(acme: kc.Scope, db_path: Path, raw: R
     assert hits(database_files(db_path), [wrapped_dek]) == []
 
 
+def test_put_many_mixes_new_and_replaced_names(acme: kc.Scope, db_path: Path, raw: RawDB) -> None:
+    """A batch with new names and names that exist (inserted first, then replaced on
+    SQLite): each name ends with one record, the new one, and the old DEKs are gone."""
+    old = acme.put_many([(f"f{i}", b"old %d" % i) for i in range(0, 3000, 3)])
+    select_header = "SELECT header FROM records WHERE record_id = ?"
+    old_deks = [
+        raw.execute(select_header, (bytes.fromhex(i.record_id),)).fetchone()[0][72:132]
+        for i in old[:50]
+    ]
+    new = acme.put_many([(f"f{i}", b"new %d" % i) for i in range(3000)])
+    assert {i.name for i in new} == {f"f{i}" for i in range(3000)}
+    assert raw.one("SELECT count(*) FROM records") == (3000,)
+    assert acme.get_many([f"f{i}" for i in range(3000)]) == {
+        f"f{i}": b"new %d" % i for i in range(3000)
+    }
+    checkpoint(db_path)
+    assert hits(database_files(db_path), old_deks) == []
+
+
 def test_delete(acme: kc.Scope) -> None:
     acme.put("a.py", b"a")
     acme.delete("a.py")

@@ -611,5 +611,5 @@ def test_a_database_made_at_revision_0008_keeps_reading(
         kms.disable_key(kek)
         assert acme.get("src/003.py") == b"print(3)\n"
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0009",)]
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0010",)]
     raw.close()

@@ -36,7 +36,7 @@ TABLES = {
     "scope_key_wraps",
     "tenant_keks",
 }
-HEAD = "0009"
+HEAD = "0010"
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -138,6 +139,13 @@ class RecordRow(Base):
         # Led by key_version: led by scope_id it would compete with the unique index for
         # lookups by name (migration 0008 says what that cost on PostgreSQL).
         Index("ix_records_version_scope", "key_version", "scope_id"),
+        # Derived records only: the NULLs of all others are never looked up (migration 0010).
+        Index(
+            "ix_records_source_id",
+            "source_id",
+            sqlite_where=text("source_id IS NOT NULL"),
+            postgresql_where=text("source_id IS NOT NULL"),
+        ),
     )
 
     record_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
@@ -151,7 +159,7 @@ class RecordRow(Base):
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
     sealed_version: Mapped[int] = mapped_column(Integer, server_default="1")
-    source_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    source_id: Mapped[bytes | None] = mapped_column(LargeBinary(16))
     """For a derived record: the record whose DEK wraps this record's DEK."""
     blob_key: Mapped[str | None] = mapped_column(String(128))
     """Where the ciphertext is when it is in the blob store (``body`` is then empty):

@@ -2,9 +2,12 @@
 
 The hot path (put_many) bypasses per-row ORM and Core parameter processing: rows are plain
 tuples handed to the driver's executemany, with the one non-trivial bind (the batch timestamp)
-processed once per batch. A record replacing one of the same name first deletes it (and its
-segments, by cascade), so the old wrapped DEK is overwritten rather than left behind. On
-PostgreSQL, where record writers run side by side, writers of one scope's names take turns.
+processed once per batch. A record replacing one of the same name deletes it (and its
+segments, by cascade) before it is inserted, so the old wrapped DEK is overwritten rather than
+left behind. On SQLite a batch is inserted first, skipping names that exist, and only those
+are then deleted and inserted: new names, the common case of an ingest, cost no lookup of
+their own. On PostgreSQL, where record writers run side by side, writers of one scope's names
+take turns and delete first.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from sqlalchemy import (
     ARRAY,
     Connection,
     Dialect,
+    Insert,
     LargeBinary,
     any_,
     bindparam,
     delete,
     insert,
+    select,
 )
+from sqlalchemy.dialects import sqlite
 
 from keycustody.storage.models import RecordRow, SegmentRow
 
@@ -42,6 +48,9 @@ RECORD_COLUMNS = (
 )
 """Order of the values in a record row tuple."""
 
+_ID_CHUNK = 500
+"""Record ids per statement when replace() looks up which rows it inserted."""
+
 SCOPE_LOCK_SPACE = 0x6B63
 """First key of the two-key PostgreSQL advisory locks on a scope's names (the second is the
 scope id's first four bytes; the two-key space never meets the one-key locks of engine.py)."""
@@ -50,8 +59,8 @@ scope id's first four bytes; the two-key space never meets the one-key locks of 
 class _Insert:
     """An INSERT compiled for one dialect, executed with tuples in a fixed column order."""
 
-    def __init__(self, dialect: Dialect, model: type[Any], columns: Sequence[str]) -> None:
-        compiled = insert(model).compile(dialect=dialect, column_keys=list(columns))
+    def __init__(self, dialect: Dialect, statement: Insert, columns: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(columns))
         self._sql = str(compiled)
         self._columns = tuple(columns)
         self._order: list[int] | None = None
@@ -60,9 +69,10 @@ class _Insert:
             self._order = None if order == list(range(len(order))) else order
         self._positional = compiled.positional
 
-    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Inserts ``rows``; returns how many were inserted."""
         if not rows:
-            return
+            return 0
         params: list[Any]
         if not self._positional:
             params = [dict(zip(self._columns, r, strict=True)) for r in rows]
@@ -70,7 +80,7 @@ class _Insert:
             params = [tuple(r[i] for i in self._order) for r in rows]
         else:
             params = list(rows)
-        conn.exec_driver_sql(self._sql, params)
+        return int(conn.exec_driver_sql(self._sql, params).rowcount)
 
 
 class FoundRecord(NamedTuple):
@@ -103,8 +113,20 @@ class RecordStatements:
 
     def __init__(self, dialect: Dialect) -> None:
         self._postgres = dialect.name == "postgresql"
-        self._records = _Insert(dialect, RecordRow, RECORD_COLUMNS)
-        self._segments = _Insert(dialect, SegmentRow, ("record_id", "seq", "body"))
+        self._records = _Insert(dialect, insert(RecordRow), RECORD_COLUMNS)
+        # SQLite: inserts the rows whose names are new and skips the others (replace()).
+        self._new_records = (
+            None
+            if self._postgres
+            else _Insert(
+                dialect,
+                sqlite.insert(RecordRow).on_conflict_do_nothing(
+                    index_elements=["scope_id", "name_index"]
+                ),
+                RECORD_COLUMNS,
+            )
+        )
+        self._segments = _Insert(dialect, insert(SegmentRow), ("record_id", "seq", "body"))
         # The dialect's own DateTime processor (the generic type has none), so sqlite3's
         # deprecated default datetime adapter is never used.
         created_at = RecordRow.__table__.c.created_at.type
@@ -166,11 +188,24 @@ class RecordStatements:
         return when if self._timestamp is None else self._timestamp(when)
 
     def replace(self, conn: Connection, scope_id: bytes, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Inserts ``rows`` (tuples in :data:`RECORD_COLUMNS` order), deleting any record of
-        the same name first. Within ``rows`` the last record of a name wins."""
-        latest = {row[2]: row for row in rows}
-        self.delete_names(conn, scope_id, latest.keys())  # takes the scope's name lock
-        self._records.run(conn, list(latest.values()))
+        """Inserts ``rows`` (tuples in :data:`RECORD_COLUMNS` order), replacing any record of
+        the same name, which is deleted first. Within ``rows`` the last record of a name
+        wins."""
+        latest = list({row[2]: row for row in rows}.values())
+        if self._new_records is None:
+            self.delete_names(conn, scope_id, [r[2] for r in latest])  # takes the name lock
+            self._records.run(conn, latest)
+            return
+        if self._new_records.run(conn, latest) == len(latest):
+            return
+        inserted: set[bytes] = set()
+        for start in range(0, len(latest), _ID_CHUNK):
+            ids = [r[0] for r in latest[start : start + _ID_CHUNK]]
+            found = conn.execute(select(RecordRow.record_id).where(RecordRow.record_id.in_(ids)))
+            inserted.update(found.scalars())
+        replacing = [r for r in latest if r[0] not in inserted]
+        self.delete_names(conn, scope_id, [r[2] for r in replacing])
+        self._records.run(conn, replacing)
 
     def delete_names(self, conn: Connection, scope_id: bytes, indexes: Collection[bytes]) -> int:
         """Deletes the records with these name indexes (one executemany; on PostgreSQL one
