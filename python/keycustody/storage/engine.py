@@ -81,8 +81,16 @@ def lock_audit_head(conn: Any) -> None:
 
 def db_message(exc: SQLAlchemyError) -> str:
     """The driver's message of a database error, for keycustody's own errors: SQLAlchemy's
-    text would echo the statement's parameters (ciphertext, wrapped keys, blind indexes)."""
-    return str(getattr(exc, "orig", None) or type(exc).__name__)
+    text would echo the statement's parameters (ciphertext, wrapped keys, blind indexes).
+
+    From PostgreSQL only the primary message: psycopg's text adds the server's DETAIL, which
+    quotes the values of a violated key (record ids, blind indexes), and the statement's
+    LINE."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+    return str(primary or orig)
 
 
 def make_engine(url: str) -> Engine:
