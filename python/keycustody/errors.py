@@ -54,7 +54,10 @@ class ShreddedError(KeyCustodyError):
 
 
 class StorageError(KeyCustodyError):
-    """The database or blob store failed; nothing was half-written."""
+    """The database or blob store failed; nothing was half-written.
+
+    A database failure's message is the driver's own (chained to the SQLAlchemy error),
+    never SQLAlchemy's text, which echoes the statement's parameters."""
 
 
 class OutputError(StorageError):

@@ -51,6 +51,7 @@ from keycustody.errors import (
     KeyCustodyError,
 )
 from keycustody.storage.blobs import BlobStore, BlobWriter
+from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow, SegmentRow
 from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements
 from keycustody.streams import segment_count
@@ -249,10 +250,12 @@ class Payloads:
         """``fetch(first, n)``: sealed segments ``first`` to ``first + n - 1`` of a stream
         record, back to back (``row`` has ``record_id``, ``size`` and ``blob_key``), from
         ``segments`` (one SELECT, through a session from ``session()``) or as one ranged read
-        of its object."""
+        of its object. Both raise StorageError when the store fails (a StreamReader reads
+        long after the call that opened it: its reads need their own conversion)."""
         record_id: bytes = row.record_id
         if row.blob_key is None:
 
+            @raises_storage_errors("reading a stream record's segments")
             def fetch_rows(first: int, n: int) -> bytes:
                 with session() as fs:
                     rows = fs.execute(

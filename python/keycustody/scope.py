@@ -34,7 +34,7 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
-from keycustody.storage.engine import db_message
+from keycustody.storage.engine import db_message, public_methods_raise_storage_errors
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
@@ -107,8 +107,14 @@ def _audit_failures(action: str) -> Callable[[_F], _F]:
     return decorate
 
 
+@public_methods_raise_storage_errors
 class Scope:
-    """A node of the scope tree: where records are put, read, listed and deleted."""
+    """A node of the scope tree: where records are put, read, listed and deleted.
+
+    Every method that touches the database raises :class:`~keycustody.errors.StorageError`
+    when it fails, with the driver's message only (never the statement's parameters), chained
+    to the SQLAlchemy error.
+    """
 
     def __init__(self, vault: Vault, ref: ScopeRef) -> None:
         self._vault = vault
@@ -351,6 +357,7 @@ class Scope:
         Raises:
             NotFoundError: no such record.
             IntegrityError: the stored record was altered or misplaced.
+            StorageError: the database failed.
         """
         return self.get_many([name])[name]
 
@@ -360,6 +367,7 @@ class Scope:
 
         Raises:
             NotFoundError: any name has no record (the error counts how many).
+            StorageError: the database failed.
         """
         wanted = list(dict.fromkeys(names))
         raw = [encode_name(n) for n in wanted]
@@ -481,6 +489,7 @@ class Scope:
             NotFoundError: no such record.
             InvalidInputError: the record was stored whole (use get); only records written
                 by put_stream are streams.
+            StorageError: the database failed (here, or in a later read of the reader).
         """
         raw = encode_name(name)
         with self._vault._read() as s:
@@ -618,6 +627,10 @@ class Scope:
 
         Names are stored encrypted, so listing decrypts them (in Rust, batched). Derived
         records whose source was deleted cannot be decrypted any more and are left out.
+
+        Raises:
+            IntegrityError: a stored name or row was altered.
+            StorageError: the database failed.
         """
         if not isinstance(prefix, str):
             raise InvalidInputError("prefix must be a str")

@@ -74,6 +74,10 @@ class StreamReader(io.BufferedIOBase):
     that each read uses a short database transaction of its own. The reader keeps one window
     of opened segments; sequential reads double it up to :data:`READ_AHEAD` segments. A read
     into a buffer that holds whole segments opens them straight into it.
+
+    Reads raise :class:`~keycustody.errors.IntegrityError` when a segment fails
+    authentication, and :class:`~keycustody.errors.StorageError` when the database or blob
+    store fails (the fetch converts it).
     """
 
     def __init__(

@@ -52,7 +52,13 @@ from keycustody.payloads import DEFAULT_ORPHAN_GRACE, DEFAULT_THRESHOLD, BlobSwe
 from keycustody.scope import Scope
 from keycustody.storage import schema
 from keycustody.storage.blobs import BlobStore, open_blob_store
-from keycustody.storage.engine import RECORD_WRITE, WRITE, db_message, make_engine
+from keycustody.storage.engine import (
+    RECORD_WRITE,
+    WRITE,
+    db_message,
+    make_engine,
+    public_methods_raise_storage_errors,
+)
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
 from keycustody.storage.repository import RecordStatements
 from keycustody.usage import ScopeUsage
@@ -85,10 +91,14 @@ def _default_audit_kek(registry: ProviderRegistry) -> str:
     return local.create_key(AUDIT_KEK_NAME, exist_ok=True)
 
 
+@public_methods_raise_storage_errors
 class Vault:
     """An envelope-encrypted store of records under customer-held keys.
 
     Open it with :meth:`Vault.open`; use it as a context manager or call :meth:`close`.
+    Every method that touches the database raises :class:`~keycustody.errors.StorageError`
+    when it fails, with the driver's message only (never the statement's parameters), chained
+    to the SQLAlchemy error; the audit trail's own methods raise AuditError.
     """
 
     def __init__(

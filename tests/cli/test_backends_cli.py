@@ -110,3 +110,19 @@ def test_a_whole_session_on_each_backend(run: Run, raw: RawDB, tmp_path: Path) -
     raw.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = ?", (3,))
     broken = _clean(run("audit", "verify"), 4)
     assert "broken at event 3" in broken.stderr
+
+
+def test_a_broken_database_is_a_storage_error_exit(run: Run, raw: RawDB, tmp_path: Path) -> None:
+    """A database failure is one line naming StorageError (exit 8): the driver's message,
+    never SQLAlchemy's statement and parameters, nor an internal error."""
+    _clean(run("ingest", str(_tree(tmp_path / "tree")), "--scope", "acme"))
+    raw.execute("ALTER TABLE records RENAME TO records_away")
+    try:
+        for args in (["get", "src/app.py"], ["ls"]):
+            failed = _clean(run(*args, "--scope", "acme"), 8)
+            assert "StorageError:" in failed.stderr and "records" in failed.stderr
+            for dump in ("[SQL", "[parameters", "SELECT", "internal error"):
+                assert dump not in failed.stderr
+    finally:
+        raw.execute("ALTER TABLE records_away RENAME TO records")
+    _clean(run("get", "src/app.py", "--scope", "acme"))

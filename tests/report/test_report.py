@@ -430,6 +430,26 @@ def test_files_are_replaced_atomically_and_failures_are_clear(
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
 
 
+def test_a_failing_database_is_a_storage_error(
+    vault: kc.Vault, custody: Custody, db_path: Path, tmp_path: Path
+) -> None:
+    """The report reads some tables directly: their failures are StorageErrors with the
+    driver's message too, not SQLAlchemy's text with the statement's parameters."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("ALTER TABLE scopes RENAME TO scopes_away")
+    try:
+        with pytest.raises(
+            kc.StorageError,
+            match="gathering the report failed in the database: no such table: scopes",
+        ) as caught:
+            write_report(vault, tmp_path / "out")
+    finally:
+        conn.execute("ALTER TABLE scopes_away RENAME TO scopes")
+        conn.close()
+    assert "[SQL" not in str(caught.value) and "[parameters" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_broken_audit_trail_turns_the_report_red(
     vault: kc.Vault, custody: Custody, db_path: Path, tmp_path: Path
 ) -> None:

@@ -111,6 +111,7 @@ def write_report(
         NotFoundError: ``scope`` does not exist.
         OutputError: the folder or a file cannot be written (nothing is half-written).
         AuditError: the audit trail could not be read.
+        StorageError: the database failed (the driver's message only).
     """
     facts = gather(vault, scope=scope, include_names=include_names)
     data = report_json(facts)

@@ -28,6 +28,7 @@ from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, 
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.pkcs11 import Pkcs11KMS
 from keycustody.kms.registry import key_prefix
+from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import ScopeKeyRow, ScopeKeyWrapRow, ScopeRow
 from keycustody.usage import ScopeUsage, _subject_scope
 from keycustody.validation import check_path
@@ -734,6 +735,7 @@ def _summary(
 # -- entry point ----------------------------------------------------------------------------
 
 
+@raises_storage_errors("gathering the report")  # it reads the database directly too
 def gather(
     vault: Vault,
     *,
@@ -756,6 +758,7 @@ def gather(
     Raises:
         NotFoundError: ``scope`` does not exist.
         AuditError: the audit trail could not be read.
+        StorageError: the database failed (the driver's message only).
     """
     from keycustody import __version__  # here: the package imports the vault module
 

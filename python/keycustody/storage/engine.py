@@ -15,15 +15,18 @@ has a lock of its own (see :mod:`keycustody.audit.log`).
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from keycustody.errors import ConfigError
+from keycustody.errors import ConfigError, StorageError
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -81,8 +84,55 @@ def lock_audit_head(conn: Any) -> None:
 
 def db_message(exc: SQLAlchemyError) -> str:
     """The driver's message of a database error, for keycustody's own errors: SQLAlchemy's
-    text would echo the statement's parameters (ciphertext, wrapped keys, blind indexes)."""
-    return str(getattr(exc, "orig", None) or type(exc).__name__)
+    text would echo the statement's parameters (ciphertext, wrapped keys, blind indexes).
+
+    From PostgreSQL only the primary message: psycopg's text adds the server's DETAIL, which
+    quotes the values of a violated key (record ids, blind indexes), and the statement's
+    LINE."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+    return str(primary or orig)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_C = TypeVar("_C", bound=type)
+
+
+def raises_storage_errors(operation: str) -> Callable[[_F], _F]:
+    """Makes a function raise :class:`StorageError` (``"<operation> failed in the database:
+    <driver's message>"``, chained to the original) where the database fails, instead of the
+    SQLAlchemy exception whose text echoes the statement's parameters. keycustody's own
+    errors, and the more specific StorageErrors of the function itself, pass unchanged."""
+
+    def decorate(func: _F) -> _F:
+        if inspect.isgeneratorfunction(func):
+            # Its body runs after the wrapper has returned: nothing would be converted.
+            raise TypeError(f"{func.__qualname__} is a generator function")
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise StorageError(
+                    f"{operation} failed in the database: {db_message(exc)}"
+                ) from exc
+
+        return cast(_F, wrapper)
+
+    return decorate
+
+
+def public_methods_raise_storage_errors(cls: _C) -> _C:
+    """Class decorator: :func:`raises_storage_errors` on every public method defined in
+    ``cls`` (operation ``Class.method``), so that no method added later can leak a database
+    error's parameters. A method calling another converts once, where it failed."""
+    for name, attr in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(attr):
+            setattr(cls, name, raises_storage_errors(f"{cls.__name__}.{name}")(attr))
+    return cls
 
 
 def make_engine(url: str) -> Engine:
