@@ -42,10 +42,15 @@ def secrets_of(raw: RawDB) -> list[bytes]:
 
 def assert_clean(error: kc.StorageError, secrets: list[bytes], table: str) -> None:
     """The message is the driver's: it names the table, and carries neither SQLAlchemy's
-    statement and parameters nor any stored value."""
+    statement and parameters nor any stored value. The chained SQLAlchemy error (what a
+    logged traceback shows) has the statement but not its parameters."""
     message = str(error)
     assert isinstance(error.__cause__, SQLAlchemyError)
-    assert "[parameters" in str(error.__cause__) or "[SQL" in str(error.__cause__)
+    cause = str(error.__cause__)
+    assert "[SQL" in cause
+    assert "[parameters" not in cause or "hidden due to hide_parameters" in cause, cause
+    for value in secrets:
+        assert repr(value) not in cause and value.hex() not in cause, cause
     assert table in message
     for dump in ("[parameters", "[SQL", "SELECT", "LINE", "DETAIL"):
         assert dump not in message, message
@@ -128,14 +133,17 @@ def test_the_write_message_keeps_its_count(filled: kc.Scope, raw: RawDB) -> None
 
 
 def test_db_message_leaves_out_the_values_of_a_violated_key(vault: kc.Vault) -> None:
-    """PostgreSQL's DETAIL quotes the duplicate key's value (on records: the record id);
+    """SQLAlchemy's text hides the parameters (hide_parameters), but PostgreSQL's DETAIL, in
+    the driver's own text, quotes the duplicate key's value (on records: the record id);
     SQLite names the columns only."""
     insert = text("INSERT INTO vault_meta (key, value) VALUES (:k, 'v')")
     with vault._engine.begin() as conn:
         conn.execute(insert, {"k": "a-value-that-must-not-leak"})
     with pytest.raises(SQLAlchemyError) as info, vault._engine.begin() as conn:
         conn.execute(insert, {"k": "a-value-that-must-not-leak"})
-    assert "a-value-that-must-not-leak" in str(info.value)  # SQLAlchemy's text has it
+    assert "hidden due to hide_parameters" in str(info.value)
+    quoted = "a-value-that-must-not-leak" in str(info.value)
+    assert quoted == (vault._engine.dialect.name == "postgresql")  # the server's DETAIL
     message = db_message(info.value)
     assert "vault_meta" in message
     assert "a-value-that-must-not-leak" not in message

@@ -138,6 +138,10 @@ def public_methods_raise_storage_errors(cls: _C) -> _C:
 def make_engine(url: str) -> Engine:
     """Creates the engine for ``url`` (``sqlite:///path.db`` or ``postgresql+psycopg://…``).
 
+    Its errors and logs never show a statement's parameters (``hide_parameters``): they
+    are ciphertext, wrapped keys and blind indexes, and keycustody's StorageErrors chain the
+    SQLAlchemy error they convert.
+
     Raises:
         ConfigError: the URL is malformed, the backend is unsupported or its folder is missing.
     """
@@ -150,13 +154,16 @@ def make_engine(url: str) -> Engine:
         database = parsed.database or ""
         if database in ("", ":memory:"):
             engine = create_engine(
-                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+                parsed,
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+                hide_parameters=True,
             )
         else:
             folder = Path(database).expanduser().resolve().parent
             if not folder.is_dir():
                 raise ConfigError(f"the database folder {folder} does not exist")
-            engine = create_engine(parsed, connect_args={"timeout": 30})
+            engine = create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_hooks(engine)
         return engine
     if backend == "postgresql":
@@ -173,7 +180,7 @@ def make_engine(url: str) -> Engine:
                 "PostgreSQL needs psycopg 3: pip install 'keycustody[postgres]'"
             ) from None
         # pool_pre_ping: a worker whose connection the server dropped reconnects on checkout.
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
         _postgres_hooks(engine)
         return engine
     raise ConfigError(
