@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from keycustody import _core, usage
 from keycustody.audit import AuditLog
@@ -36,6 +36,7 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation, shredding
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.hierarchy import (
+    Failover,
     KeyHierarchy,
     ScopeRef,
     load_scope,
@@ -65,6 +66,8 @@ from keycustody.usage import ScopeUsage
 from keycustody.validation import MAX_RECORD_BYTES, check_path
 
 AUDIT_KEK_NAME = "keycustody-audit"
+_FAILOVERS = "keycustody.failovers"
+"""``Session.info`` key: the failovers appended in the session's transaction, until it ends."""
 
 
 def _now() -> datetime:
@@ -128,6 +131,9 @@ class Vault:
         self._keys = KeyHierarchy(
             self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
         )
+        event.listen(self._sessions, "before_commit", self._failovers_before_commit)
+        event.listen(self._sessions, "after_commit", self._failovers_after_commit)
+        event.listen(self._sessions, "after_transaction_end", self._failovers_after_end)
         if rotation_period is not None and rotation_period <= timedelta(0):
             raise ConfigError("rotation_period must be positive")
         self.rotation_period = rotation_period
@@ -231,7 +237,7 @@ class Vault:
         """Writes this process's KMS usage counts to the audit trail, drops cached keys and
         closes database connections."""
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
-            self._flush_failovers()
+            self._flush_failovers(every_thread=True)
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
             usage.flush_kms_usage(self)
         self._keys.cache.purge()
@@ -646,35 +652,92 @@ class Vault:
             )
         return sweep
 
-    def _flush_failovers(self) -> None:
-        """Records the KEK failovers queued by the key hierarchy (one audit event each, in
-        one transaction). Call it outside any transaction. Fails closed: when they cannot be
-        recorded they stay queued, the keys unwrapped through them leave the cache, and
-        AuditError is raised."""
+    # -- KEK failovers in the audit trail -----------------------------------------------
+
+    def _append_failovers(self, session: Session, failovers: list[Failover]) -> None:
+        """Appends one ``kek.failover`` event per failover in the caller's transaction.
+
+        Raises:
+            AuditError: an event could not be appended (the cause is chained).
+        """
+        try:
+            for f in failovers:
+                self.audit.append(
+                    session,
+                    action="kek.failover",
+                    subject=f"{f.scope}#{f.version}",
+                    outcome="failed" if f.tampered else "ok",
+                    kms_key_id=f.used_kek,
+                    kms_key_version=f.used_kek_version,
+                    details={
+                        "used": f"{f.used_kek}#{f.used_kek_version}",
+                        "passed_over": [
+                            {"kek": k, "kek_version": v, "reason": why} for k, v, why in f.failed
+                        ],
+                        "tampered_wrap": f.tampered,
+                    },
+                )
+        except (KeyCustodyError, SQLAlchemyError) as exc:
+            why = db_message(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            raise AuditError(
+                f"cannot record {len(failovers)} KEK failover(s) in the audit trail: {why}"
+            ) from exc
+
+    def _failovers_before_commit(self, session: Session) -> None:
+        """Session event: a write transaction (``_write``, ``_write_records``, the audit
+        trail's own) records the KEK failovers its thread queued, just before it commits, so
+        that a failover is durable no later than the data written with the key it yielded,
+        and rolls back with it. Fails closed: if an event cannot be appended the commit fails
+        (AuditError), the transaction rolls back, the failovers are queued again and the keys
+        unwrapped through them leave the cache.
+
+        Only the thread's own failovers: those of a read in another thread are recorded by
+        that read before it returns, never by a transaction that may commit after it (or roll
+        back). Inside the write transaction already open, never a second one (SQLite has one
+        writer). On PostgreSQL the append takes the audit head lock after the transaction's
+        write lock, as every audited change does; the transaction's own writes are flushed
+        first, so that lock is held for the append and the commit only.
+        """
+        if session.in_nested_transaction() or not self._keys.has_failovers():
+            return
+        bind = session.bind
+        if bind is None or not bind.get_execution_options().get("keycustody_write"):
+            return  # a read session: no write lock to append under
+        session.flush()
         failovers = self._keys.take_failovers()
+        if not failovers:
+            return
+        session.info.setdefault(_FAILOVERS, []).extend(failovers)
+        self._append_failovers(session, failovers)
+
+    @staticmethod
+    def _failovers_after_commit(session: Session) -> None:
+        """Session event: the failovers appended in the transaction are durable."""
+        session.info.pop(_FAILOVERS, None)
+
+    def _failovers_after_end(self, session: Session, transaction: SessionTransaction) -> None:
+        """Session event: a transaction that did not commit the failovers appended in it
+        (rolled back, or its commit failed) queues them again and purges their keys."""
+        if transaction.parent is None:
+            failovers = session.info.pop(_FAILOVERS, None)
+            if failovers:
+                self._keys.requeue_failovers(failovers)
+
+    def _flush_failovers(self, *, every_thread: bool = False) -> None:
+        """Records the KEK failovers the calling thread queued (or every thread's), one audit
+        event each, in one transaction of its own: what no write transaction recorded. Call
+        it outside any transaction. Fails closed: when they cannot be recorded they stay
+        queued, the keys unwrapped through them leave the cache, and AuditError is raised."""
+        failovers = self._keys.take_failovers(every_thread=every_thread)
         if not failovers:
             return
         try:
             with self._write() as s, s.begin():
-                for f in failovers:
-                    self.audit.append(
-                        s,
-                        action="kek.failover",
-                        subject=f"{f.scope}#{f.version}",
-                        outcome="failed" if f.tampered else "ok",
-                        kms_key_id=f.used_kek,
-                        kms_key_version=f.used_kek_version,
-                        details={
-                            "used": f"{f.used_kek}#{f.used_kek_version}",
-                            "passed_over": [
-                                {"kek": k, "kek_version": v, "reason": why}
-                                for k, v, why in f.failed
-                            ],
-                            "tampered_wrap": f.tampered,
-                        },
-                    )
+                self._append_failovers(s, failovers)
         except (KeyCustodyError, SQLAlchemyError) as exc:
             self._keys.requeue_failovers(failovers)
+            if isinstance(exc, AuditError):
+                raise
             why = db_message(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
             raise AuditError(
                 f"cannot record {len(failovers)} KEK failover(s) in the audit trail: {why}"

@@ -14,11 +14,15 @@ Several KEKs per tenant: a tenant's scope key versions are wrapped by its primar
 (``scopes.kek_id``, wrap in ``scope_keys``) and by each additional KEK (``tenant_keks``, wraps
 in ``scope_key_wraps``). Unwrapping tries the primary first, then the others in order; a KEK
 that fails (outage, disabled, destroyed, no provider here, or a wrap that does not
-authenticate) is passed over for the next one, and every such failover is queued here and
-written to the audit trail by the vault when the operation ends (:meth:`take_failovers`): a
-tampered wrap never fails over unrecorded. A KEK that failed for availability reasons is
-tried last for :data:`FAILOVER_HOLD_S` seconds, so an outage does not cost a timeout per
-unwrap.
+authenticate) is passed over for the next one, and every such failover is queued here, by
+the thread that unwrapped (:meth:`KeyHierarchy.take_failovers`), for the audit trail: a
+tampered wrap never fails over unrecorded. The vault records the failovers a thread queued as
+``kek.failover`` events in that thread's next write transaction, just before it commits (a
+``before_commit`` session event), so they are durable with the data written with the key, or
+roll back with it; what is left when an operation ends (reads, or a write that failed) is
+recorded then, in a transaction of its own, before the operation returns
+(:func:`records_failovers`). A KEK that failed for availability reasons is tried last for
+:data:`FAILOVER_HOLD_S` seconds, so an outage does not cost a timeout per unwrap.
 """
 
 from __future__ import annotations
@@ -215,7 +219,7 @@ class KeyHierarchy:
         self._states: dict[bytes, tuple[str, bytes | None, str, str | None]] = {}
         self.kms_usage = KmsUsage()
         """KMS calls made for each scope's keys by this process (see keycustody.usage)."""
-        self._failovers: list[Failover] = []
+        self._failovers: list[tuple[int, Failover]] = []  # (thread that queued it, failover)
         self._held: dict[str, tuple[float, str]] = {}  # KEK id -> (tried last until, why)
 
     # -- revocation -----------------------------------------------------------------------
@@ -383,17 +387,11 @@ class KeyHierarchy:
                 self._held.pop(wrapped.key_id, None)
             if wrapped is not wraps[0] or failed:
                 passed = tuple(f for f in failed if f[0] != wrapped.key_id)
+                failover = Failover(
+                    scope.id, scope.path, version, wrapped.key_id, wrapped.key_version, passed
+                )
                 with self._lock:
-                    self._failovers.append(
-                        Failover(
-                            scope.id,
-                            scope.path,
-                            version,
-                            wrapped.key_id,
-                            wrapped.key_version,
-                            passed,
-                        )
-                    )
+                    self._failovers.append((threading.get_ident(), failover))
             return handle, wrapped
         primary = errors.get(wraps[0].key_id) or next(iter(errors.values()))
         summary = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in errors.items())
@@ -401,17 +399,37 @@ class KeyHierarchy:
             f"no KEK of tenant {scope.path!r} could unwrap key version {version} ({summary})"
         ) from primary
 
-    def take_failovers(self) -> list[Failover]:
-        """The failovers queued since the last call (the vault records them)."""
+    def has_failovers(self) -> bool:
+        """Whether the calling thread has queued failovers that are not taken yet."""
+        me = threading.get_ident()
         with self._lock:
-            taken, self._failovers = self._failovers, []
+            return any(thread == me for thread, _ in self._failovers)
+
+    def take_failovers(self, *, every_thread: bool = False) -> list[Failover]:
+        """The failovers the calling thread queued since it last took them (the vault records
+        them), or those of every thread.
+
+        Only the thread that queued a failover takes it (but for ``every_thread``, when the
+        vault closes): another thread's transaction could commit after that thread's read
+        returned its data, or roll back."""
+        me = threading.get_ident()
+        with self._lock:
+            taken = [f for thread, f in self._failovers if every_thread or thread == me]
+            if taken:
+                self._failovers = [
+                    (thread, f)
+                    for thread, f in self._failovers
+                    if not (every_thread or thread == me)
+                ]
         return taken
 
     def requeue_failovers(self, failovers: list[Failover]) -> None:
-        """Puts back failovers that could not be recorded, and drops the keys they unwrapped
-        from the cache, so that nothing keeps serving through an unrecorded failover."""
+        """Puts back failovers that could not be recorded (queued by the calling thread), and
+        drops the keys they unwrapped from the cache, so that nothing keeps serving through
+        an unrecorded failover."""
+        me = threading.get_ident()
         with self._lock:
-            self._failovers[:0] = failovers
+            self._failovers[:0] = [(me, f) for f in failovers]
         self.cache.purge({f.scope_id for f in failovers})
 
     def key(
@@ -476,9 +494,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def records_failovers(method: _F) -> _F:
-    """Makes a Vault or Scope method write the KEK failovers queued while it ran to the audit
-    trail when it ends, after its own transactions (``Vault._flush_failovers``; fail closed).
-    Nested decorated calls flush early, which is harmless."""
+    """Makes a Vault or Scope method write the KEK failovers its thread queued while it ran,
+    and that no write transaction of it recorded (``Vault._failovers_before_commit``), to the
+    audit trail when it ends, before it returns, after its own transactions
+    (``Vault._flush_failovers``; fail closed): for reads, and for writes that failed. Nested
+    decorated calls flush early, which is harmless."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
