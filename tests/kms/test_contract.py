@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pytest
+from vault_helpers import vault_opener
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -76,18 +77,9 @@ def h(provider_harness: Harness) -> Harness:
 @pytest.fixture
 def vault_for(h: Harness, tmp_path: Path) -> Iterator[Callable[..., kc.Vault]]:
     """Opens vaults on one SQLite file with the harness's provider first."""
-    opened: list[kc.Vault] = []
-
-    def open_vault(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(
-            f"sqlite:///{tmp_path / 'contract.db'}", kms=[h.provider, *h.audit_kms], **kwargs
-        )
-        opened.append(vault)
-        return vault
-
-    yield open_vault
-    for vault in opened:
-        vault.close()
+    db_url = f"sqlite:///{tmp_path / 'contract.db'}"
+    with vault_opener(db_url, h.provider, *h.audit_kms) as open_vault:
+        yield open_vault
 
 
 def same(a: KeyHandle, b: KeyHandle) -> bool:
