@@ -50,6 +50,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Only count what would be done; change nothing.")
 ]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Records per transaction.")
+]
+JobJsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print {scope, active_version, dry_run, records_by_version, records_done, "
+        "child_keys_done, versions_destroyed} as JSON.",
+    ),
+]
 
 
 def _when(ts: datetime | None) -> str | None:
@@ -291,17 +302,8 @@ def rewrap(
     ctx: typer.Context,
     scope: ScopeOption,
     dry_run: DryRunOption = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Records per transaction.")
-    ] = DEFAULT_BATCH,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print {scope, active_version, dry_run, records_by_version, records_done, "
-            "child_keys_done, versions_destroyed} as JSON.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOption = DEFAULT_BATCH,
+    as_json: JobJsonOption = False,
 ) -> None:
     """Move every record of a scope to its ACTIVE key version, then destroy the old versions.
 
@@ -327,17 +329,8 @@ def reencrypt(
     ctx: typer.Context,
     scope: ScopeOption,
     dry_run: DryRunOption = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Records per transaction.")
-    ] = 1000,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print {scope, active_version, dry_run, records_by_version, records_done, "
-            "child_keys_done, versions_destroyed} as JSON.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOption = 1000,
+    as_json: JobJsonOption = False,
 ) -> None:
     """Re-encrypt every record under a COMPROMISED key version with a new data key.
 
