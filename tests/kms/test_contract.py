@@ -52,6 +52,9 @@ OTHER_CTXS = [
     EncryptionContext({**CTX.items, "scope": "cd"}),
     EncryptionContext({k: v for k, v in CTX.items.items() if k != "vault"}),
     EncryptionContext({**CTX.items, "extra": "x"}),
+    EncryptionContext({**CTX.items, "extra": ""}),
+    EncryptionContext({**CTX.items, "scope": "AB"}),
+    EncryptionContext({}),
 ]
 
 
@@ -113,11 +116,22 @@ def test_wraps_are_randomized(h: Harness) -> None:
     assert a.ciphertext != b.ciphertext
 
 
-@pytest.mark.parametrize("other", OTHER_CTXS, ids=["version", "scope", "missing", "extra"])
+@pytest.mark.parametrize(
+    "other",
+    OTHER_CTXS,
+    ids=["version", "scope", "missing", "extra", "extra-empty", "case", "empty"],
+)
 def test_wrong_context_is_an_integrity_error(h: Harness, other: EncryptionContext) -> None:
     wrapped = h.provider.wrap(h.new_key(), KeyHandle.generate(), CTX)
     with pytest.raises(IntegrityError):
         h.provider.unwrap(wrapped, other)
+
+
+def test_context_order_does_not_matter(h: Harness) -> None:
+    key_id = h.new_key()
+    key = KeyHandle.generate()
+    wrapped = h.provider.wrap(key_id, key, EncryptionContext({"a": "1", "b": "2"}))
+    assert same(h.provider.unwrap(wrapped, EncryptionContext({"b": "2", "a": "1"})), key)
 
 
 def test_ciphertext_of_another_key_is_an_integrity_error(h: Harness) -> None:
