@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 import keycustody as kc
-from dbadmin import RawDB, pg_create, pg_drop, sqlite_file
+from dbadmin import AUDIT_COLUMNS, RawDB, pg_create, pg_drop, sqlite_file
 from keycustody.audit.events import event_hash
 from keycustody.keys.hierarchy import load_scope
 from keycustody.storage.models import ScopeKeyRow
@@ -33,20 +33,6 @@ from keycustody.storage.models import ScopeKeyRow
 ACTOR = "ops@acme.example"
 SHRED = "acme/subjects/alice"
 LEAF = "acme/subjects/bob"
-COLUMNS = (
-    "seq",
-    "at",
-    "actor",
-    "action",
-    "subject",
-    "kms_key_id",
-    "kms_key_version",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-    "mac",
-)
 LIFECYCLE = {
     "scope.create",
     "record.put",
@@ -277,7 +263,7 @@ def test_editing_any_column_of_any_event_is_detected(trail: Trail) -> None:
     assert len(trail.events) > 40
     for row in trail.events:
         seq = row["seq"]
-        for column in COLUMNS:
+        for column in AUDIT_COLUMNS:
             original = row[column]
             forged = forge(column, original)
             trail.set(seq, column, forged)
@@ -310,13 +296,13 @@ def test_reordering_two_events_is_detected(trail: Trail) -> None:
     for i, j in pairs:
         a, b = rows[i], rows[j]
         for row, other in ((a, b), (b, a)):
-            for column in COLUMNS[1:]:
+            for column in AUDIT_COLUMNS[1:]:
                 trail.set(row["seq"], column, other[column])
         report = audit.verify()
         assert not report.ok
         assert report.first_bad_seq == a["seq"], (i, j, report.reason)
         for row in (a, b):
-            for column in COLUMNS[1:]:
+            for column in AUDIT_COLUMNS[1:]:
                 trail.set(row["seq"], column, row[column])
     assert audit.verify().ok
 
