@@ -12,10 +12,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterable
@@ -32,6 +29,7 @@ from forensics import hits
 from keycustody.keys import shredding
 from keycustody.keys.hierarchy import load_scope
 from keycustody.storage.models import ScopeKeyRow
+from kill9 import kill_during
 
 SHRED = "acme/subjects/alice"
 SUBTREE = (SHRED, f"{SHRED}/chats")
@@ -604,22 +602,6 @@ def _branch(vault: kc.Vault, root: str) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def _kill_during_shred(db_url: str, kms: kc.LocalKMS, path: str, delay: float) -> bool:
-    with subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, db_url, str(kms.path), path],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "START"
-        time.sleep(delay)
-        killed = child.poll() is None
-        if killed:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    return killed
-
-
 @pytest.mark.slow
 def test_kill_9_during_shred_destroys_all_keys_or_none(
     db_url: str, db_path: Path, kms: kc.LocalKMS
@@ -644,7 +626,9 @@ def test_kill_9_during_shred_destroys_all_keys_or_none(
             branch = _branch(vault, root)
         rows = key_rows(db_path, branch)
         needles = {w for _, _, _, w in rows if w is not None}
-        kills += _kill_during_shred(db_url, kms, root, rng.uniform(0.0, window))
+        kills += kill_during(
+            KILL_CHILD, db_url, str(kms.path), root, delay=rng.uniform(0.0, window)
+        )
 
         conn = raw_db(db_path)
         try:
