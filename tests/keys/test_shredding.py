@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 import dbadmin
 import keycustody as kc
 from dbadmin import RawDB
-from forensics import hits
+from forensics import hits, plaintext_keys
 from keycustody.keys import shredding
-from keycustody.keys.hierarchy import load_scope
-from keycustody.storage.models import ScopeKeyRow
 from kill9 import kill_during
 
 SHRED = "acme/subjects/alice"
@@ -339,32 +337,6 @@ def test_phase_2_with_a_compromised_ancestor_version_reads_nothing_either(
 # -- T9: no plaintext key ever touches storage ------------------------------------------
 
 
-def plaintext_keys(vault: kc.Vault, kms: kc.LocalKMS) -> set[bytes]:
-    """Every plaintext key reachable now: each live version of every scope key (unwrapped
-    through the vault), the audit MAC key, and the bytes of every LocalKMS key file."""
-    found: set[bytes] = set()
-    with vault._read() as s:
-        for path in vault.scopes():
-            ref = load_scope(s, path)
-            if ref.state == "SHREDDED":
-                continue
-            versions = s.scalars(
-                select(ScopeKeyRow.version).where(
-                    ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
-                )
-            ).all()
-            for version in versions:
-                secret = vault._keys.key(s, ref, version).export_secret()
-                found.add(bytes(secret))
-                secret[:] = bytes(len(secret))
-    audit_key = vault.audit._cached()
-    assert audit_key is not None
-    found.add(bytes(audit_key.export_secret()))
-    for key_file in kms.path.glob("*/v*.key"):
-        found.add(key_file.read_bytes())
-    return found
-
-
 @pytest.mark.slow
 def test_no_plaintext_key_ever_touches_storage(
     db_url: str, db_path: Path, kms: kc.LocalKMS
@@ -383,7 +355,7 @@ def test_no_plaintext_key_ever_touches_storage(
     folder = db_path.parent
 
     def check(vault: kc.Vault, step: str) -> None:
-        keys.update(plaintext_keys(vault, kms))
+        keys.update(plaintext_keys(vault, kms.path))
         found = hits(folder_files(folder), chunks(keys))
         assert found == [], f"plaintext key bytes stored after {step}: {found[:3]}"
 
