@@ -21,6 +21,23 @@ from typing import Any, Self
 import psycopg
 from sqlalchemy.engine import make_url
 
+AUDIT_COLUMNS = (
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "subject",
+    "kms_key_id",
+    "kms_key_version",
+    "outcome",
+    "details",
+    "prev_hash",
+    "hash",
+    "mac",
+)
+"""The columns of ``audit_events`` in their order, as a raw reader or tamperer names them
+(spelled out, not read from the model: a test compares :class:`AuditEvent`'s fields with it)."""
+
 
 def backend_of(db_url: str) -> str:
     """``sqlite`` or ``postgresql``."""

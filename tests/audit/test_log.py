@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from dbadmin import (
+    AUDIT_COLUMNS,
     admin_sql,
     as_datetime,
     backend_of,
@@ -53,20 +54,7 @@ N = 1000
 VAULT = "vault-0123"
 ACTOR = "ops@example"
 AUDIT_KEK = "local:audit"
-COLUMNS = (
-    "seq",
-    "at",
-    "actor",
-    "action",
-    "subject",
-    "kms_key_id",
-    "kms_key_version",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-    "mac",
-)
+COLUMN_LIST = ", ".join(AUDIT_COLUMNS)
 PRISTINE = tuple(t.name for t in Base.metadata.sorted_tables)
 """The vault's tables, parents first (restored before each use of the PostgreSQL scratch)."""
 ACTIONS = ("scope.create", "key.rotate", "record.put_many", "kek.rotate", "access.denied")
@@ -251,14 +239,14 @@ def sql(url: str, statement: str, *params: Any) -> None:
 
 def rows(url: str) -> list[tuple[Any, ...]]:
     with raw_db(url) as conn:
-        return conn.rows(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")
+        return conn.rows(f"SELECT {COLUMN_LIST} FROM audit_events ORDER BY seq")
 
 
 def row(url: str, seq: int) -> dict[str, Any]:
     with raw_db(url) as conn:
-        got = conn.one(f"SELECT {', '.join(COLUMNS)} FROM audit_events WHERE seq = ?", (seq,))
+        got = conn.one(f"SELECT {COLUMN_LIST} FROM audit_events WHERE seq = ?", (seq,))
     assert got is not None
-    return dict(zip(COLUMNS, got, strict=True))
+    return dict(zip(AUDIT_COLUMNS, got, strict=True))
 
 
 def flip(value: bytes) -> bytes:
@@ -323,12 +311,12 @@ def rechain(url: str, start: int, mac: Callable[[bytes], bytes]) -> None:
             assert got is not None
             prev = bytes(got[0])
         values = conn.rows(
-            f"SELECT {', '.join(COLUMNS)} FROM audit_events WHERE seq >= ? ORDER BY seq",
+            f"SELECT {COLUMN_LIST} FROM audit_events WHERE seq >= ? ORDER BY seq",
             (start,),
         )
         updates = []
         for value in values:
-            r = dict(zip(COLUMNS, value, strict=True))
+            r = dict(zip(AUDIT_COLUMNS, value, strict=True))
             digest = chain_values(r["seq"], prev, r)
             updates.append((prev, digest, mac(digest), r["seq"]))
             prev = digest
@@ -447,7 +435,7 @@ def test_tail_and_events_since(full: Env) -> None:
 
 def test_events_carry_no_key_material() -> None:
     names = {f.name for f in fields(AuditEvent)}
-    assert names == set(COLUMNS)
+    assert names == set(AUDIT_COLUMNS)
     assert "__slots__" in AuditEvent.__dict__
 
 
@@ -456,7 +444,7 @@ def test_events_carry_no_key_material() -> None:
 
 def test_editing_any_column_of_any_event_is_detected(templates: Templates, backend: str) -> None:
     @examples(backend, 60)
-    @given(seq=st.integers(1, N), column=st.sampled_from(COLUMNS))
+    @given(seq=st.integers(1, N), column=st.sampled_from(AUDIT_COLUMNS))
     def check(seq: int, column: str) -> None:
         with copied(templates, backend) as env:
             old = row(env.url, seq)[column]
@@ -472,7 +460,7 @@ def test_editing_any_column_of_any_event_is_detected(templates: Templates, backe
     check()
 
 
-@pytest.mark.parametrize("column", COLUMNS)
+@pytest.mark.parametrize("column", AUDIT_COLUMNS)
 def test_editing_each_column_of_a_middle_event_is_detected(full: Env, column: str) -> None:
     seq = 500
     old = row(full.url, seq)[column]
@@ -569,8 +557,8 @@ def test_a_forged_event_at_the_end_with_a_valid_sha256_chain_is_detected(full: E
         sql(full.url, "DELETE FROM audit_events WHERE seq = ?", N + 1)
         sql(
             full.url,
-            f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 12)})",
-            *[mac if c == "mac" else values[c] for c in COLUMNS],
+            f"INSERT INTO audit_events ({COLUMN_LIST}) VALUES ({', '.join('?' * 12)})",
+            *[mac if c == "mac" else values[c] for c in AUDIT_COLUMNS],
         )
 
         report = full.log.verify()
@@ -592,8 +580,8 @@ def test_an_event_inserted_in_the_middle_and_rechained_is_detected(
             values = {**model, "seq": seq, "action": "access.denied", "outcome": "ok"}
             sql(
                 env.url,
-                f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 12)})",
-                *[values[c] for c in COLUMNS],
+                f"INSERT INTO audit_events ({COLUMN_LIST}) VALUES ({', '.join('?' * 12)})",
+                *[values[c] for c in AUDIT_COLUMNS],
             )
             rechain(env.url, seq, forged_mac)
 

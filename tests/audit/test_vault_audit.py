@@ -21,32 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 import keycustody as kc
-from dbadmin import RawDB, pg_create, pg_drop, sqlite_file
+from dbadmin import AUDIT_COLUMNS, RawDB, pg_create, pg_drop, sqlite_file
+from forensics import plaintext_keys
 from keycustody.audit.events import event_hash
-from keycustody.keys.hierarchy import load_scope
-from keycustody.storage.models import ScopeKeyRow
 
 ACTOR = "ops@acme.example"
 SHRED = "acme/subjects/alice"
 LEAF = "acme/subjects/bob"
-COLUMNS = (
-    "seq",
-    "at",
-    "actor",
-    "action",
-    "subject",
-    "kms_key_id",
-    "kms_key_version",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-    "mac",
-)
 LIFECYCLE = {
     "scope.create",
     "record.put",
@@ -277,7 +261,7 @@ def test_editing_any_column_of_any_event_is_detected(trail: Trail) -> None:
     assert len(trail.events) > 40
     for row in trail.events:
         seq = row["seq"]
-        for column in COLUMNS:
+        for column in AUDIT_COLUMNS:
             original = row[column]
             forged = forge(column, original)
             trail.set(seq, column, forged)
@@ -310,13 +294,13 @@ def test_reordering_two_events_is_detected(trail: Trail) -> None:
     for i, j in pairs:
         a, b = rows[i], rows[j]
         for row, other in ((a, b), (b, a)):
-            for column in COLUMNS[1:]:
+            for column in AUDIT_COLUMNS[1:]:
                 trail.set(row["seq"], column, other[column])
         report = audit.verify()
         assert not report.ok
         assert report.first_bad_seq == a["seq"], (i, j, report.reason)
         for row in (a, b):
-            for column in COLUMNS[1:]:
+            for column in AUDIT_COLUMNS[1:]:
                 trail.set(row["seq"], column, row[column])
     assert audit.verify().ok
 
@@ -558,22 +542,7 @@ def test_denied_and_failed_access_is_recorded(
 def _key_material(vault: kc.Vault, conn: RawDB, kms_dir: Path) -> set[bytes]:
     """Plaintext keys (live scope key versions, the audit key, KEK files) and stored key
     material (wrapped scope keys, the wrapped audit key, every record's wrapped DEK)."""
-    found: set[bytes] = set()
-    with vault._read() as s:
-        for path in vault.scopes():
-            ref = load_scope(s, path)
-            if ref.state == "SHREDDED":
-                continue
-            for version in s.scalars(
-                select(ScopeKeyRow.version).where(
-                    ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
-                )
-            ):
-                found.add(bytes(vault._keys.key(s, ref, version).export_secret()))
-    audit_key = vault.audit._cached()
-    assert audit_key is not None
-    found.add(bytes(audit_key.export_secret()))
-    found.update(p.read_bytes() for p in kms_dir.glob("*/v*.key"))
+    found = plaintext_keys(vault, kms_dir)
     found.update(bytes(w) for (w,) in conn.rows("SELECT wrapped FROM scope_keys") if w)
     found.update(bytes(w) for (w,) in conn.rows("SELECT wrapped FROM audit_keys"))
     found.update(bytes(h)[72:132] for (h,) in conn.rows("SELECT header FROM records"))

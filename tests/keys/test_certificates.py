@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import keycustody as kc
-from dbadmin import raw_db
+from dbadmin import AUDIT_COLUMNS, raw_db
 from keycustody.keys.shredding import CERTIFICATE_FORMAT, ErasureCertificate
 
 SHRED = "acme/subjects/alice"
@@ -255,23 +255,7 @@ def _forge(column: str, value: Any) -> Any:
     return changed(value)
 
 
-COLUMNS = [
-    "seq",
-    "at",
-    "actor",
-    "action",
-    "subject",
-    "kms_key_id",
-    "kms_key_version",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-    "mac",
-]
-
-
-@pytest.mark.parametrize("column", COLUMNS)
+@pytest.mark.parametrize("column", AUDIT_COLUMNS)
 def test_a_tampered_anchoring_audit_event_fails(
     vault: kc.Vault, shredded: kc.ErasureCertificate, db_url: str, column: str
 ) -> None:

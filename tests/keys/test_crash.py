@@ -7,18 +7,14 @@ passes ``PRAGMA integrity_check``, and rerunning the job finishes it.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import keycustody as kc
+from kill9 import kill_during
 
 RECORDS = 10_000
 KILLS = 10
@@ -45,23 +41,6 @@ def _payloads() -> dict[str, bytes]:
     return {
         f"src/{i // 100}/f{i}.py": rng.randbytes(rng.randrange(0, 200)) for i in range(RECORDS)
     }
-
-
-def _run_and_kill(db_url: str, kms: kc.LocalKMS, job: str, arg: str, delay: float) -> bool:
-    """Runs the job in a child and SIGKILLs it ``delay`` s after it started; True if killed."""
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_url, str(kms.path), job, arg],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "START"
-        time.sleep(delay)
-        killed = child.poll() is None
-        if killed:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    return killed
 
 
 def _check_database(db_path: Path) -> None:
@@ -127,7 +106,9 @@ def test_kill_9_mid_job_loses_nothing(
                     scope.mark_compromised(reason="test: key leaked")
         if job == "rotate_kek":
             target = "local:kek-b" if target == "local:kek-a" else "local:kek-a"
-        kills += _run_and_kill(db_url, kms, job, target, rng.uniform(0.0, window))
+        kills += kill_during(
+            CHILD, db_url, str(kms.path), job, target, delay=rng.uniform(0.0, window)
+        )
         _check_database(db_path)
         if job == "reencrypt":
             # Records still under the compromised version refuse to decrypt by design until

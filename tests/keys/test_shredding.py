@@ -12,10 +12,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterable
@@ -23,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 import dbadmin
 import keycustody as kc
 from dbadmin import RawDB
-from forensics import hits
+from forensics import hits, plaintext_keys
 from keycustody.keys import shredding
-from keycustody.keys.hierarchy import load_scope
-from keycustody.storage.models import ScopeKeyRow
+from kill9 import kill_during
 
 SHRED = "acme/subjects/alice"
 SUBTREE = (SHRED, f"{SHRED}/chats")
@@ -341,32 +337,6 @@ def test_phase_2_with_a_compromised_ancestor_version_reads_nothing_either(
 # -- T9: no plaintext key ever touches storage ------------------------------------------
 
 
-def plaintext_keys(vault: kc.Vault, kms: kc.LocalKMS) -> set[bytes]:
-    """Every plaintext key reachable now: each live version of every scope key (unwrapped
-    through the vault), the audit MAC key, and the bytes of every LocalKMS key file."""
-    found: set[bytes] = set()
-    with vault._read() as s:
-        for path in vault.scopes():
-            ref = load_scope(s, path)
-            if ref.state == "SHREDDED":
-                continue
-            versions = s.scalars(
-                select(ScopeKeyRow.version).where(
-                    ScopeKeyRow.scope_id == ref.id, ScopeKeyRow.wrapped.is_not(None)
-                )
-            ).all()
-            for version in versions:
-                secret = vault._keys.key(s, ref, version).export_secret()
-                found.add(bytes(secret))
-                secret[:] = bytes(len(secret))
-    audit_key = vault.audit._cached()
-    assert audit_key is not None
-    found.add(bytes(audit_key.export_secret()))
-    for key_file in kms.path.glob("*/v*.key"):
-        found.add(key_file.read_bytes())
-    return found
-
-
 @pytest.mark.slow
 def test_no_plaintext_key_ever_touches_storage(
     db_url: str, db_path: Path, kms: kc.LocalKMS
@@ -385,7 +355,7 @@ def test_no_plaintext_key_ever_touches_storage(
     folder = db_path.parent
 
     def check(vault: kc.Vault, step: str) -> None:
-        keys.update(plaintext_keys(vault, kms))
+        keys.update(plaintext_keys(vault, kms.path))
         found = hits(folder_files(folder), chunks(keys))
         assert found == [], f"plaintext key bytes stored after {step}: {found[:3]}"
 
@@ -604,22 +574,6 @@ def _branch(vault: kc.Vault, root: str) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def _kill_during_shred(db_url: str, kms: kc.LocalKMS, path: str, delay: float) -> bool:
-    with subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, db_url, str(kms.path), path],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "START"
-        time.sleep(delay)
-        killed = child.poll() is None
-        if killed:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    return killed
-
-
 @pytest.mark.slow
 def test_kill_9_during_shred_destroys_all_keys_or_none(
     db_url: str, db_path: Path, kms: kc.LocalKMS
@@ -644,7 +598,9 @@ def test_kill_9_during_shred_destroys_all_keys_or_none(
             branch = _branch(vault, root)
         rows = key_rows(db_path, branch)
         needles = {w for _, _, _, w in rows if w is not None}
-        kills += _kill_during_shred(db_url, kms, root, rng.uniform(0.0, window))
+        kills += kill_during(
+            KILL_CHILD, db_url, str(kms.path), root, delay=rng.uniform(0.0, window)
+        )
 
         conn = raw_db(db_path)
         try:

@@ -22,6 +22,7 @@ import boto3
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
+from vault_helpers import backup_url, fill_tenant, vault_opener
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -75,20 +76,11 @@ def arn_of(key_id: str) -> str:
 
 @pytest.fixture
 def vault_at(tmp_path: Path, aws_kms: AwsKMS) -> Iterator[Callable[..., kc.Vault]]:
-    """Opens vaults on one SQLite file with AwsKMS (and LocalKMS for the audit key)."""
-    opened: list[kc.Vault] = []
+    """Opens vaults on one SQLite file with AwsKMS, or the AwsKMS given (and LocalKMS for the
+    audit key)."""
     local = LocalKMS(tmp_path / "local-keys")
-
-    def open_vault(provider: AwsKMS | None = None, **kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(
-            f"sqlite:///{tmp_path / 'ctx.db'}", kms=[provider or aws_kms, local], **kwargs
-        )
-        opened.append(vault)
-        return vault
-
-    yield open_vault
-    for vault in opened:
-        vault.close()
+    with vault_opener(f"sqlite:///{tmp_path / 'ctx.db'}", aws_kms, local) as open_vault:
+        yield open_vault
 
 
 def row_counts(db: Path) -> dict[str, int]:
@@ -639,25 +631,6 @@ class ClockProxy(KmsProxy, Protocol):
     def advance(self, delta: timedelta) -> None: ...
 
 
-def _fill(vault: kc.Vault, kek: str) -> dict[str, dict[str, bytes]]:
-    data = {
-        path: {f"{path}/f{i}.txt": f"{path} {i}\n".encode() for i in range(n)}
-        for path, n in (("acme", 5), ("acme/subjects/alice", 8), ("acme/subjects/bob", 4))
-    }
-    vault.scope("acme", kek=kek, create=True)
-    for path, records in data.items():
-        vault.scope(path, create=True).put_many(records.items())
-    return data
-
-
-def _backup(db: Path, folder: Path) -> str:
-    folder.mkdir()
-    for suffix in ("", "-wal"):
-        if Path(f"{db}{suffix}").exists():
-            (folder / f"ctx.db{suffix}").write_bytes(Path(f"{db}{suffix}").read_bytes())
-    return f"sqlite:///{folder / 'ctx.db'}"
-
-
 @pytest.fixture
 def aws7(kms_proxy: KmsProxy) -> AwsKMS:
     """AwsKMS that schedules deletions with the shortest waiting period AWS allows."""
@@ -675,7 +648,7 @@ def test_phase_2_without_a_new_kek_says_what_is_needed_and_changes_nothing(
 ) -> None:
     old = new_aws_key()
     vault = vault_at(aws7)
-    _fill(vault, old)
+    fill_tenant(vault, old)
     certificate = vault.shred("acme/subjects/alice", reason="GDPR #29")
     before = row_counts(tmp_path / "ctx.db")
     with pytest.raises(ConfigError, match="new_keks") as info:
@@ -704,8 +677,8 @@ def test_phase_2_schedules_deletion_of_the_old_key_and_confirms_after_the_date(
     clock, which answers NotFoundException for the key as AWS does once it is deleted."""
     old, new = new_aws_key(), new_aws_key()
     vault = vault_at(aws7)
-    data = _fill(vault, old)
-    backup = _backup(tmp_path / "ctx.db", tmp_path / "backup")
+    data = fill_tenant(vault, old)
+    backup = backup_url(tmp_path / "ctx.db", tmp_path / "backup")
     shredded = vault.shred("acme/subjects/alice", reason="GDPR #29")
     start = list(vault.audit.events())[-1].seq
 
@@ -774,7 +747,7 @@ def test_an_alias_pointed_at_a_new_key_needs_no_new_keks(
     kek = new_aws_key(alias)
     old_arn = aws7.describe_key(kek)["arn"]
     vault = vault_at(aws7)
-    data = _fill(vault, kek)
+    data = fill_tenant(vault, kek)
     vault.shred("acme/subjects/alice", reason="GDPR #30")
     new_arn = aws_admin.create_key(Description="acme KEK 2")["KeyMetadata"]["Arn"]
     aws_admin.update_alias(AliasName=f"alias/{alias}", TargetKeyId=new_arn)
@@ -800,7 +773,7 @@ def test_cancel_is_audited_and_left_alone_until_resumed(
 ) -> None:
     old = new_aws_key()
     vault = vault_at(aws7)
-    _fill(vault, old)
+    fill_tenant(vault, old)
     vault.shred("acme/subjects/alice", reason="GDPR #31")
     (scheduled,) = vault.complete_erasures(new_keks={old: new_aws_key()})
 
@@ -827,7 +800,7 @@ def test_a_cancellation_outside_keycustody_is_recorded(
 ) -> None:
     old = new_aws_key()
     vault = vault_at(aws7)
-    _fill(vault, old)
+    fill_tenant(vault, old)
     vault.shred("acme/subjects/alice", reason="GDPR #32")
     vault.complete_erasures(new_keks={"acme": new_aws_key()})
     aws7.cancel_key_deletion(old)  # the customer, in the AWS console
@@ -845,7 +818,7 @@ def test_tenant_shred_with_destroy_kek_schedules_the_deletion(
 ) -> None:
     kek, other = new_aws_key(), new_aws_key()
     vault = vault_at(aws7)
-    _fill(vault, kek)
+    fill_tenant(vault, kek)
     vault.scope("beta", kek=other, create=True).put("b", b"beta")
     certificate = vault.shred("acme", reason="offboarding acme", destroy_kek=True)
     result = certificate.document["how"]["kek_destruction"]
@@ -871,7 +844,7 @@ def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_
     old, new = new_aws_key(), new_aws_key()
     provider = AwsKMS(REGION, endpoint_url=kms_proxy.url, retries=FAST_RETRIES)
     with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
-        _fill(vault, old)
+        fill_tenant(vault, old)
         vault.shred("acme/subjects/alice", reason="GDPR #35").save(tmp_path / "phase1.json")
     env = {
         "KEYCUSTODY_DB": db,
@@ -913,7 +886,7 @@ def test_a_rerun_after_a_failed_schedule_needs_no_new_kek_again(
 ) -> None:
     old, new = new_aws_key(), new_aws_key()
     vault = vault_at(aws7)
-    data = _fill(vault, old)
+    data = fill_tenant(vault, old)
     vault.shred("acme/subjects/alice", reason="GDPR #36")
 
     def outage(key_id: str) -> Any:

@@ -26,6 +26,7 @@ from azure.keyvault.keys import JsonWebKey
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure_standin import TENANT, AzureKeyVaultStandIn, FakeCredential
 from cryptography.hazmat.primitives.asymmetric import rsa
+from vault_helpers import backup_url, fill_tenant, vault_opener
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -455,17 +456,9 @@ def test_oct_hsm_without_keys_get_wraps_in_the_vault(standin: AzureKeyVaultStand
 
 @pytest.fixture
 def vault_at(tmp_path: Path, kms: AzureKeyVault) -> Iterator[Callable[..., kc.Vault]]:
-    opened: list[kc.Vault] = []
     local = LocalKMS(tmp_path / "local-keys")
-
-    def open_vault(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(f"sqlite:///{tmp_path / 'ctx.db'}", kms=[kms, local], **kwargs)
-        opened.append(vault)
-        return vault
-
-    yield open_vault
-    for vault in opened:
-        vault.close()
+    with vault_opener(f"sqlite:///{tmp_path / 'ctx.db'}", kms, local) as open_vault:
+        yield open_vault
 
 
 def test_vault_round_trip_rotation_and_revocation(
@@ -599,27 +592,6 @@ def test_untrusted_tls_certificate_fails_closed(standin: AzureKeyVaultStandIn) -
 # -- erasure phase 2: soft delete, purge protection, recover (T29) ------------------------------
 
 
-def _fill(vault: kc.Vault, kek: str) -> dict[str, dict[str, bytes]]:
-    data = {
-        path: {f"{path}/f{i}.txt": f"{path} {i}\n".encode() for i in range(n)}
-        for path, n in (("acme", 3), ("acme/subjects/alice", 6), ("acme/subjects/bob", 2))
-    }
-    vault.scope("acme", kek=kek, create=True)
-    for path, records in data.items():
-        vault.scope(path, create=True).put_many(records.items())
-    return data
-
-
-def _backup(tmp_path: Path) -> str:
-    folder = tmp_path / "backup"
-    folder.mkdir()
-    for suffix in ("", "-wal"):
-        source = tmp_path / f"ctx.db{suffix}"
-        if source.exists():
-            (folder / f"ctx.db{suffix}").write_bytes(source.read_bytes())
-    return f"sqlite:///{folder / 'ctx.db'}"
-
-
 def test_phase_2_with_purge_protection_is_scheduled_for_90_days_then_confirmed(
     vault_at: Callable[..., kc.Vault],
     kms: AzureKeyVault,
@@ -632,8 +604,8 @@ def test_phase_2_with_purge_protection_is_scheduled_for_90_days_then_confirmed(
     standin.purge_protection, standin.retention_days = True, 90
     old, new = new_rsa(standin), new_rsa(standin)
     vault = vault_at()
-    data = _fill(vault, old)
-    backup = _backup(tmp_path)
+    data = fill_tenant(vault, old)
+    backup = backup_url(tmp_path / "ctx.db", tmp_path / "backup")
     vault.shred("acme/subjects/alice", reason="GDPR #29")
     with pytest.raises(ConfigError, match="Azure"):
         vault.complete_erasures()
@@ -676,7 +648,7 @@ def test_phase_2_without_purge_protection_purges_at_once(
 ) -> None:
     old = new_rsa(standin)
     vault = vault_at()
-    _fill(vault, old)
+    fill_tenant(vault, old)
     vault.shred("acme/subjects/alice", reason="GDPR #33")
     (certificate,) = vault.complete_erasures(new_keks={old: new_rsa(standin)})
     assert certificate.phase2_status == "confirmed"
@@ -692,7 +664,7 @@ def test_recover_cancels_and_is_audited(
     standin.purge_protection = True
     old = new_rsa(standin)
     vault = vault_at()
-    _fill(vault, old)
+    fill_tenant(vault, old)
     vault.shred("acme/subjects/alice", reason="GDPR #34")
     (scheduled,) = vault.complete_erasures(new_keks={"acme": new_rsa(standin)})
     (cancelled,) = vault.cancel_erasure(scheduled.id, reason="legal hold LH-8")
@@ -710,7 +682,7 @@ def test_tenant_shred_with_destroy_kek_deletes_the_key(
     standin.purge_protection = True
     kek = new_rsa(standin)
     vault = vault_at()
-    _fill(vault, kek)
+    fill_tenant(vault, kek)
     certificate = vault.shred("acme", reason="offboarding acme", destroy_kek=True)
     assert certificate.phase2_status == "scheduled"
     assert standin.is_deleted(kid_name(kek))

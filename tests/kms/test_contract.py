@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pytest
+from vault_helpers import vault_opener
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -51,6 +52,9 @@ OTHER_CTXS = [
     EncryptionContext({**CTX.items, "scope": "cd"}),
     EncryptionContext({k: v for k, v in CTX.items.items() if k != "vault"}),
     EncryptionContext({**CTX.items, "extra": "x"}),
+    EncryptionContext({**CTX.items, "extra": ""}),
+    EncryptionContext({**CTX.items, "scope": "AB"}),
+    EncryptionContext({}),
 ]
 
 
@@ -76,18 +80,9 @@ def h(provider_harness: Harness) -> Harness:
 @pytest.fixture
 def vault_for(h: Harness, tmp_path: Path) -> Iterator[Callable[..., kc.Vault]]:
     """Opens vaults on one SQLite file with the harness's provider first."""
-    opened: list[kc.Vault] = []
-
-    def open_vault(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(
-            f"sqlite:///{tmp_path / 'contract.db'}", kms=[h.provider, *h.audit_kms], **kwargs
-        )
-        opened.append(vault)
-        return vault
-
-    yield open_vault
-    for vault in opened:
-        vault.close()
+    db_url = f"sqlite:///{tmp_path / 'contract.db'}"
+    with vault_opener(db_url, h.provider, *h.audit_kms) as open_vault:
+        yield open_vault
 
 
 def same(a: KeyHandle, b: KeyHandle) -> bool:
@@ -121,11 +116,22 @@ def test_wraps_are_randomized(h: Harness) -> None:
     assert a.ciphertext != b.ciphertext
 
 
-@pytest.mark.parametrize("other", OTHER_CTXS, ids=["version", "scope", "missing", "extra"])
+@pytest.mark.parametrize(
+    "other",
+    OTHER_CTXS,
+    ids=["version", "scope", "missing", "extra", "extra-empty", "case", "empty"],
+)
 def test_wrong_context_is_an_integrity_error(h: Harness, other: EncryptionContext) -> None:
     wrapped = h.provider.wrap(h.new_key(), KeyHandle.generate(), CTX)
     with pytest.raises(IntegrityError):
         h.provider.unwrap(wrapped, other)
+
+
+def test_context_order_does_not_matter(h: Harness) -> None:
+    key_id = h.new_key()
+    key = KeyHandle.generate()
+    wrapped = h.provider.wrap(key_id, key, EncryptionContext({"a": "1", "b": "2"}))
+    assert same(h.provider.unwrap(wrapped, EncryptionContext({"b": "2", "a": "1"})), key)
 
 
 def test_ciphertext_of_another_key_is_an_integrity_error(h: Harness) -> None:

@@ -38,7 +38,6 @@ from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 TOKEN = "kc-test"
 CTX = EncryptionContext({"vault": "v-1", "scope": "acme", "version": "1"})
-OTHER_CTX = EncryptionContext({"vault": "v-1", "scope": "acme", "version": "2"})
 VECTORS = Path(__file__).parent.parent / "vectors" / "wycheproof"
 
 
@@ -293,30 +292,6 @@ def test_unprefixed_key_id_works_too(p11: Pkcs11KMS) -> None:
     p11.create_key("acme")
     wrapped = p11.wrap(KeyId("acme"), KeyHandle.generate(), CTX)
     assert wrapped.key_id == "pkcs11:acme"
-
-
-@pytest.mark.parametrize(
-    "context",
-    [
-        OTHER_CTX,
-        EncryptionContext({}),
-        EncryptionContext({"vault": "v-1", "scope": "acme"}),
-        EncryptionContext({**CTX.items, "extra": ""}),
-        EncryptionContext({"vault": "v-1", "scope": "ACME", "version": "1"}),
-    ],
-)
-def test_context_is_bound(p11: Pkcs11KMS, context: EncryptionContext) -> None:
-    key_id = p11.create_key("acme")
-    wrapped = p11.wrap(key_id, KeyHandle.generate(), CTX)
-    with pytest.raises(IntegrityError):
-        p11.unwrap(wrapped, context)
-
-
-def test_context_order_does_not_matter(p11: Pkcs11KMS) -> None:
-    key_id = p11.create_key("acme")
-    scope_key = KeyHandle.generate()
-    wrapped = p11.wrap(key_id, scope_key, EncryptionContext({"a": "1", "b": "2"}))
-    assert _same_key(p11.unwrap(wrapped, EncryptionContext({"b": "2", "a": "1"})), scope_key)
 
 
 def test_tampered_wrapped_key_fails(p11: Pkcs11KMS) -> None:

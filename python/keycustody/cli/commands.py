@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -770,6 +770,30 @@ KekArgument = Annotated[
 ]
 
 
+def _change_keks(
+    ctx: typer.Context,
+    tenant: str,
+    change: Callable[[Vault], int],
+    *,
+    status: str,
+    title: str,
+    counted: str,
+) -> None:
+    """Opens the vault and runs ``change`` (which returns a count) under the ``status`` line;
+    then prints the summary ``title``: the count as ``counted`` and the tenant's KEKs in
+    failover order."""
+    settings = get_settings(ctx)
+    with handle_errors(), open_vault(settings, must_exist=True) as vault:
+        with stderr().status(status):
+            count = change(vault)
+        keks = vault.keks(tenant)
+        summary(
+            stdout(),
+            title,
+            [(counted, f"{count:,}"), ("KEKs (failover order)", escape(", ".join(keks)))],
+        )
+
+
 @kek_app.command("add")
 def kek_add(ctx: typer.Context, tenant: TenantOption, key_id: KekArgument) -> None:
     """Add a KEK to a tenant (multi-cloud, disaster recovery): every live key version of the
@@ -779,19 +803,14 @@ def kek_add(ctx: typer.Context, tenant: TenantOption, key_id: KekArgument) -> No
 
     Example: `keycustody --kms local,pkcs11 kek add --tenant acme pkcs11:acme-dr`
     """
-    settings = get_settings(ctx)
-    with handle_errors(), open_vault(settings, must_exist=True) as vault:
-        with stderr().status(f"wrapping the keys of {escape(tenant)} under {escape(key_id)}…"):
-            wrapped = vault.add_kek(tenant, key_id)
-        keks = vault.keks(tenant)
-        summary(
-            stdout(),
-            f"added KEK [bold]{escape(key_id)}[/bold] to tenant [bold]{escape(tenant)}[/bold]",
-            [
-                ("key versions wrapped", f"{wrapped:,}"),
-                ("KEKs (failover order)", escape(", ".join(keks))),
-            ],
-        )
+    _change_keks(
+        ctx,
+        tenant,
+        lambda vault: vault.add_kek(tenant, key_id),
+        status=f"wrapping the keys of {escape(tenant)} under {escape(key_id)}…",
+        title=f"added KEK [bold]{escape(key_id)}[/bold] to tenant [bold]{escape(tenant)}[/bold]",
+        counted="key versions wrapped",
+    )
 
 
 @kek_app.command("remove")
@@ -804,19 +823,16 @@ def kek_remove(ctx: typer.Context, tenant: TenantOption, key_id: KekArgument) ->
 
     Example: `keycustody kek remove --tenant acme local:acme-old`
     """
-    settings = get_settings(ctx)
-    with handle_errors(), open_vault(settings, must_exist=True) as vault:
-        with stderr().status(f"checking the remaining KEKs of {escape(tenant)}…"):
-            deleted = vault.remove_kek(tenant, key_id)
-        keks = vault.keks(tenant)
-        summary(
-            stdout(),
-            f"removed KEK [bold]{escape(key_id)}[/bold] from tenant [bold]{escape(tenant)}[/bold]",
-            [
-                ("wraps deleted", f"{deleted:,}"),
-                ("KEKs (failover order)", escape(", ".join(keks))),
-            ],
-        )
+    _change_keks(
+        ctx,
+        tenant,
+        lambda vault: vault.remove_kek(tenant, key_id),
+        status=f"checking the remaining KEKs of {escape(tenant)}…",
+        title=(
+            f"removed KEK [bold]{escape(key_id)}[/bold] from tenant [bold]{escape(tenant)}[/bold]"
+        ),
+        counted="wraps deleted",
+    )
 
 
 kms_app = typer.Typer(

@@ -50,6 +50,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Only count what would be done; change nothing.")
 ]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Records per transaction.")
+]
+JobJsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print {scope, active_version, dry_run, records_by_version, records_done, "
+        "child_keys_done, versions_destroyed} as JSON.",
+    ),
+]
 
 
 def _when(ts: datetime | None) -> str | None:
@@ -291,17 +302,8 @@ def rewrap(
     ctx: typer.Context,
     scope: ScopeOption,
     dry_run: DryRunOption = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Records per transaction.")
-    ] = DEFAULT_BATCH,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print {scope, active_version, dry_run, records_by_version, records_done, "
-            "child_keys_done, versions_destroyed} as JSON.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOption = DEFAULT_BATCH,
+    as_json: JobJsonOption = False,
 ) -> None:
     """Move every record of a scope to its ACTIVE key version, then destroy the old versions.
 
@@ -327,17 +329,8 @@ def reencrypt(
     ctx: typer.Context,
     scope: ScopeOption,
     dry_run: DryRunOption = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Records per transaction.")
-    ] = 1000,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print {scope, active_version, dry_run, records_by_version, records_done, "
-            "child_keys_done, versions_destroyed} as JSON.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOption = 1000,
+    as_json: JobJsonOption = False,
 ) -> None:
     """Re-encrypt every record under a COMPROMISED key version with a new data key.
 
@@ -359,6 +352,18 @@ def reencrypt(
 
 
 # -- compromise, suspend, resume ---------------------------------------------------------
+
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Why, for the audit trail.")
+]
+
+
+def _change_scope(ctx: typer.Context, scope: str, change: Callable[[Scope], str]) -> None:
+    """Opens the vault, applies ``change`` to the scope and prints the line it returns."""
+    settings = base.get_settings(ctx)
+    with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
+        target = vault.scope(scope)
+        base.stdout().print(change(target), soft_wrap=True)
 
 
 def compromise(
@@ -386,25 +391,19 @@ def compromise(
 
     Example: `keycustody compromise --scope acme --reason "incident 4711"`
     """
-    settings = base.get_settings(ctx)
-    with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
-        target = vault.scope(scope)
+
+    def mark(target: Scope) -> str:
         marked = target.mark_compromised(version, reason=reason)
-        base.stdout().print(
+        return (
             f"key version {marked} of scope [bold]{escape(target.path)}[/bold] is "
             f"[bold red]COMPROMISED[/bold red]: its records refuse to decrypt until "
-            f"`keycustody reencrypt --scope {escape(target.path)}`",
-            soft_wrap=True,
+            f"`keycustody reencrypt --scope {escape(target.path)}`"
         )
 
+    _change_scope(ctx, scope, mark)
 
-def suspend(
-    ctx: typer.Context,
-    scope: ScopeOption,
-    reason: Annotated[
-        str | None, typer.Option("--reason", "-r", help="Why, for the audit trail.")
-    ] = None,
-) -> None:
+
+def suspend(ctx: typer.Context, scope: ScopeOption, reason: ReasonOption = None) -> None:
     """Suspend (revoke) a scope and its whole subtree: nothing under it encrypts or decrypts.
 
     Reads and writes fail with exit code 5 (key revoked) until `keycustody resume`; other
@@ -412,36 +411,28 @@ def suspend(
 
     Example: `keycustody suspend --scope acme --reason "tenant offboarding review"`
     """
-    settings = base.get_settings(ctx)
-    with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
-        target = vault.scope(scope)
+
+    def apply(target: Scope) -> str:
         target.suspend(reason=reason)
-        base.stdout().print(
+        return (
             f"scope [bold]{escape(target.path)}[/bold] and its subtree are "
-            "[bold red]SUSPENDED[/bold red]",
-            soft_wrap=True,
+            "[bold red]SUSPENDED[/bold red]"
         )
 
+    _change_scope(ctx, scope, apply)
 
-def resume(
-    ctx: typer.Context,
-    scope: ScopeOption,
-    reason: Annotated[
-        str | None, typer.Option("--reason", "-r", help="Why, for the audit trail.")
-    ] = None,
-) -> None:
+
+def resume(ctx: typer.Context, scope: ScopeOption, reason: ReasonOption = None) -> None:
     """Lift a suspension: the scope and its subtree encrypt and decrypt again.
 
     Example: `keycustody resume --scope acme`
     """
-    settings = base.get_settings(ctx)
-    with base.handle_errors(), base.open_vault(settings, must_exist=True) as vault:
-        target = vault.scope(scope)
+
+    def apply(target: Scope) -> str:
         target.resume(reason=reason)
-        base.stdout().print(
-            f"scope [bold]{escape(target.path)}[/bold] is [green]ACTIVE[/green] again",
-            soft_wrap=True,
-        )
+        return f"scope [bold]{escape(target.path)}[/bold] is [green]ACTIVE[/green] again"
+
+    _change_scope(ctx, scope, apply)
 
 
 # -- lineage -----------------------------------------------------------------------------

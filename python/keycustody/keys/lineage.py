@@ -169,6 +169,21 @@ def _event(row: LineageEventRow, scope: str) -> LineageEvent:
     )
 
 
+def _scope_events(s: Session, path: str, event: str, since: datetime) -> list[LineageEvent]:
+    """The scope-level ``event`` events of scope ``path`` from ``since`` on, oldest first."""
+    scope = load_scope(s, path)
+    rows = s.scalars(
+        select(LineageEventRow)
+        .where(
+            LineageEventRow.scope_id == scope.id,
+            LineageEventRow.event == event,
+            LineageEventRow.at >= since,
+        )
+        .order_by(LineageEventRow.id)
+    ).all()
+    return [_event(e, scope.path) for e in rows]
+
+
 def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) -> RecordLineage:
     """The lineage of the record with ``name_index`` in ``ref``."""
     with vault._read() as s:
@@ -226,31 +241,11 @@ def record_lineage(vault: Vault, ref: ScopeRef, name: str, name_index: bytes) ->
                 events.append(_event(e, ref.path))
                 current = e.to_version or current
         # KEK moves of the tenant at the top of the chain.
-        tenant = load_scope(s, chain[-1].scope)
-        kek_events = s.scalars(
-            select(LineageEventRow)
-            .where(
-                LineageEventRow.scope_id == tenant.id,
-                LineageEventRow.event == "kek_rotated",
-                LineageEventRow.at >= row.created_at,
-            )
-            .order_by(LineageEventRow.id)
-        ).all()
-        events += [_event(e, tenant.path) for e in kek_events]
+        events += _scope_events(s, chain[-1].scope, "kek_rotated", row.created_at)
         # Moves of the key chain above the record: each ancestor rewrapping its children's
         # keys (after a rotation, a rewrap or an erasure's re-key) changed this record's path.
         for link in chain[1:]:
-            ancestor = load_scope(s, link.scope)
-            moved = s.scalars(
-                select(LineageEventRow)
-                .where(
-                    LineageEventRow.scope_id == ancestor.id,
-                    LineageEventRow.event == "child_keys_rewrapped",
-                    LineageEventRow.at >= row.created_at,
-                )
-                .order_by(LineageEventRow.id)
-            ).all()
-            events += [_event(e, ancestor.path) for e in moved]
+            events += _scope_events(s, link.scope, "child_keys_rewrapped", row.created_at)
     events.sort(key=lambda e: e.at)
     kek_id, _, kek_version = chain[-1].wrapped_by.removeprefix("kek:").rpartition("#")
     keks = [w.removeprefix("kek:") for w in (chain[-1].wrapped_by, *chain[-1].also_wrapped_by)]

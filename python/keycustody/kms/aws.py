@@ -72,7 +72,7 @@ from keycustody.errors import (
     ShreddedError,
 )
 from keycustody.kms.base import DESTROY_SCHEDULED, DESTROYED, NOT_SCHEDULED, Destruction
-from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
+from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated, clip
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 T = TypeVar("T")
@@ -104,7 +104,6 @@ _STATES = {
     "Updating": "updating",
 }
 _KEY_SIZES = (32, 64)
-_MESSAGE_MAX = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +136,6 @@ def _parse(key_id: str) -> _Ref:
         f"invalid AWS KMS key id {key_id!r}: use 'aws:arn:aws:kms:REGION:ACCOUNT:key/KEY-ID', "
         "'aws:arn:aws:kms:REGION:ACCOUNT:alias/NAME' or 'aws:alias/NAME'"
     )
-
-
-def _clip(text: object) -> str:
-    message = " ".join(str(text).split())
-    return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 1] + "…"
 
 
 class AwsKMS:
@@ -245,7 +239,7 @@ class AwsKMS:
                 except Exception as exc:  # botocore: bad region, endpoint or profile
                     raise ConfigError(
                         f"cannot create an AWS KMS client for {region}: {type(exc).__name__}: "
-                        f"{_clip(exc)}"
+                        f"{clip(exc)}"
                     ) from None
                 self._clients[region] = client
         return client
@@ -288,7 +282,7 @@ class AwsKMS:
             what = (
                 self._code(exc)
                 if isinstance(exc, errors.ClientError)
-                else f"{type(exc).__name__}: {_clip(exc)}"
+                else f"{type(exc).__name__}: {clip(exc)}"
             )
             return KmsUnavailableError(
                 f"{where} failed after {attempts} attempt(s) in {elapsed:.1f} s: {what}; "
@@ -296,7 +290,7 @@ class AwsKMS:
             )
         if isinstance(exc, errors.ClientError):
             code = self._code(exc)
-            message = _clip(exc.response.get("Error", {}).get("Message", ""))
+            message = clip(exc.response.get("Error", {}).get("Message", ""))
             detail = f"{code}: {message}" if message else code
             if code in _REVOKED_CODES:
                 return KeyRevokedError(
@@ -325,12 +319,12 @@ class AwsKMS:
                 errors.NoRegionError,
             ),
         ):
-            return ConfigError(f"{where}: {type(exc).__name__}: {_clip(exc)}")
+            return ConfigError(f"{where}: {type(exc).__name__}: {clip(exc)}")
         if isinstance(exc, errors.ValidationError | errors.ParamValidationError):
             # botocore's validation messages may quote parameter values: name the class only.
             return KmsError(f"{where}: boto3 rejected the request ({type(exc).__name__})")
         if isinstance(exc, errors.BotoCoreError):
-            return KmsError(f"{where} failed: {type(exc).__name__}: {_clip(exc)}")
+            return KmsError(f"{where} failed: {type(exc).__name__}: {clip(exc)}")
         return KmsError(f"{where} failed unexpectedly ({type(exc).__name__})")
 
     @staticmethod

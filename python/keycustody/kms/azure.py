@@ -100,7 +100,7 @@ from keycustody.errors import (
     ShreddedError,
 )
 from keycustody.kms.base import DESTROY_SCHEDULED, DESTROYED, NOT_SCHEDULED, Destruction
-from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated
+from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy, call_translated, clip
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 T = TypeVar("T")
@@ -118,7 +118,6 @@ _ALGORITHM_NAMES = {v: k for k, v in _ALGORITHMS.items()}
 _DIGEST_LABEL = b"keycustody/azure-kv/v1\x00"
 _DIGEST_LEN = 32
 _KEY_SIZES = (32, 64)
-_MESSAGE_MAX = 300
 
 
 def _sdk() -> SimpleNamespace:
@@ -186,11 +185,6 @@ def _digest(context: EncryptionContext) -> bytes:
     return hashlib.sha256(_DIGEST_LABEL + context.to_aad()).digest()
 
 
-def _clip(text: object) -> str:
-    message = " ".join(str(text).split())
-    return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 1] + "…"
-
-
 def _is_tls_failure(exc: BaseException) -> bool:
     """A certificate or TLS failure (not transient: a wrong trust store, or an interceptor)."""
     seen: BaseException | None = exc
@@ -218,10 +212,10 @@ def _error_fields(exc: Any) -> tuple[str, str, str]:
         body = json.loads(exc.response.text())
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return str(getattr(exc, "reason", "") or "Error"), "", _clip(getattr(exc, "reason", ""))
+        return str(getattr(exc, "reason", "") or "Error"), "", clip(getattr(exc, "reason", ""))
     inner = error.get("innererror")
     inner_code = inner.get("code", "") if isinstance(inner, dict) else ""
-    return str(error.get("code") or "Error"), str(inner_code or ""), _clip(error.get("message"))
+    return str(error.get("code") or "Error"), str(inner_code or ""), clip(error.get("message"))
 
 
 class AzureKeyVault:
@@ -360,7 +354,7 @@ class AzureKeyVault:
                 code, _, _ = _error_fields(exc)
                 what = f"HTTP {exc.status_code} {code}"
             else:
-                what = f"{type(exc).__name__}: {_clip(exc)}"
+                what = f"{type(exc).__name__}: {clip(exc)}"
             return KmsUnavailableError(
                 f"{where} failed after {attempts} attempt(s) in {elapsed:.1f} s: {what}; "
                 "the vault is throttling or unreachable, retry later"
@@ -398,9 +392,9 @@ class AzureKeyVault:
                 )
             return KmsError(f"{where} failed: {detail}")
         if _is_tls_failure(exc):
-            return KmsError(f"{where} failed: TLS: {_clip(exc)}")
+            return KmsError(f"{where} failed: TLS: {clip(exc)}")
         if isinstance(exc, errors.AzureError):
-            return KmsError(f"{where} failed: {type(exc).__name__}: {_clip(exc)}")
+            return KmsError(f"{where} failed: {type(exc).__name__}: {clip(exc)}")
         if op == "unwrapKey":  # a local unwrap (from_jwk clients) that does not authenticate
             return IntegrityError(f"{where} failed ({type(exc).__name__}): wrong key or tampered")
         return KmsError(f"{where} failed ({type(exc).__name__})")
@@ -633,7 +627,7 @@ class AzureKeyVault:
         try:
             self._management("purgeDeletedKey", ref, lambda c: c.purge_deleted_key(ref.name))
         except KeyRevokedError as exc:  # 403: purge protection, or no keys/purge
-            return replace(status, event=f"{status.event}; purge refused ({_clip(exc)})")
+            return replace(status, event=f"{status.event}; purge refused ({clip(exc)})")
         return Destruction(ref.key_id, DESTROYED, None, f"{status.event}; purged")
 
     def cancel_destruction(self, key_id: str) -> Destruction:

@@ -7,7 +7,8 @@ have passed, and a random delay between attempts drawn uniformly from
 workers throttled at the same moment). The provider decides what is retryable and turns the
 last failure into :class:`~keycustody.errors.KmsUnavailableError`.
 
-It also holds :class:`KmsKeyNotFoundError`, the "no such key" failure that cloud providers share.
+It also holds :class:`KmsKeyNotFoundError`, the "no such key" failure that cloud providers share,
+and :func:`clip`, which quotes an SDK's error text in their messages.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from keycustody.errors import ConfigError, KeyCustodyError, KmsError, NotFoundEr
 T = TypeVar("T")
 
 log = logging.getLogger("keycustody.kms")
+
+MESSAGE_MAX = 300
+"""The most characters of an SDK's error text that a keycustody error message quotes."""
 
 
 class KmsKeyNotFoundError(KmsError, NotFoundError):
@@ -111,6 +115,12 @@ def call_with_retries(
         # Sleep outside the except block: the failed attempt's exception, with SDK frames that
         # may hold the request body, is released first.
         sleep(delay)
+
+
+def clip(text: object) -> str:
+    """An SDK's error text on one line, cut to :data:`MESSAGE_MAX` characters."""
+    message = " ".join(str(text).split())
+    return message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 1] + "…"
 
 
 def call_translated(

@@ -8,9 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::buffers::Input;
-use crate::errors::{batch_error, Error, InvalidInputError};
+use crate::errors::{batch_error, Error};
 use crate::gil::run_detached;
-use crate::records::{borrow_keys, key_table, scope_id};
+use crate::records::{borrow_keys, key_table, same_len, scope_id};
 
 /// A derived record's header, encrypted name and body.
 type Sealed = (Vec<u8>, Vec<u8>, Vec<u8>);
@@ -24,15 +24,6 @@ type Lists<'py> = (
     Vec<Bound<'py, PyBytes>>,
 );
 
-fn same_len(a: usize, b: usize) -> PyResult<()> {
-    if a != b {
-        return Err(InvalidInputError::new_err(format!(
-            "lists differ in length: {a} and {b}"
-        )));
-    }
-    Ok(())
-}
-
 /// Seals records derived from a source record; returns `(headers, encrypted_names, bodies)`.
 #[pyfunction]
 pub fn seal_derived<'py>(
@@ -44,7 +35,7 @@ pub fn seal_derived<'py>(
     names: Vec<Input>,
     datas: Vec<Input>,
 ) -> PyResult<Lists<'py>> {
-    same_len(names.len(), datas.len())?;
+    same_len(names.len(), datas.len(), "names and datas differ in length")?;
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);
     let keys = OpenKeys {
@@ -95,9 +86,17 @@ pub fn open_derived<'py>(
     headers: Vec<Input>,
     bodies: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    same_len(headers.len(), bodies.len())?;
+    same_len(
+        headers.len(),
+        bodies.len(),
+        "headers and bodies differ in length",
+    )?;
     if let Some(names) = &names {
-        same_len(names.len(), headers.len())?;
+        same_len(
+            names.len(),
+            headers.len(),
+            "names and headers differ in length",
+        )?;
     }
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);

@@ -33,7 +33,9 @@ pub(crate) fn key_version(v: i64) -> PyResult<u32> {
         .ok_or_else(|| InvalidInputError::new_err("a key version is an integer from 1 to 2^32 - 1"))
 }
 
-fn same_len(a: usize, b: usize, what: &str) -> PyResult<()> {
+/// An InvalidInputError `"{what}: got {a} and {b} items"` unless two parallel lists have one
+/// length.
+pub(crate) fn same_len(a: usize, b: usize, what: &str) -> PyResult<()> {
     if a != b {
         return Err(InvalidInputError::new_err(format!(
             "{what}: got {a} and {b} items"
