@@ -39,7 +39,7 @@ from itertools import islice
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, event, select
+from sqlalchemy import ColumnElement, Connection, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from keycustody._core import SEGMENT_LEN, TAG_LEN
@@ -52,7 +52,7 @@ from keycustody.errors import (
 )
 from keycustody.storage.blobs import BlobStore, BlobWriter
 from keycustody.storage.engine import raises_storage_errors
-from keycustody.storage.models import RecordRow, ScopeRow, SegmentRow
+from keycustody.storage.models import RecordRow, ScopeRow
 from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements
 from keycustody.streams import segment_count
 
@@ -245,11 +245,12 @@ class Payloads:
         self,
         scope_id: bytes,
         row: Any,
-        session: Callable[[], AbstractContextManager[Session]],
+        connect: Callable[[], AbstractContextManager[Connection]],
+        statements: RecordStatements,
     ) -> Callable[[int, int], bytes]:
         """``fetch(first, n)``: sealed segments ``first`` to ``first + n - 1`` of a stream
         record, back to back (``row`` has ``record_id``, ``size`` and ``blob_key``), from
-        ``segments`` (one SELECT, through a session from ``session()``) or as one ranged read
+        ``segments`` (one SELECT, on a connection from ``connect()``) or as one ranged read
         of its object. Both raise StorageError when the store fails (a StreamReader reads
         long after the call that opened it: its reads need their own conversion)."""
         record_id: bytes = row.record_id
@@ -257,18 +258,11 @@ class Payloads:
 
             @raises_storage_errors("reading a stream record's segments")
             def fetch_rows(first: int, n: int) -> bytes:
-                with session() as fs:
-                    rows = fs.execute(
-                        select(SegmentRow.seq, SegmentRow.body)
-                        .where(
-                            SegmentRow.record_id == record_id,
-                            SegmentRow.seq.between(first, first + n - 1),
-                        )
-                        .order_by(SegmentRow.seq)
-                    ).all()
-                if [r.seq for r in rows] != list(range(first, first + n)):
+                with connect() as conn:
+                    rows = statements.find_segments(conn, record_id, first, n)
+                if [seq for seq, _ in rows] != list(range(first, first + n)):
                     raise IntegrityError("a segment of the stream record is missing")
-                return rows[0].body if n == 1 else b"".join(r.body for r in rows)
+                return rows[0][1] if n == 1 else b"".join(body for _, body in rows)
 
             return fetch_rows
         key: str = row.blob_key

@@ -517,8 +517,12 @@ class Scope:
     def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
         keys = self._keys_for(s, [row.header])
         opener = _core.open_stream(self._ref.id, keys, raw, row.header)
-        # Each segment read uses a short session (or a ranged read of the blob) of its own.
-        fetch = self._vault._payloads.segment_reader(self._ref.id, row, self._vault._read)
+        # Each window of segments is read on a short connection (or by a ranged read of the
+        # blob) of its own.
+        vault = self._vault
+        fetch = vault._payloads.segment_reader(
+            self._ref.id, row, vault._engine.connect, vault._records
+        )
         return StreamReader(opener, row.size, fetch)
 
     # -- key lifecycle ------------------------------------------------------------------

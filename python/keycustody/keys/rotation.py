@@ -932,7 +932,8 @@ def _reencrypt_stream(
     count = segment_count(row.size)
     size = 0
     payloads = vault._payloads
-    fetch = payloads.segment_reader(ref.id, row, lambda: contextlib.nullcontext(s))
+    conn = s.connection()
+    fetch = payloads.segment_reader(ref.id, row, lambda: contextlib.nullcontext(conn), writer)
     with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:
         for seq in range(count):
             last = seq == count - 1

@@ -144,6 +144,13 @@ class RecordStatements:
         self._delete_sql = str(compiled)
         self._delete_order = list(compiled.positiontup or []) if compiled.positional else None
         # Constant identifiers only; every value is a bound parameter.
+        self._segments_sql = (
+            "SELECT seq, body FROM segments WHERE record_id = %(record_id)s"
+            " AND seq BETWEEN %(first)s AND %(last)s ORDER BY seq"
+            if self._postgres
+            else "SELECT seq, body FROM segments WHERE record_id = ? AND seq BETWEEN ? AND ?"
+            " ORDER BY seq"
+        )
         self._find_sql = (
             f"SELECT {', '.join(FoundRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
             "WHERE scope_id = "
@@ -153,6 +160,19 @@ class RecordStatements:
                 else "? AND name_index IN ({})"
             )
         )
+
+    def find_segments(
+        self, conn: Connection, record_id: bytes, first: int, n: int
+    ) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of segments ``first`` to ``first + n - 1`` of a stream record, in
+        order (fewer if some are missing). One driver statement, as for find_by_names: a
+        stream read issues one per window, and ORM overhead cost more than the SELECT."""
+        if self._postgres:
+            params: Any = {"record_id": record_id, "first": first, "last": first + n - 1}
+        else:
+            params = (record_id, first, first + n - 1)
+        rows = conn.exec_driver_sql(self._segments_sql, params).all()
+        return [(seq, body) for seq, body in rows]
 
     def find_by_names(
         self, conn: Connection, scope_id: bytes, indexes: Sequence[bytes]
