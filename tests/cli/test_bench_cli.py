@@ -131,7 +131,7 @@ def test_quick_json_measurements(quick_json: dict[str, Any]) -> None:
         for case in (kb.KEYCUSTODY, kb.VAULT, kb.PYCA_LOOP, kb.PYCA_RAW):
             assert (group, case) in cases
     for group in ("put-4KiB", "get-4KiB", "put-stdlib"):
-        for case in (kb.VAULT, kb.PYCA_SQLITE, kb.SQLITE_PLAIN):
+        for case in (kb.VAULT, kb.PYCA_SQLITE, kb.SQLITE_PLAIN, kb.SQLITE_VAULT_ROWS):
             assert (group, case) in cases
     for r in rows:
         assert _positive(r["median_s"]) and _positive(r["bytes_per_s"]), r
@@ -245,7 +245,8 @@ def _report() -> kb.Report:
             m("open", kb.PYCA_RAW, kb.MiB, 8, (0.004,)),
             m("put", kb.VAULT, 4096, 100, (0.010,)),
             m("put", kb.PYCA_SQLITE, 4096, 100, (0.020,)),
-            m("put", kb.SQLITE_PLAIN, 4096, 100, (0.005,)),
+            m("put", kb.SQLITE_PLAIN, 4096, 100, (0.004,)),
+            m("put", kb.SQLITE_VAULT_ROWS, 4096, 100, (0.005,)),
         ],
         bounds={kb.FIXED_SEAL: 1e-6, kb.FIXED_OPEN: 1e-6, kb.MEMCPY_ALL: 4e9},
         phases=[
