@@ -34,7 +34,11 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
-from keycustody.storage.engine import db_message, public_methods_raise_storage_errors
+from keycustody.storage.engine import (
+    bulk_write_cache,
+    db_message,
+    public_methods_raise_storage_errors,
+)
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
@@ -267,7 +271,11 @@ class Scope:
             while (first := next(iterator, None)) is not None:
                 # One transaction per commit_every records (or for everything).
                 chunk = islice(chain([first], iterator), commit_every)
-                with self._vault._write_records() as s, s.begin():
+                with (
+                    self._vault._write_records() as s,
+                    s.begin(),
+                    bulk_write_cache(s.connection()),
+                ):
                     version, key = self._active_key(s)
                     self._write_pipelined(s, key, version, self._batches(chunk), infos)
             return infos

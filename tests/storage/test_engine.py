@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+import keycustody as kc
 from keycustody.errors import ConfigError
-from keycustody.storage.engine import WRITE, make_engine
+from keycustody.storage.engine import BULK_WRITE_CACHE_KIB, WRITE, make_engine
 
 MARKER = b"key-bytes-that-must-vanish-" + bytes(range(32))
 
@@ -261,3 +262,21 @@ def test_read_transaction_does_not_take_the_write_lock(db_path: Path) -> None:
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_bulk_write_cache_is_put_many_s_and_given_back(db_path: Path, tmp_path: Path) -> None:
+    """put_many's transaction runs with the larger page cache; the pooled connection gets
+    its own back afterwards, also when put_many fails half-way."""
+    kms = kc.LocalKMS(str(tmp_path / "kek"))
+    with kc.Vault.open(f"sqlite:///{db_path}", kms=kms) as vault:
+        scope = vault.scope("acme", kek=kms.create_key("acme"), create=True)
+        seen = _statements(vault._engine)
+        scope.put_many([(f"f{i}", b"x") for i in range(10)])
+        assert f"PRAGMA cache_size=-{BULK_WRITE_CACHE_KIB}" in seen
+        with pytest.raises(kc.InvalidInputError):
+            scope.put_many([("ok", b"x"), ("bad", "not bytes")])  # type: ignore[list-item]
+        with vault._engine.connect() as conn:
+            assert _pragma(conn, "cache_size") == -2000  # SQLite's default
+        seen.clear()
+        scope.get_many(["f1"])
+        assert not [s for s in seen if "cache_size" in s]

@@ -15,13 +15,14 @@ has a lock of its own (see :mod:`keycustody.audit.log`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -73,6 +74,33 @@ def _postgres_hooks(engine: Engine) -> None:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
         elif write == "records":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({PG_WRITE_LOCK})")
+
+
+BULK_WRITE_CACHE_KIB = 64 * 1024
+"""SQLite page cache of a connection while put_many writes (the default is 2 MiB): enough
+for the indexes of a few hundred thousand records. Measured on an ingest of 100,000 files
+(1.76 GB): 4.55 GB written with the default, 4.00 with 16 MiB, 3.87 with 32 MiB, 3.81 with
+64 MiB (3.5 GB is the WAL and the checkpoint writing each byte once)."""
+
+
+@contextlib.contextmanager
+def bulk_write_cache(conn: Connection) -> Iterator[None]:
+    """Gives a SQLite connection a larger page cache while the block runs (put_many's
+    transaction), then its own again, which frees the pages above it.
+
+    With the default 2 MiB, a batch's random inserts into the record-id and blind-index
+    indexes evict index pages that the next rows dirty again: each is written to the WAL
+    several times per transaction and read back in between. Stream writes, whose memory must
+    stay flat, and reads keep the default."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    (previous,) = conn.exec_driver_sql("PRAGMA cache_size").one()
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_WRITE_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(previous)}")
 
 
 def lock_audit_head(conn: Any) -> None:
