@@ -3,12 +3,14 @@ real LocalKMS directory. Tampering goes through the backend's own driver (:mod:`
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import subprocess
 import sys
 import sysconfig
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -334,6 +336,24 @@ def test_second_process_reads_the_data(acme: kc.Scope, db_url: str, kms: kc.Loca
         [sys.executable, "-c", script, db_url, str(kms.path)], capture_output=True, check=True
     ).stdout
     assert out == b"".join(items[k] for k in sorted(items))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_unclosed_vault_is_collected_with_its_connections(
+    db_url: str, kms: kc.LocalKMS
+) -> None:
+    """A vault dropped without close() is garbage: nothing the library registers (session
+    events) keeps it, its engine or its pooled connections alive. (psycopg warns when the
+    collector closes a connection: expected here.)"""
+    kek = kms.create_key("acme")
+    with kc.Vault.open(db_url, kms=kms) as first:
+        first.scope("acme", kek=kek, create=True).put("a", b"x")
+    vault = kc.Vault.open(db_url, kms=kms)
+    assert vault.scope("acme").get("a") == b"x"
+    ref = weakref.ref(vault)
+    del vault
+    gc.collect()
+    assert ref() is None
 
 
 def test_threads_share_a_vault(acme: kc.Scope) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import secrets
 import socket
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -131,9 +132,21 @@ class Vault:
         self._keys = KeyHierarchy(
             self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
         )
-        event.listen(self._sessions, "before_commit", self._failovers_before_commit)
+        # Through a weak reference: SQLAlchemy keeps session listeners for good, and a bound
+        # method would keep an unclosed vault, its engine and its connections alive with them.
+        this = weakref.ref(self)
+
+        def before_commit(session: Session) -> None:
+            if (vault := this()) is not None:
+                vault._failovers_before_commit(session)
+
+        def after_end(session: Session, transaction: SessionTransaction) -> None:
+            if (vault := this()) is not None:
+                vault._failovers_after_end(session, transaction)
+
+        event.listen(self._sessions, "before_commit", before_commit)
         event.listen(self._sessions, "after_commit", self._failovers_after_commit)
-        event.listen(self._sessions, "after_transaction_end", self._failovers_after_end)
+        event.listen(self._sessions, "after_transaction_end", after_end)
         if rotation_period is not None and rotation_period <= timedelta(0):
             raise ConfigError("rotation_period must be positive")
         self.rotation_period = rotation_period
