@@ -132,8 +132,10 @@ class Vault:
         self._keys = KeyHierarchy(
             self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
         )
-        # Through a weak reference: SQLAlchemy keeps session listeners for good, and a bound
-        # method would keep an unclosed vault, its engine and its connections alive with them.
+        # Through a weak reference: SQLAlchemy keeps a sessionmaker's listeners in a table
+        # keyed weakly by its Session class, and a bound method of the vault (which holds the
+        # sessionmaker, so the class) would keep its own key, and so an unclosed vault, its
+        # engine and its connections, alive for good. Payloads' listeners hold no such path.
         this = weakref.ref(self)
 
         def before_commit(session: Session) -> None:
