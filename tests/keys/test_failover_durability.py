@@ -16,24 +16,18 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from multikek_helpers import DrKMS, failovers, vault_opener, versions
 from sqlalchemy import text
 
 import keycustody as kc
-from keycustody.audit.events import AuditEvent
 from keycustody.errors import AuditError, NotFoundError
 from keycustody.keys.hierarchy import extra_wraps
 from keycustody.storage.engine import WRITE
 from keycustody.storage.models import ScopeKeyRow
-from keycustody.types import KeyId, KeyVersionInfo, WrappedKey
-
-
-class DrKMS(kc.LocalKMS):
-    """A second LocalKMS, in its own folder, serving ``dr:NAME`` key ids."""
-
-    prefix: ClassVar[str] = "dr"
+from keycustody.types import KeyId, WrappedKey
 
 
 @pytest.fixture
@@ -48,24 +42,8 @@ def keks(kms: kc.LocalKMS, dr: DrKMS) -> tuple[str, str]:
 
 @pytest.fixture
 def open_vault(db_url: str, kms: kc.LocalKMS, dr: DrKMS) -> Iterator[Callable[..., kc.Vault]]:
-    opened: list[kc.Vault] = []
-
-    def open_(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(db_url, kms=[kms, dr], **kwargs)
-        opened.append(vault)
-        return vault
-
-    yield open_
-    for vault in opened:
-        vault.close()
-
-
-def failovers(vault: kc.Vault) -> list[AuditEvent]:
-    return [e for e in vault.audit.events() if e.action == "kek.failover"]
-
-
-def versions(scope: kc.Scope) -> list[KeyVersionInfo]:
-    return scope.keys()  # (not a dict)
+    with vault_opener(db_url, kms, dr) as open_:
+        yield open_
 
 
 def tamper_primary_wraps(vault: kc.Vault) -> None:

@@ -26,16 +26,16 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.config import Config
+from multikek_helpers import DrKMS, failovers, vault_opener, versions
 from sqlalchemy import text
 
 import keycustody as kc
 from forensics import checkpoint, database_files, hits
-from keycustody.audit.events import AuditEvent
 from keycustody.errors import (
     AuditError,
     ConfigError,
@@ -45,13 +45,6 @@ from keycustody.errors import (
 )
 from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
-from keycustody.types import KeyVersionInfo
-
-
-class DrKMS(kc.LocalKMS):
-    """A second LocalKMS, in its own folder, serving ``dr:NAME`` key ids."""
-
-    prefix: ClassVar[str] = "dr"
 
 
 @pytest.fixture
@@ -62,16 +55,8 @@ def dr(tmp_path: Path) -> DrKMS:
 @pytest.fixture
 def open_vault(db_url: str, kms: kc.LocalKMS, dr: DrKMS) -> Iterator[Any]:
     """Opens vaults on the test database with both KMSs; closes them after the test."""
-    opened: list[kc.Vault] = []
-
-    def open_(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(db_url, kms=[kms, dr], **kwargs)
-        opened.append(vault)
-        return vault
-
-    yield open_
-    for vault in opened:
-        vault.close()
+    with vault_opener(db_url, kms, dr) as open_:
+        yield open_
 
 
 @pytest.fixture
@@ -80,14 +65,6 @@ def keks(kms: kc.LocalKMS, dr: DrKMS) -> tuple[str, str]:
 
 
 DATA = {f"src/{i:03d}.py": b"print(%d)\n" % i for i in range(50)}
-
-
-def versions(scope: kc.Scope) -> list[KeyVersionInfo]:
-    return scope.keys()  # (not a dict)
-
-
-def failovers(vault: kc.Vault) -> list[AuditEvent]:
-    return [e for e in vault.audit.events() if e.action == "kek.failover"]
 
 
 def wrap_values(vault: kc.Vault) -> list[bytes]:
