@@ -1021,7 +1021,6 @@ class VaultRowsFloor:
 
     def __init__(self, root: Path) -> None:
         from keycustody.storage.engine import SQLITE_PRAGMAS
-        from keycustody.storage.repository import RECORD_COLUMNS, FoundRecord
 
         opened = open_bench_vault(root)
         if opened is None:
@@ -1031,16 +1030,12 @@ class VaultRowsFloor:
         self._conn = sqlite3.connect(root / "bench.db", isolation_level=None)
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
-        columns = ", ".join(RECORD_COLUMNS)
-        marks = ", ".join("?" * len(RECORD_COLUMNS))
-        self._insert = (
-            f"INSERT INTO records ({columns}) VALUES ({marks})"  # noqa: S608 (constants)
-            " ON CONFLICT(scope_id, name_index) DO NOTHING"
-        )
-        self._select = (
-            f"SELECT {', '.join(FoundRecord._fields)} FROM records "  # noqa: S608 (constants)
-            "WHERE scope_id = ? AND name_index IN ({})"
-        )
+        # The vault's own statements, as compiled for its engine (rows in RECORD_COLUMNS order).
+        statements = self._vault._records
+        if statements._new_records is None or statements._new_records._order is not None:
+            raise AssertionError("the vault's SQLite insert does not take rows as they are")
+        self._insert: str = statements._new_records._sql
+        self._select: str = statements._find_sql
         self.indexes: dict[str, bytes] = {}
 
     def rows(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
