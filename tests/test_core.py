@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -585,3 +586,41 @@ def test_an_empty_streams_tag_is_checked(key: _core.KeyHandle) -> None:
             opener.open_segments(0, True, bad)
         with pytest.raises(IntegrityError):
             opener.open_segments_into(0, True, bad, bytearray())
+
+
+def test_read_segments_into_reads_and_opens_a_blob_file(
+    key: _core.KeyHandle, tmp_path: Path
+) -> None:
+    """Segments read straight from a file of sealed segments back to back (a local blob):
+    windows of any size, the short final one, and a file that is altered, cut short or
+    missing, with nothing left behind in the caller's buffer on failure."""
+    seg = _core.SEGMENT_LEN
+    datas = [os.urandom(seg) for _ in range(4)] + [os.urandom(77)]
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"blob")
+    sealed = b"".join(sealer.seal_segment(d, i == 4) for i, d in enumerate(datas))
+    blob = tmp_path / "blob"
+    blob.write_bytes(sealed)
+    opener = _core.open_stream(SCOPE, {1: key}, b"blob", header)
+    for first, n in [(0, 1), (1, 2), (0, 4), (2, 3), (4, 1), (0, 5)]:
+        last = first + n == 5
+        out = bytearray(sum(len(d) for d in datas[first : first + n]))
+        opener.read_segments_into(str(blob), first, last, out)
+        assert out == b"".join(datas[first : first + n])
+    with pytest.raises(InvalidInputError, match="whole segments"):
+        opener.read_segments_into(blob, 0, False, bytearray(seg + 77))
+    with pytest.raises(InvalidInputError):
+        opener.read_segments_into(blob, 0, True, bytes(seg))  # read-only
+
+    def fails(error: type[Exception], first: int, last: bool, size: int, path: Path) -> None:
+        out = bytearray(b"\xff" * size)
+        with pytest.raises(error):
+            opener.read_segments_into(path, first, last, out)
+        assert not any(out), "a failed read leaves no plaintext behind"
+
+    fails(IntegrityError, 3, True, seg, blob)  # flagged final, but it is not
+    blob.write_bytes(flip(sealed, 8 * (2 * (seg + 16) + 5)))
+    fails(IntegrityError, 0, False, 4 * seg, blob)  # one altered segment spoils the window
+    blob.write_bytes(sealed[:-20])
+    fails(IntegrityError, 3, True, seg + 77, blob)  # cut short
+    fails(FileNotFoundError, 0, False, seg, tmp_path / "missing")
+    fails(IsADirectoryError, 0, False, seg, tmp_path)

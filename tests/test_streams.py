@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
 
 import keycustody as kc
 from dbadmin import RawDB, raw_db
 from keycustody import _core
+from keycustody.streams import FetchedSegments, StreamReader
 
 SEG = _core.SEGMENT_LEN
 
@@ -95,6 +98,81 @@ def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -
         assert reader.read(12 * SEG) == expected[: 12 * SEG]  # straight into the buffer
         with pytest.raises(kc.IntegrityError):
             reader.read(2 * SEG)  # segments 12-13
+
+
+class SealedSegments:
+    """The sealed segments of a real stream of ``count`` full segments and a short one, and a
+    ``fetch(first, n)`` over them that logs its calls and can be made to fail."""
+
+    def __init__(self, count: int) -> None:
+        self.size = count * SEG + 10
+        self.plain = content(self.size)
+        key = _core.KeyHandle.generate()
+        header, _, sealer = _core.begin_stream(key, bytes(16), 1, b"s")
+        ends = range(0, self.size, SEG)
+        self.sealed = [
+            sealer.seal_segment(self.plain[i : i + SEG], i + SEG >= self.size) for i in ends
+        ]
+        self.opener = _core.open_stream(bytes(16), {1: key}, b"s", header)
+        self.calls: list[tuple[int, int]] = []
+        self.fail_from: int | None = None
+
+    def fetch(self, first: int, n: int) -> bytes:
+        self.calls.append((first, n))
+        if self.fail_from is not None and first + n > self.fail_from:
+            raise kc.StorageError("the database went away")
+        return b"".join(self.sealed[first : first + n])
+
+    def reader(self, prefetch: Executor | None) -> StreamReader:
+        source = FetchedSegments(self.fetch, self.size, prefetch)
+        return StreamReader(self.opener, self.size, source)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+@pytest.mark.parametrize("chunk", [SEG, SEG // 2 + 3, 3 * SEG])
+def test_sequential_reads_fetch_the_next_window_ahead(
+    chunk: int, executor: ThreadPoolExecutor
+) -> None:
+    """Each read starts fetching the window after it on a background thread; a sequential
+    read fetches every segment once, whatever its read size (windows that grow take the
+    segments fetched ahead, then fetch the rest)."""
+    segments = SealedSegments(9)
+    with segments.reader(executor) as reader:
+        got = b"".join(iter(lambda: reader.read(chunk), b""))
+    assert got == segments.plain
+    fetched = sorted(seq for first, n in segments.calls for seq in range(first, first + n))
+    assert fetched == list(range(10))
+    assert len(segments.calls) > 1
+
+
+def test_fetched_ahead_windows_are_dropped_or_fail_where_needed(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A seek drops the window fetched ahead; a failure while fetching ahead is raised by the
+    read that needs those segments, not before; without prefetch, only what is read is
+    fetched (as once the executor is shut down)."""
+    segments = SealedSegments(6)
+    reader = segments.reader(executor)
+    assert reader.read(SEG) == segments.plain[:SEG]  # segment 1 is on its way
+    reader.seek(4 * SEG)
+    assert reader.read(SEG) == segments.plain[4 * SEG : 5 * SEG]
+    segments.fail_from = 6
+    assert reader.read(SEG) == segments.plain[5 * SEG : 6 * SEG]  # fetched before the failure
+    assert segments.calls.count((5, 1)) == 1  # fetched ahead, and taken
+    with pytest.raises(kc.StorageError, match="went away"):
+        reader.read()  # the final, short segment: its fetch failed ahead, raised here
+    reader.close()
+    segments.fail_from = None
+    segments.calls.clear()
+    executor.shutdown()  # as when the vault closes: nothing more is fetched ahead
+    with segments.reader(executor) as reader:
+        assert reader.read() == segments.plain
+    assert segments.calls == [(0, 4), (4, 2), (6, 1)]  # only the windows read
 
 
 def test_stream_replaces_and_whole_records_refuse_open_stream(acme: kc.Scope) -> None:

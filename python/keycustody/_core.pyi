@@ -1,5 +1,6 @@
 """Stub of the Rust extension ``keycustody._core`` (AES-256-GCM records, keys held in Rust)."""
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import final
 
@@ -190,6 +191,24 @@ class StreamOpener:
         Raises:
             IntegrityError: as :meth:`open_segments`.
             InvalidInputError: ``out`` is read-only, not contiguous, or of another length.
+        """
+
+    def read_segments_into(
+        self, path: str | os.PathLike[str], first: int, last: bool, out: Buffer
+    ) -> None:
+        """Reads consecutive sealed segments from ``first`` out of the file at ``path`` (a
+        local blob store's object: the stream's sealed segments back to back from offset 0)
+        and opens them into ``out``, a writable contiguous buffer of their plaintext length:
+        whole segments, but for a final one when ``last`` (the stream's last). Each segment
+        is read by the task that opens it, on several cores, so it is decrypted while still
+        in cache. ``out`` is zeroed if a segment fails.
+
+        Raises:
+            IntegrityError: a segment was altered or moved, its position or flag is wrong, or
+                the file ends before the segments asked for.
+            InvalidInputError: ``out`` is read-only, not contiguous, or holds a partial
+                segment that is not the stream's last.
+            OSError: the file cannot be opened or read (FileNotFoundError when missing).
         """
 
 def begin_stream(

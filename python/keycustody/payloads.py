@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,19 +43,20 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from keycustody._core import SEGMENT_LEN, TAG_LEN
+from keycustody._core import SEGMENT_LEN, TAG_LEN, StreamOpener
 from keycustody.errors import (
     BlobMissingError,
     ConfigError,
     IntegrityError,
     InvalidInputError,
     KeyCustodyError,
+    StorageError,
 )
-from keycustody.storage.blobs import BlobStore, BlobWriter
+from keycustody.storage.blobs import BlobStore, BlobWriter, LocalBlobStore
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow
 from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements
-from keycustody.streams import segment_count
+from keycustody.streams import FetchedSegments, SegmentSource, segment_count
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 """Payloads larger than this many bytes go to the blob store (when one is configured)."""
@@ -247,12 +249,16 @@ class Payloads:
         row: Any,
         connect: Callable[[], AbstractContextManager[Connection]],
         statements: RecordStatements,
-    ) -> Callable[[int, int], bytes]:
-        """``fetch(first, n)``: sealed segments ``first`` to ``first + n - 1`` of a stream
-        record, back to back (``row`` has ``record_id``, ``size`` and ``blob_key``), from
-        ``segments`` (one SELECT, on a connection from ``connect()``) or as one ranged read
-        of its object. Both raise StorageError when the store fails (a StreamReader reads
-        long after the call that opened it: its reads need their own conversion)."""
+        *,
+        prefetch: Executor | None,
+    ) -> SegmentSource:
+        """Where the sealed segments of a stream record are read from (``row`` has
+        ``record_id``, ``size`` and ``blob_key``): ``segments``, one SELECT per window on a
+        connection from ``connect()``; a local blob store's file, read by the Rust tasks that
+        open the segments; or a ranged read of another store's object. Each raises
+        StorageError when the store fails (a StreamReader reads long after the call that
+        opened it: its reads need their own conversion). ``prefetch``: where the next window
+        is fetched ahead (only where ``connect()`` gives each call its own connection)."""
         record_id: bytes = row.record_id
         if row.blob_key is None:
 
@@ -264,9 +270,11 @@ class Payloads:
                     raise IntegrityError("a segment of the stream record is missing")
                 return rows[0][1] if n == 1 else b"".join(body for _, body in rows)
 
-            return fetch_rows
+            return FetchedSegments(fetch_rows, row.size, prefetch)
         key: str = row.blob_key
         store = self._located(scope_id, record_id, key)
+        if isinstance(store, LocalBlobStore):
+            return _FileSegments(store, record_id, key)
         size: int = row.size
         count = segment_count(size)
         last_len = size - (count - 1) * SEGMENT_LEN + TAG_LEN
@@ -278,7 +286,7 @@ class Payloads:
             )
             return self._get(store, record_id, key, first * SEALED_SEGMENT_LEN, length)
 
-        return fetch_range
+        return FetchedSegments(fetch_range, size, prefetch)
 
     # -- orphans ----------------------------------------------------------------------------
 
@@ -403,3 +411,29 @@ class SegmentSink:
         elif self._held:
             self._writer.add_segments(self._conn, self._held)
         self._held = []
+
+
+class _FileSegments:
+    """The segments of a stream in a local blob store's file, read in Rust by the tasks that
+    open them (each segment is decrypted while it is still in cache); nothing to prefetch."""
+
+    def __init__(self, store: LocalBlobStore, record_id: bytes, key: str) -> None:
+        self._store = store
+        self._record_id = record_id
+        self._key = key
+        self._path = store.path_of(key)
+
+    def open_into(self, opener: StreamOpener, first: int, last: bool, out: memoryview) -> None:
+        """See :meth:`~keycustody.streams.SegmentSource.open_into`."""
+        try:
+            opener.read_segments_into(self._path, first, last, out)
+        except FileNotFoundError:
+            raise BlobMissingError(
+                f"the ciphertext of record {self._record_id.hex()} is missing from "
+                f"{self._store!r} (key {self._key})"
+            ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read blob {self._key}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        """See :meth:`~keycustody.streams.SegmentSource.close`."""

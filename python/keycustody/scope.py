@@ -528,10 +528,14 @@ class Scope:
         # Each window of segments is read on a short connection (or by a ranged read of the
         # blob) of its own.
         vault = self._vault
-        fetch = vault._payloads.segment_reader(
-            self._ref.id, row, vault._engine.connect, vault._records
+        source = vault._payloads.segment_reader(
+            self._ref.id,
+            row,
+            vault._engine.connect,
+            vault._records,
+            prefetch=vault._prefetch,
         )
-        return StreamReader(opener, row.size, fetch)
+        return StreamReader(opener, row.size, source)
 
     # -- key lifecycle ------------------------------------------------------------------
 

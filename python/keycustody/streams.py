@@ -7,8 +7,10 @@ and any byte range is read by opening only the segments that hold it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from typing import Protocol
 
 from typing_extensions import Buffer
@@ -28,6 +30,84 @@ cores busy; larger ones only cost memory."""
 def segment_count(size: int) -> int:
     """Segments holding ``size`` bytes: at least one (an empty stream has one empty segment)."""
     return max(1, -(-size // SEGMENT_LEN))
+
+
+class SegmentSource(Protocol):
+    """Where a stream record's sealed segments are read from, and how they open."""
+
+    def open_into(
+        self, opener: _core.StreamOpener, first: int, last: bool, out: memoryview
+    ) -> None:
+        """Reads the sealed segments from ``first`` and opens them into ``out``, their
+        plaintext length (whole segments but a final one, the stream's last when ``last``).
+
+        Raises:
+            IntegrityError: a segment fails authentication or does not match the size.
+            StorageError: the database or blob store fails.
+        """
+
+    def close(self) -> None:
+        """Stops any work started ahead of the reads."""
+
+
+class FetchedSegments:
+    """A :class:`SegmentSource` over ``fetch(first, n)``: ``n`` sealed segments back to back
+    from ``first``, checked against the plaintext length asked for (the record's size).
+
+    With a ``prefetch`` executor, each read also starts fetching the window after it, of the
+    same size, on the executor's threads, so that sequential reads fetch (waiting on the
+    database or network, GIL released) while they decrypt (in Rust, GIL released too).
+    ``fetch`` must then be safe to call from another thread (a connection of its own per
+    call). At most one window is fetched ahead, so memory stays bounded. Once the executor
+    is shut down (its vault closed), nothing more is fetched ahead.
+    """
+
+    def __init__(
+        self, fetch: Callable[[int, int], bytes], size: int, prefetch: Executor | None
+    ) -> None:
+        self._fetch = fetch
+        self._count = segment_count(size)
+        self._prefetch = prefetch
+        self._ahead: tuple[int, int, Future[bytes]] | None = None  # first, n, sealed
+
+    def _prefetched(self, first: int, n: int) -> tuple[int, bytes | None]:
+        """The segments fetched ahead that start this window (at most ``n`` of them)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return 0, None
+        start, m, future = ahead
+        if start != first or m > n:
+            future.cancel()  # a seek, or a smaller read: fetched for nothing
+            return 0, None
+        # A fetch still queued behind other readers' is run here instead of waited for.
+        return m, self._fetch(first, m) if future.cancel() else future.result()
+
+    def open_into(
+        self, opener: _core.StreamOpener, first: int, last: bool, out: memoryview
+    ) -> None:
+        """See :meth:`SegmentSource.open_into`."""
+        n = segment_count(len(out))
+        m, head = self._prefetched(first, n)
+        parts = [] if head is None else [(first, m, head)]
+        if m < n:
+            parts.append((first + m, n - m, self._fetch(first + m, n - m)))
+        following = first + n
+        if self._prefetch is not None and following < self._count:
+            k = min(n, self._count - following)
+            with contextlib.suppress(RuntimeError):  # shut down: its vault is closed
+                self._ahead = (following, k, self._prefetch.submit(self._fetch, following, k))
+        for start, k, sealed in parts:
+            offset = (start - first) * SEGMENT_LEN
+            part = out[offset : offset + k * SEGMENT_LEN]
+            if len(sealed) - k * TAG_LEN != len(part):
+                raise IntegrityError("a stream record's size does not match its segments")
+            opener.open_segments_into(start, last and start + k == first + n, sealed, part)
+
+    def close(self) -> None:
+        """See :meth:`SegmentSource.close`."""
+        if self._ahead is not None:
+            self._ahead[2].cancel()
+            self._ahead = None
 
 
 class Readable(Protocol):
@@ -70,26 +150,26 @@ def read_segments(fileobj: Readable) -> Iterator[tuple[bytes, bool]]:
 class StreamReader(io.BufferedIOBase):
     """A read-only, seekable file over a stream record; opens segments on demand.
 
-    Segment fetching is injected (``fetch(first, n) -> n sealed segments back to back``) so
-    that each read uses a short database transaction of its own. The reader keeps one window
-    of opened segments; sequential reads double it up to :data:`READ_AHEAD` segments. A read
-    into a buffer that holds whole segments opens them straight into it.
+    Where the segments come from is injected (a :class:`SegmentSource`), so that each read
+    uses a short database transaction, or a read of the blob, of its own. The reader keeps one
+    window of opened segments in a buffer it reuses; sequential reads double it up to
+    :data:`READ_AHEAD` segments. A read into a buffer that holds whole segments opens them
+    straight into it.
 
     Reads raise :class:`~keycustody.errors.IntegrityError` when a segment fails
     authentication, and :class:`~keycustody.errors.StorageError` when the database or blob
     store fails (the fetch converts it).
     """
 
-    def __init__(
-        self, opener: _core.StreamOpener, size: int, fetch: Callable[[int, int], bytes]
-    ) -> None:
+    def __init__(self, opener: _core.StreamOpener, size: int, source: SegmentSource) -> None:
         super().__init__()
         self._opener = opener
         self._size = size
-        self._fetch = fetch
+        self._source = source
         self._count = segment_count(size)
         self._pos = 0
-        self._window: tuple[int, int, bytes] | None = None  # first segment, count, plaintext
+        self._buffer: bytearray | None = None  # the window's plaintext, allocated once
+        self._window: tuple[int, int, memoryview] | None = None  # first segment, count, plaintext
         self._ahead = 1
         self._end_verified = False  # the final segment has authenticated
 
@@ -119,7 +199,7 @@ class StreamReader(io.BufferedIOBase):
         """Payload size in bytes."""
         return self._size
 
-    def _open(self, seq: int) -> tuple[int, bytes]:
+    def _open(self, seq: int) -> tuple[int, memoryview]:
         """The window holding segment ``seq``, and where that segment starts in it."""
         window = self._window
         if window is not None and window[0] <= seq < window[0] + window[1]:
@@ -127,9 +207,11 @@ class StreamReader(io.BufferedIOBase):
         sequential = window is not None and seq == window[0] + window[1]
         self._ahead = min(self._ahead * 2, READ_AHEAD) if sequential else 1
         n = min(self._ahead, self._count - seq)
-        last = seq + n == self._count
-        plain = self._opener.open_segments(seq, last, self._fetched(seq, n))
-        self._end_verified |= last
+        if self._buffer is None:
+            self._buffer = bytearray(min(READ_AHEAD * SEGMENT_LEN, self._size))
+        self._window = None  # its plaintext is overwritten now, or zeroed if this fails
+        plain = memoryview(self._buffer)[: self._plain_len(seq, n)]
+        self._open_segments(seq, n, plain)
         self._window = (seq, n, plain)
         return 0, plain
 
@@ -137,12 +219,10 @@ class StreamReader(io.BufferedIOBase):
         """Payload bytes in segments ``seq`` to ``seq + n - 1`` (the final one may be short)."""
         return min(n * SEGMENT_LEN, self._size - seq * SEGMENT_LEN)
 
-    def _fetched(self, seq: int, n: int) -> bytes:
-        """Sealed segments ``seq`` to ``seq + n - 1``, checked against the record's size."""
-        sealed = self._fetch(seq, n)
-        if len(sealed) - n * TAG_LEN != self._plain_len(seq, n):
-            raise IntegrityError("a stream record's size does not match its segments")
-        return sealed
+    def _open_segments(self, seq: int, n: int, out: memoryview) -> None:
+        last = seq + n == self._count
+        self._source.open_into(self._opener, seq, last, out)
+        self._end_verified |= last
 
     def _open_into(self, seq: int, view: memoryview) -> int:
         """Opens the whole segments from ``seq`` that fit in ``view`` straight into it (no
@@ -152,10 +232,8 @@ class StreamReader(io.BufferedIOBase):
             n = 1  # the final, shorter segment fits
         if n == 0:
             return 0
-        last = seq + n == self._count
         length = self._plain_len(seq, n)
-        self._opener.open_segments_into(seq, last, self._fetched(seq, n), view[:length])
-        self._end_verified |= last
+        self._open_segments(seq, n, view[:length])
         return length
 
     def readinto(self, buffer: Buffer) -> int:
@@ -212,10 +290,11 @@ class StreamReader(io.BufferedIOBase):
         start, plain = self._open(seq)
         start += offset
         n = min(len(view), len(plain) - start)
-        view[:n] = memoryview(plain)[start : start + n]
+        view[:n] = plain[start : start + n]
         self._pos += n
         return n
 
     def close(self) -> None:
-        self._window = None
+        self._source.close()
+        self._window = self._buffer = None
         super().close()

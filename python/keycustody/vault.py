@@ -13,6 +13,7 @@ import secrets
 import socket
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -60,6 +61,7 @@ from keycustody.storage.engine import (
     db_message,
     make_engine,
     public_methods_raise_storage_errors,
+    shares_one_connection,
 )
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
 from keycustody.storage.repository import RecordStatements
@@ -129,6 +131,11 @@ class Vault:
         self.max_record_bytes = max_record_bytes
         self.id = self._vault_id()
         self._records = RecordStatements(engine.dialect)
+        # Stream reads fetch their next window on these threads while they decrypt; not
+        # where every checkout is one shared connection (an in-memory database).
+        self._prefetch: ThreadPoolExecutor | None = None
+        if not shares_one_connection(engine):
+            self._prefetch = ThreadPoolExecutor(4, thread_name_prefix="keycustody-prefetch")
         self._keys = KeyHierarchy(
             self.id, registry, KeyCache(cache_ttl, max_key_uses), revalidate_s
         )
@@ -256,6 +263,8 @@ class Vault:
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
             usage.flush_kms_usage(self)
         self._keys.cache.purge()
+        if self._prefetch is not None:  # before the connections go: fetches may hold some
+            self._prefetch.shutdown(wait=True, cancel_futures=True)
         self._engine.dispose()
 
     @property

@@ -463,7 +463,8 @@ def test_outage_leaves_nothing_half_written(
         start = time.monotonic()
         with pytest.raises(KmsUnavailableError):
             action()
-        assert time.monotonic() - start <= 2 * timeout
+        # The documented bound (2 x timeout), plus slack for a busy machine's scheduling.
+        assert time.monotonic() - start <= 2 * timeout + 0.25
     kms_proxy.reset()
 
     assert "newco" not in vault.scopes()

@@ -476,6 +476,35 @@ def test_missing_blob_names_the_record_not_the_name(acme: kc.Scope, store: BlobS
     assert "customer-secret" not in str(caught.value)
 
 
+def test_a_local_blob_streams_failures_name_the_record(
+    open_vault: Callable[..., kc.Vault], local_store: LocalBlobStore
+) -> None:
+    """A stream read from a local blob store reads the file in Rust: a missing file, one cut
+    short and one that cannot be read each raise keycustody's own error, never an OSError
+    or a short read, and never with the record's name."""
+    acme = open_vault(local_store).scope("acme", create=True)
+    data = _payload(2 * SEGMENT_LEN + 5)
+    info = acme.put_stream("customer-secret.bin", io.BytesIO(data))
+    path = local_store.path_of(blob_key(bytes.fromhex(acme.id), bytes.fromhex(info.record_id)))
+    sealed = path.read_bytes()
+
+    reader = acme.open_stream("customer-secret.bin")
+    path.write_bytes(sealed[:-3])
+    assert reader.read(SEGMENT_LEN) == data[:SEGMENT_LEN]
+    with pytest.raises(kc.IntegrityError, match="shorter than its size"):
+        reader.read()
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(kc.StorageError, match="cannot read blob") as unreadable:
+        acme.open_stream("customer-secret.bin").read()
+    path.rmdir()
+    with pytest.raises(BlobMissingError) as missing:
+        acme.open_stream("customer-secret.bin").read()
+    for caught in (unreadable, missing):
+        assert "customer-secret" not in str(caught.value)
+    assert info.record_id in str(missing.value)
+
+
 def test_blob_records_need_the_store_configured(
     open_vault: Callable[..., kc.Vault], local_store: LocalBlobStore
 ) -> None:

@@ -59,7 +59,7 @@ from keycustody.storage.models import (
     ScopeRow,
     TenantKekRow,
 )
-from keycustody.streams import segment_count
+from keycustody.streams import SEGMENT_LEN, segment_count
 from keycustody.types import KeyId, WrappedKey
 
 if TYPE_CHECKING:
@@ -933,13 +933,18 @@ def _reencrypt_stream(
     size = 0
     payloads = vault._payloads
     conn = s.connection()
-    fetch = payloads.segment_reader(ref.id, row, lambda: contextlib.nullcontext(conn), writer)
+    # One segment at a time on the transaction's own connection: nothing to fetch ahead.
+    source = payloads.segment_reader(
+        ref.id, row, lambda: contextlib.nullcontext(conn), writer, prefetch=None
+    )
+    plain = bytearray(min(SEGMENT_LEN, row.size))
     with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:
         for seq in range(count):
             last = seq == count - 1
-            plain = opener.open_segments(seq, last, fetch(seq, 1))
-            sink.add(seq, sealer.seal_segment(plain, last))
-            size += len(plain)
+            out = memoryview(plain)[: min(SEGMENT_LEN, row.size - seq * SEGMENT_LEN)]
+            source.open_into(opener, seq, last, out)
+            sink.add(seq, sealer.seal_segment(out, last))
+            size += len(out)
     s.execute(
         update(RecordRow)
         .where(RecordRow.record_id == record_id)

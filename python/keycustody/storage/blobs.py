@@ -157,7 +157,7 @@ def _put(store: BlobStore, key: str, data: Buffer | Iterable[Buffer]) -> None:
 class _LocalWriter:
     def __init__(self, store: LocalBlobStore, key: str) -> None:
         self._key = key
-        self._path = store._path(key)
+        self._path = store.path_of(key)
         store._make_dirs(self._path.parent)
         self._tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}")
         self._fd: int | None = os.open(
@@ -221,7 +221,12 @@ class LocalBlobStore:
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self.root)!r})"
 
-    def _path(self, key: str) -> Path:
+    def path_of(self, key: str) -> Path:
+        """The file that holds (or would hold) object ``key``.
+
+        Raises:
+            InvalidInputError: ``key`` is not a valid object key.
+        """
         *dirs, name = check_key(key).split("/")
         return self.root.joinpath(*dirs, name[:2], name)
 
@@ -254,7 +259,7 @@ class LocalBlobStore:
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """See :meth:`BlobStore.get`."""
-        path = self._path(key)
+        path = self.path_of(key)
         try:
             with path.open("rb") as f:
                 f.seek(start)
@@ -266,11 +271,11 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         """See :meth:`BlobStore.exists`."""
-        return self._path(key).is_file()
+        return self.path_of(key).is_file()
 
     def delete(self, key: str) -> None:
         """See :meth:`BlobStore.delete`."""
-        path = self._path(key)
+        path = self.path_of(key)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:

@@ -50,6 +50,12 @@ PG_WRITE_LOCK = 0x2C3A6E1F0B9D4A57
 PG_AUDIT_LOCK = 0x5B17C9E2D04F3A86
 
 
+def shares_one_connection(engine: Engine) -> bool:
+    """Whether every checkout of ``engine`` is the same connection (an in-memory SQLite
+    database): work on another thread would then share a transaction with this one."""
+    return isinstance(engine.pool, StaticPool)
+
+
 def _sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

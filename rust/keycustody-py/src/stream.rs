@@ -1,6 +1,12 @@
 //! Segmented streams (suite 2): seal one 1 MiB segment per call, open several at once; GIL
 //! released.
 
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::record::{OpenKeys, SealKey, HEADER_LEN};
 use keycustody_core::stream::{StreamOpener, StreamSealer, SEGMENT_LEN};
@@ -120,29 +126,131 @@ impl PyStreamOpener {
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let len = plaintext_len(first, &sealed)?;
-        let buffer = PyBuffer::<u8>::get(out)?;
-        if buffer.readonly() || !buffer.is_c_contiguous() || buffer.len_bytes() != len {
-            return Err(InvalidInputError::new_err(format!(
-                "out must be a writable contiguous buffer of {len} bytes"
-            )));
-        }
-        // SAFETY: `buffer` holds the export of `out` until it is dropped below, so the memory
-        // stays allocated and cannot be resized (bytearray and memoryview refuse while
-        // exported); it is writable, C-contiguous and `len` bytes long (checked above). Like
-        // the `readinto` of Python's own files, it is written with the GIL released: a thread
-        // that touches the same buffer meanwhile races with this call, as with a file read.
-        let dest = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
-        let result = run_detached(py, len, || {
-            open_window(&self.inner, first, last, &sealed, dest, |out| out)
-        });
-        if let Err(e) = result {
-            // SAFETY: as above; the detached call has ended, so this is the only access.
-            unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) }.fill(0);
-            return Err(Error(e).into());
-        }
-        drop(buffer);
-        Ok(())
+        write_detached(py, out, len, |dest| {
+            open_window(&self.inner, first, last, &sealed, dest, |out| out).map_err(Error)
+        })
     }
+
+    /// Reads consecutive sealed segments from `first` out of the file at `path`, where the
+    /// stream's segments lie back to back from offset 0 (a local blob store's object), and
+    /// opens them into `out`: their plaintext length, every segment full but a final one
+    /// (`last`: the stream's last). Each segment is read by the task that opens it, on
+    /// several cores when there are several, so it is still in cache when it is decrypted.
+    fn read_segments_into(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        first: u32,
+        last: bool,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let buffer_len = PyBuffer::<u8>::get(out)?.len_bytes();
+        let count = buffer_len.div_ceil(SEGMENT_LEN).max(1);
+        if !last && buffer_len % SEGMENT_LEN != 0 {
+            return Err(InvalidInputError::new_err(
+                "out must hold whole segments unless it ends with the stream's last one",
+            ));
+        }
+        if u32::try_from(count - 1)
+            .ok()
+            .and_then(|n| first.checked_add(n))
+            .is_none()
+        {
+            return Err(IntegrityError::new_err(
+                "a stream has at most 2^32 segments",
+            ));
+        }
+        write_detached(py, out, buffer_len, |dest| {
+            let file = File::open(&path).map_err(ReadError::Io)?;
+            read_window(&self.inner, &file, first, last, dest)
+        })
+    }
+}
+
+/// Writes `len` bytes into the caller's buffer `out` with `fill`, the GIL released; zeroes
+/// `out` if `fill` fails, so no unauthenticated plaintext is left behind.
+fn write_detached<E: Into<PyErr> + Send>(
+    py: Python<'_>,
+    out: &Bound<'_, PyAny>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E> + Send,
+) -> PyResult<()> {
+    let buffer = PyBuffer::<u8>::get(out)?;
+    if buffer.readonly() || !buffer.is_c_contiguous() || buffer.len_bytes() != len {
+        return Err(InvalidInputError::new_err(format!(
+            "out must be a writable contiguous buffer of {len} bytes"
+        )));
+    }
+    // SAFETY: `buffer` holds the export of `out` until it is dropped below, so the memory
+    // stays allocated and cannot be resized (bytearray and memoryview refuse while
+    // exported); it is writable, C-contiguous and `len` bytes long (checked above). Like
+    // the `readinto` of Python's own files, it is written with the GIL released: a thread
+    // that touches the same buffer meanwhile races with this call, as with a file read.
+    let dest = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
+    if let Err(e) = run_detached(py, len, || fill(dest)) {
+        // SAFETY: as above; the detached call has ended, so this is the only access.
+        unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) }.fill(0);
+        return Err(e.into());
+    }
+    drop(buffer);
+    Ok(())
+}
+
+/// Why reading segments from a file failed.
+enum ReadError {
+    Core(keycustody_core::CoreError),
+    Io(std::io::Error),
+}
+
+impl From<ReadError> for PyErr {
+    fn from(e: ReadError) -> PyErr {
+        match e {
+            ReadError::Core(e) => Error(e).into(),
+            ReadError::Io(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                IntegrityError::new_err("a stream record's blob is shorter than its size says")
+            }
+            // An OSError of the matching subclass (FileNotFoundError, ...) with errno set.
+            ReadError::Io(e) => e.into(),
+        }
+    }
+}
+
+thread_local! {
+    /// One sealed segment, read from a file just before it is opened: reused, so it stays
+    /// mapped and in cache (it holds ciphertext only).
+    static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; SEALED_LEN]);
+}
+
+/// Reads the segments of `out`'s plaintext from `file` and opens them into `out`, each in
+/// its own task; every segment is authenticated, an empty final one included.
+fn read_window(
+    inner: &StreamOpener,
+    file: &File,
+    first: u32,
+    last: bool,
+    out: &mut [u8],
+) -> Result<(), ReadError> {
+    let count = out.len().div_ceil(SEGMENT_LEN).max(1);
+    let shares: Vec<&mut [u8]> = if out.is_empty() {
+        vec![out]
+    } else {
+        out.chunks_mut(SEGMENT_LEN).collect()
+    };
+    // Always on the pool, even for one segment: its threads keep their buffers warm.
+    shares
+        .into_par_iter()
+        .enumerate()
+        .try_for_each(|(i, share)| {
+            let index = first + i as u32; // in range: checked by the caller
+            SEALED.with_borrow_mut(|sealed| {
+                let sealed = &mut sealed[..share.len() + TAG_LEN];
+                let offset = u64::from(index) * SEALED_LEN as u64;
+                file.read_exact_at(sealed, offset).map_err(ReadError::Io)?;
+                inner
+                    .open_segment(index, last && i == count - 1, sealed, share)
+                    .map_err(ReadError::Core)
+            })
+        })
 }
 
 /// Plaintext bytes of `sealed`, consecutive sealed segments numbered from `first`.
