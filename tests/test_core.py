@@ -624,3 +624,41 @@ def test_read_segments_into_reads_and_opens_a_blob_file(
     fails(IntegrityError, 3, True, seg + 77, blob)  # cut short
     fails(FileNotFoundError, 0, False, seg, tmp_path / "missing")
     fails(IsADirectoryError, 0, False, seg, tmp_path)
+
+
+def test_segments_open_into_several_buffers_in_order(key: _core.KeyHandle, tmp_path: Path) -> None:
+    """A list of buffers is filled in order (the caller's buffer, then a read-ahead window),
+    each but the final one whole segments; a failure zeroes every one of them."""
+    seg = _core.SEGMENT_LEN
+    datas = [os.urandom(seg) for _ in range(3)] + [os.urandom(5)]
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"s")
+    sealed = [sealer.seal_segment(d, i == 3) for i, d in enumerate(datas)]
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"".join(sealed))
+    opener = _core.open_stream(SCOPE, {1: key}, b"s", header)
+    whole = b"".join(sealed[1:])
+
+    def open_into(outs: list[Buffer]) -> None:
+        opener.open_segments_into(1, True, whole, outs)
+
+    def read_into(outs: list[Buffer]) -> None:
+        opener.read_segments_into(blob, 1, True, outs)
+
+    for fill in (open_into, read_into):
+        outs: list[Buffer] = [bytearray(seg), bytearray(seg), bytearray(5)]
+        fill(outs)
+        assert [bytes(o) for o in outs] == datas[1:]
+        bads: list[list[Buffer]] = [
+            [bytearray(seg + 1), bytearray(seg - 1)],  # a segment split between buffers
+            [bytearray(seg), bytearray(seg), bytearray(5), bytearray()],  # an empty final one
+            [bytearray(2 * seg), bytes(5)],  # read-only
+            [],
+        ]
+        for bad in bads:
+            with pytest.raises(InvalidInputError):
+                fill(bad)
+    blob.write_bytes(flip(b"".join(sealed), 8 * (3 * (seg + 16) + 2)))
+    filled = [bytearray(b"\xff" * seg), bytearray(b"\xff" * seg), bytearray(b"\xff" * 5)]
+    with pytest.raises(IntegrityError):
+        opener.read_segments_into(blob, 1, True, filled)
+    assert not any(any(o) for o in filled), "a failed read leaves no plaintext in any buffer"

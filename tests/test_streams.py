@@ -156,14 +156,17 @@ def test_fetched_ahead_windows_are_dropped_or_fail_where_needed(
     """A seek drops the window fetched ahead; a failure while fetching ahead is raised by the
     read that needs those segments, not before; without prefetch, only what is read is
     fetched (as once the executor is shut down)."""
-    segments = SealedSegments(6)
+    segments = SealedSegments(6)  # seven segments, the last one short
+    plain = segments.plain
     reader = segments.reader(executor)
-    assert reader.read(SEG) == segments.plain[:SEG]  # segment 1 is on its way
+    assert reader.read(2 * SEG) == plain[: 2 * SEG]  # fetches 0-1, then 2-3 ahead
+    assert reader.read(2 * SEG) == plain[2 * SEG : 4 * SEG]  # takes 2-3, fetches 4-5 ahead
+    assert segments.calls.count((2, 2)) == 1
+    reader.seek(0)
+    assert reader.read(2 * SEG) == plain[: 2 * SEG]  # drops 4-5
     reader.seek(4 * SEG)
-    assert reader.read(SEG) == segments.plain[4 * SEG : 5 * SEG]
     segments.fail_from = 6
-    assert reader.read(SEG) == segments.plain[5 * SEG : 6 * SEG]  # fetched before the failure
-    assert segments.calls.count((5, 1)) == 1  # fetched ahead, and taken
+    assert reader.read(2 * SEG) == plain[4 * SEG : 6 * SEG]  # segment 6 fails ahead
     with pytest.raises(kc.StorageError, match="went away"):
         reader.read()  # the final, short segment: its fetch failed ahead, raised here
     reader.close()

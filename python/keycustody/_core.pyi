@@ -2,9 +2,11 @@
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import final
+from typing import TypeVar, final
 
 from typing_extensions import Buffer
+
+_Out = TypeVar("_Out", bound=Buffer)
 
 __all__ = [
     "HEADER_LEN",
@@ -184,30 +186,36 @@ class StreamOpener:
                 (nothing of the batch is returned).
         """
 
-    def open_segments_into(self, first: int, last: bool, sealed: Buffer, out: Buffer) -> None:
+    def open_segments_into(
+        self, first: int, last: bool, sealed: Buffer, out: Buffer | list[_Out]
+    ) -> None:
         """As :meth:`open_segments`, into ``out``: a writable contiguous buffer of exactly the
-        plaintext's length (zeroed if a segment fails).
+        plaintext's length, or a list of them filled in order, every one but the final one
+        holding whole segments (e.g. the caller's buffer, then a read-ahead window). All are
+        zeroed if a segment fails.
 
         Raises:
             IntegrityError: as :meth:`open_segments`.
-            InvalidInputError: ``out`` is read-only, not contiguous, or of another length.
+            InvalidInputError: ``out`` is read-only, not contiguous, of another length, or
+                splits a segment between two buffers.
         """
 
     def read_segments_into(
-        self, path: str | os.PathLike[str], first: int, last: bool, out: Buffer
+        self, path: str | os.PathLike[str], first: int, last: bool, out: Buffer | list[_Out]
     ) -> None:
         """Reads consecutive sealed segments from ``first`` out of the file at ``path`` (a
         local blob store's object: the stream's sealed segments back to back from offset 0)
-        and opens them into ``out``, a writable contiguous buffer of their plaintext length:
-        whole segments, but for a final one when ``last`` (the stream's last). Each segment
-        is read by the task that opens it, on several cores, so it is decrypted while still
-        in cache. ``out`` is zeroed if a segment fails.
+        and opens them into ``out``, a writable contiguous buffer of their plaintext length
+        or a list of them filled in order: whole segments, but for a final one when ``last``
+        (the stream's last). Each segment is read by the task that opens it, on several
+        cores, so it is decrypted while still in cache. All of ``out`` is zeroed if a segment
+        fails.
 
         Raises:
             IntegrityError: a segment was altered or moved, its position or flag is wrong, or
                 the file ends before the segments asked for.
-            InvalidInputError: ``out`` is read-only, not contiguous, or holds a partial
-                segment that is not the stream's last.
+            InvalidInputError: ``out`` is read-only, not contiguous, splits a segment between
+                two buffers, or ends with a partial segment that is not the stream's last.
             OSError: the file cannot be opened or read (FileNotFoundError when missing).
         """
 

@@ -423,10 +423,12 @@ class _FileSegments:
         self._key = key
         self._path = store.path_of(key)
 
-    def open_into(self, opener: StreamOpener, first: int, last: bool, out: memoryview) -> None:
+    def open_into(
+        self, opener: StreamOpener, first: int, last: bool, outs: list[memoryview]
+    ) -> None:
         """See :meth:`~keycustody.streams.SegmentSource.open_into`."""
         try:
-            opener.read_segments_into(self._path, first, last, out)
+            opener.read_segments_into(self._path, first, last, outs)
         except FileNotFoundError:
             raise BlobMissingError(
                 f"the ciphertext of record {self._record_id.hex()} is missing from "

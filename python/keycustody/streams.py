@@ -36,10 +36,11 @@ class SegmentSource(Protocol):
     """Where a stream record's sealed segments are read from, and how they open."""
 
     def open_into(
-        self, opener: _core.StreamOpener, first: int, last: bool, out: memoryview
+        self, opener: _core.StreamOpener, first: int, last: bool, outs: list[memoryview]
     ) -> None:
-        """Reads the sealed segments from ``first`` and opens them into ``out``, their
-        plaintext length (whole segments but a final one, the stream's last when ``last``).
+        """Reads the sealed segments from ``first`` and opens them into ``outs``, buffers
+        filled in order that hold their plaintext: whole segments, but for a final one (the
+        stream's last when ``last``).
 
         Raises:
             IntegrityError: a segment fails authentication or does not match the size.
@@ -83,10 +84,11 @@ class FetchedSegments:
         return m, self._fetch(first, m) if future.cancel() else future.result()
 
     def open_into(
-        self, opener: _core.StreamOpener, first: int, last: bool, out: memoryview
+        self, opener: _core.StreamOpener, first: int, last: bool, outs: list[memoryview]
     ) -> None:
         """See :meth:`SegmentSource.open_into`."""
-        n = segment_count(len(out))
+        total = sum(map(len, outs))
+        n = segment_count(total)
         m, head = self._prefetched(first, n)
         parts = [] if head is None else [(first, m, head)]
         if m < n:
@@ -98,9 +100,10 @@ class FetchedSegments:
                 self._ahead = (following, k, self._prefetch.submit(self._fetch, following, k))
         for start, k, sealed in parts:
             offset = (start - first) * SEGMENT_LEN
-            part = out[offset : offset + k * SEGMENT_LEN]
-            if len(sealed) - k * TAG_LEN != len(part):
+            length = min(k * SEGMENT_LEN, total - offset)
+            if len(sealed) - k * TAG_LEN != length:
                 raise IntegrityError("a stream record's size does not match its segments")
+            part = _span(outs, offset, length)
             opener.open_segments_into(start, last and start + k == first + n, sealed, part)
 
     def close(self) -> None:
@@ -108,6 +111,18 @@ class FetchedSegments:
         if self._ahead is not None:
             self._ahead[2].cancel()
             self._ahead = None
+
+
+def _span(outs: list[memoryview], offset: int, length: int) -> list[memoryview]:
+    """Bytes ``offset`` to ``offset + length`` of ``outs`` taken back to back, as views."""
+    span = []
+    for out in outs:
+        if offset < len(out) and length > 0:
+            view = out[offset : offset + length]
+            span.append(view)
+            length -= len(view)
+        offset = max(0, offset - len(out))
+    return span or [outs[-1][:0]]
 
 
 class Readable(Protocol):
@@ -171,6 +186,8 @@ class StreamReader(io.BufferedIOBase):
         self._buffer: bytearray | None = None  # the window's plaintext, allocated once
         self._window: tuple[int, int, memoryview] | None = None  # first segment, count, plaintext
         self._ahead = 1
+        # The segment after the last one opened: reads from it are sequential.
+        self._next: int | None = None
         self._end_verified = False  # the final segment has authenticated
 
     def __repr__(self) -> str:
@@ -204,36 +221,49 @@ class StreamReader(io.BufferedIOBase):
         window = self._window
         if window is not None and window[0] <= seq < window[0] + window[1]:
             return (seq - window[0]) * SEGMENT_LEN, window[2]
-        sequential = window is not None and seq == window[0] + window[1]
-        self._ahead = min(self._ahead * 2, READ_AHEAD) if sequential else 1
+        self._ahead = min(self._ahead * 2, READ_AHEAD) if seq == self._next else 1
         n = min(self._ahead, self._count - seq)
-        if self._buffer is None:
-            self._buffer = bytearray(min(READ_AHEAD * SEGMENT_LEN, self._size))
-        self._window = None  # its plaintext is overwritten now, or zeroed if this fails
-        plain = memoryview(self._buffer)[: self._plain_len(seq, n)]
-        self._open_segments(seq, n, plain)
+        plain = self._window_buffer(seq, n)
+        self._open_segments(seq, n, [plain])
         self._window = (seq, n, plain)
         return 0, plain
+
+    def _window_buffer(self, seq: int, n: int) -> memoryview:
+        """The reused buffer, sized for segments ``seq`` to ``seq + n - 1``; the window it
+        held is dropped (its plaintext is overwritten now, or zeroed if the open fails)."""
+        if self._buffer is None:
+            self._buffer = bytearray(min(READ_AHEAD * SEGMENT_LEN, self._size))
+        self._window = None
+        return memoryview(self._buffer)[: self._plain_len(seq, n)]
 
     def _plain_len(self, seq: int, n: int) -> int:
         """Payload bytes in segments ``seq`` to ``seq + n - 1`` (the final one may be short)."""
         return min(n * SEGMENT_LEN, self._size - seq * SEGMENT_LEN)
 
-    def _open_segments(self, seq: int, n: int, out: memoryview) -> None:
+    def _open_segments(self, seq: int, n: int, outs: list[memoryview]) -> None:
         last = seq + n == self._count
-        self._source.open_into(self._opener, seq, last, out)
+        self._source.open_into(self._opener, seq, last, outs)
         self._end_verified |= last
+        self._next = seq + n
 
     def _open_into(self, seq: int, view: memoryview) -> int:
         """Opens the whole segments from ``seq`` that fit in ``view`` straight into it (no
-        window, no copy); returns the bytes written (0 if not even one fits)."""
+        window, no copy); returns the bytes written (0 if not even one fits).
+
+        When only one fits and the reads are sequential, the segment after it opens into
+        the window in the same call, so that both cores work; the next read copies it."""
         n = min(len(view) // SEGMENT_LEN, READ_AHEAD, self._count - seq)
         if n == 0 and len(view) >= self._plain_len(seq, 1):
             n = 1  # the final, shorter segment fits
         if n == 0:
             return 0
         length = self._plain_len(seq, n)
-        self._open_segments(seq, n, view[:length])
+        if n == 1 and seq == self._next and seq + 1 < self._count:
+            ahead = self._window_buffer(seq + 1, 1)
+            self._open_segments(seq, 2, [view[:length], ahead])
+            self._window = (seq + 1, 1, ahead)
+        else:
+            self._open_segments(seq, n, [view[:length]])
         return length
 
     def readinto(self, buffer: Buffer) -> int:

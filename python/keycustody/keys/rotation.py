@@ -942,7 +942,7 @@ def _reencrypt_stream(
         for seq in range(count):
             last = seq == count - 1
             out = memoryview(plain)[: min(SEGMENT_LEN, row.size - seq * SEGMENT_LEN)]
-            source.open_into(opener, seq, last, out)
+            source.open_into(opener, seq, last, [out])
             sink.add(seq, sealer.seal_segment(out, last))
             size += len(out)
     s.execute(

@@ -12,7 +12,7 @@ use keycustody_core::record::{OpenKeys, SealKey, HEADER_LEN};
 use keycustody_core::stream::{StreamOpener, StreamSealer, SEGMENT_LEN};
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use rayon::prelude::*;
 
 use crate::buffers::{prefault, zeroed, FreshBytes, Input};
@@ -99,10 +99,9 @@ impl PyStreamOpener {
         let len = plaintext_len(first, &sealed)?;
         let mut outs = FreshBytes::alloc(py, [len])?;
         let result = {
-            let mut bufs = outs.uninit();
-            let out = std::mem::take(&mut bufs[0]);
+            let shares = segment_shares(outs.uninit());
             run_detached(py, len, || {
-                open_window(&self.inner, first, last, &sealed, out, |out| {
+                open_window(&self.inner, first, last, &sealed, shares, |out| {
                     prefault(std::iter::once(&*out));
                     zeroed(out)
                 })
@@ -115,8 +114,9 @@ impl PyStreamOpener {
         Ok(outs.into_vec().remove(0))
     }
 
-    /// As `open_segments`, into `out`, a writable buffer of exactly their plaintext length
-    /// (e.g. the caller's `readinto` buffer): no output to allocate and no copy after.
+    /// As `open_segments`, into `out`: a writable buffer of exactly their plaintext length
+    /// (e.g. the caller's `readinto` buffer), or a list of buffers filled in order, each but
+    /// the final one whole segments. No output to allocate and no copy after.
     fn open_segments_into(
         &self,
         py: Python<'_>,
@@ -126,16 +126,23 @@ impl PyStreamOpener {
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let len = plaintext_len(first, &sealed)?;
-        write_detached(py, out, len, |dest| {
-            open_window(&self.inner, first, last, &sealed, dest, |out| out).map_err(Error)
+        let outs = OutBuffers::get(out)?;
+        if outs.len() != len {
+            return Err(InvalidInputError::new_err(format!(
+                "out must hold exactly the segments' {len} plaintext bytes"
+            )));
+        }
+        outs.fill_detached(py, |shares| {
+            open_window(&self.inner, first, last, &sealed, shares, |out| out).map_err(Error)
         })
     }
 
     /// Reads consecutive sealed segments from `first` out of the file at `path`, where the
     /// stream's segments lie back to back from offset 0 (a local blob store's object), and
-    /// opens them into `out`: their plaintext length, every segment full but a final one
-    /// (`last`: the stream's last). Each segment is read by the task that opens it, on
-    /// several cores when there are several, so it is still in cache when it is decrypted.
+    /// opens them into `out` (a buffer, or a list of buffers filled in order): whole
+    /// segments, but for a final one when `last` (the stream's last). Each segment is read by
+    /// the task that opens it, on several cores when there are several, so it is still in
+    /// cache when it is decrypted.
     fn read_segments_into(
         &self,
         py: Python<'_>,
@@ -144,13 +151,14 @@ impl PyStreamOpener {
         last: bool,
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let buffer_len = PyBuffer::<u8>::get(out)?.len_bytes();
-        let count = buffer_len.div_ceil(SEGMENT_LEN).max(1);
-        if !last && buffer_len % SEGMENT_LEN != 0 {
+        let outs = OutBuffers::get(out)?;
+        let len = outs.len();
+        if !last && len % SEGMENT_LEN != 0 {
             return Err(InvalidInputError::new_err(
                 "out must hold whole segments unless it ends with the stream's last one",
             ));
         }
+        let count = len.div_ceil(SEGMENT_LEN).max(1);
         if u32::try_from(count - 1)
             .ok()
             .and_then(|n| first.checked_add(n))
@@ -160,40 +168,104 @@ impl PyStreamOpener {
                 "a stream has at most 2^32 segments",
             ));
         }
-        write_detached(py, out, buffer_len, |dest| {
+        outs.fill_detached(py, |shares| {
             let file = File::open(&path).map_err(ReadError::Io)?;
-            read_window(&self.inner, &file, first, last, dest)
+            read_window(&self.inner, &file, first, last, shares)
         })
     }
 }
 
-/// Writes `len` bytes into the caller's buffer `out` with `fill`, the GIL released; zeroes
-/// `out` if `fill` fails, so no unauthenticated plaintext is left behind.
-fn write_detached<E: Into<PyErr> + Send>(
-    py: Python<'_>,
-    out: &Bound<'_, PyAny>,
-    len: usize,
-    fill: impl FnOnce(&mut [u8]) -> Result<(), E> + Send,
-) -> PyResult<()> {
-    let buffer = PyBuffer::<u8>::get(out)?;
-    if buffer.readonly() || !buffer.is_c_contiguous() || buffer.len_bytes() != len {
-        return Err(InvalidInputError::new_err(format!(
-            "out must be a writable contiguous buffer of {len} bytes"
-        )));
+/// The caller's output buffers: `out` itself, or each buffer of the list `out`, filled in
+/// order; writable, C-contiguous, each but the final one holding whole segments.
+struct OutBuffers(Vec<PyBuffer<u8>>);
+
+impl OutBuffers {
+    fn get(out: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let objects = match out.cast::<PyList>() {
+            Ok(list) => list.iter().collect(),
+            Err(_) => vec![out.clone()],
+        };
+        let mut buffers = Vec::with_capacity(objects.len());
+        for (i, object) in objects.iter().enumerate() {
+            let buffer = PyBuffer::<u8>::get(object)?;
+            if buffer.readonly() || !buffer.is_c_contiguous() {
+                return Err(InvalidInputError::new_err(
+                    "out must be writable contiguous buffers",
+                ));
+            }
+            let len = buffer.len_bytes();
+            if i + 1 < objects.len() && (len == 0 || len % SEGMENT_LEN != 0) {
+                return Err(InvalidInputError::new_err(
+                    "every buffer of out but the final one must hold whole segments",
+                ));
+            }
+            buffers.push(buffer);
+        }
+        match buffers.last() {
+            None => {
+                return Err(InvalidInputError::new_err(
+                    "out must hold at least one buffer",
+                ))
+            }
+            // Only a stream's sole segment can be empty.
+            Some(b) if b.len_bytes() == 0 && buffers.len() > 1 => {
+                return Err(InvalidInputError::new_err(
+                    "the final buffer of out must not be empty",
+                ))
+            }
+            Some(_) => {}
+        }
+        Ok(Self(buffers))
     }
-    // SAFETY: `buffer` holds the export of `out` until it is dropped below, so the memory
-    // stays allocated and cannot be resized (bytearray and memoryview refuse while
-    // exported); it is writable, C-contiguous and `len` bytes long (checked above). Like
-    // the `readinto` of Python's own files, it is written with the GIL released: a thread
-    // that touches the same buffer meanwhile races with this call, as with a file read.
-    let dest = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
-    if let Err(e) = run_detached(py, len, || fill(dest)) {
-        // SAFETY: as above; the detached call has ended, so this is the only access.
-        unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) }.fill(0);
-        return Err(e.into());
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|b| b.len_bytes()).sum()
     }
-    drop(buffer);
-    Ok(())
+
+    /// The buffers as byte slices, borrowed from `self`, which holds their exports.
+    fn slices(&mut self) -> Vec<&mut [u8]> {
+        self.0
+            .iter_mut()
+            // SAFETY: the export (held by `self`, borrowed mutably for as long as the slices
+            // live, so they are the only ones) keeps the memory allocated and unresizable:
+            // bytearray and memoryview refuse while exported. Each buffer is writable,
+            // C-contiguous and `len_bytes()` long (checked in `get`). Like the `readinto` of
+            // Python's own files, the slices are written with the GIL released: a thread that
+            // touches the same buffers meanwhile races with that call, as with a file read.
+            .map(|b| unsafe {
+                std::slice::from_raw_parts_mut(b.buf_ptr().cast::<u8>(), b.len_bytes())
+            })
+            .collect()
+    }
+
+    /// Fills the buffers, split into one share per segment, with `fill`, the GIL released;
+    /// zeroes them all if `fill` fails, so no unauthenticated plaintext is left behind.
+    fn fill_detached<E: Into<PyErr> + Send>(
+        mut self,
+        py: Python<'_>,
+        fill: impl FnOnce(Vec<&mut [u8]>) -> Result<(), E> + Send,
+    ) -> PyResult<()> {
+        let len = self.len();
+        if let Err(e) = run_detached(py, len, || fill(segment_shares(self.slices()))) {
+            self.slices().into_iter().for_each(|s| s.fill(0));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Splits consecutive output buffers into one share per segment, in order (an empty final
+/// buffer is the empty final segment's share).
+fn segment_shares<T>(outs: Vec<&mut [T]>) -> Vec<&mut [T]> {
+    let mut shares = Vec::new();
+    for out in outs {
+        if out.is_empty() {
+            shares.push(out);
+        } else {
+            shares.extend(out.chunks_mut(SEGMENT_LEN));
+        }
+    }
+    shares
 }
 
 /// Why reading segments from a file failed.
@@ -221,21 +293,17 @@ thread_local! {
     static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; SEALED_LEN]);
 }
 
-/// Reads the segments of `out`'s plaintext from `file` and opens them into `out`, each in
-/// its own task; every segment is authenticated, an empty final one included.
+/// Reads the segments of `shares` (one per segment, in order, from `first`) from `file` and
+/// opens them, each in its own task; every segment is authenticated, an empty final one
+/// included.
 fn read_window(
     inner: &StreamOpener,
     file: &File,
     first: u32,
     last: bool,
-    out: &mut [u8],
+    shares: Vec<&mut [u8]>,
 ) -> Result<(), ReadError> {
-    let count = out.len().div_ceil(SEGMENT_LEN).max(1);
-    let shares: Vec<&mut [u8]> = if out.is_empty() {
-        vec![out]
-    } else {
-        out.chunks_mut(SEGMENT_LEN).collect()
-    };
+    let count = shares.len();
     // Always on the pool, even for one segment: its threads keep their buffers warm.
     shares
         .into_par_iter()
@@ -277,33 +345,34 @@ fn segment_count(sealed: &[u8]) -> usize {
     sealed.len().div_ceil(SEALED_LEN).max(1)
 }
 
-/// Opens the segments in `sealed` into `out` (their plaintexts back to back), on several
-/// cores when there are several. `prepare` readies each segment's share of `out` inside the
-/// task that writes it. Every segment is authenticated, an empty final one included.
+/// Opens the segments in `sealed` into `shares` (one per segment, in order), on several
+/// cores when there are several. `prepare` readies each share inside the task that writes
+/// it. Every segment is authenticated, an empty final one included.
 fn open_window<'a, T: Send>(
     inner: &StreamOpener,
     first: u32,
     last: bool,
     sealed: &[u8],
-    out: &'a mut [T],
+    shares: Vec<&'a mut [T]>,
     prepare: impl Fn(&'a mut [T]) -> &'a mut [u8] + Sync,
 ) -> keycustody_core::Result<()> {
     let count = segment_count(sealed);
-    let mut rest = out;
-    let mut jobs = Vec::with_capacity(count);
-    for (i, sealed) in sealed.chunks(SEALED_LEN).enumerate() {
-        let n = SEGMENT_LEN.min(rest.len());
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        if head.len() + TAG_LEN != sealed.len() {
-            return Err(keycustody_core::CoreError::Integrity); // a short segment mid-window
-        }
-        jobs.push((i, sealed, head));
-        rest = tail;
-    }
-    if jobs.len() != count || !rest.is_empty() {
+    let chunks: Vec<&[u8]> = if sealed.is_empty() {
+        Vec::new()
+    } else {
+        sealed.chunks(SEALED_LEN).collect()
+    };
+    if chunks.len() != count || shares.len() != count {
         return Err(keycustody_core::CoreError::Integrity);
     }
-    let open = |(i, sealed, out): (usize, &[u8], &'a mut [T])| {
+    let jobs: Vec<_> = chunks.into_iter().zip(shares).enumerate().collect();
+    if jobs
+        .iter()
+        .any(|(_, (sealed, out))| out.len() + TAG_LEN != sealed.len())
+    {
+        return Err(keycustody_core::CoreError::Integrity); // a short segment mid-window
+    }
+    let open = |(i, (sealed, out)): (usize, (&[u8], &'a mut [T]))| {
         let index = first + i as u32; // in range: plaintext_len checked it
         inner.open_segment(index, last && i == count - 1, sealed, prepare(out))
     };
