@@ -32,14 +32,14 @@ from keycustody.errors import (
     StorageError,
 )
 from keycustody.keys import lineage, rotation
-from keycustody.keys.hierarchy import ScopeRef, records_failovers
+from keycustody.keys.hierarchy import ScopeRef, read_scope, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.engine import (
     bulk_write_cache,
     db_message,
     public_methods_raise_storage_errors,
 )
-from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
+from keycustody.storage.models import RecordRow, ScopeKeyRow
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_items, encode_name, size_of
@@ -140,11 +140,11 @@ class Scope:
     # -- keys ---------------------------------------------------------------------------
 
     def _fresh(self, s: Session) -> ScopeRef:
-        row = s.get(ScopeRow, self._ref.id)
-        if row is None:
+        ref = read_scope(s, self._ref.id)
+        if ref is None:
             raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
-        self._ref = ScopeRef.of(row)
-        return self._ref
+        self._ref = ref
+        return ref
 
     def _active_key(self, s: Session) -> tuple[int, _core.KeyHandle]:
         ref = self._fresh(s)

@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -513,6 +513,24 @@ def records_failovers(method: _F) -> _F:
         return result
 
     return cast(_F, wrapper)
+
+
+_SCOPE_REF_COLUMNS = ", ".join(f.name for f in fields(ScopeRef))
+
+
+def read_scope(session: Session, scope_id: bytes) -> ScopeRef | None:
+    """The current facts of scope ``scope_id`` (None if it is gone), with one driver
+    statement: every seal, open and write reads them first, and an ORM get costs several
+    times what the query does (0.6-1 ms against 0.1-0.3 ms per call)."""
+    conn = session.connection()
+    qmark = conn.dialect.paramstyle == "qmark"  # SQLite; psycopg takes %(name)s
+    sql = (
+        f"SELECT {_SCOPE_REF_COLUMNS} FROM {ScopeRow.__tablename__} "  # noqa: S608
+        f"WHERE id = {'?' if qmark else '%(id)s'}"
+    )
+    params: Any = (scope_id,) if qmark else {"id": scope_id}
+    row = conn.exec_driver_sql(sql, params).one_or_none()
+    return None if row is None else ScopeRef(*row)
 
 
 def load_scope(session: Session, path: str) -> ScopeRef:
