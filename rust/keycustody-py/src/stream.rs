@@ -357,11 +357,7 @@ fn open_window<'a, T: Send>(
     prepare: impl Fn(&'a mut [T]) -> &'a mut [u8] + Sync,
 ) -> keycustody_core::Result<()> {
     let count = segment_count(sealed);
-    let chunks: Vec<&[u8]> = if sealed.is_empty() {
-        Vec::new()
-    } else {
-        sealed.chunks(SEALED_LEN).collect()
-    };
+    let chunks: Vec<&[u8]> = sealed.chunks(SEALED_LEN).collect(); // none if empty
     if chunks.len() != count || shares.len() != count {
         return Err(keycustody_core::CoreError::Integrity);
     }
