@@ -525,8 +525,8 @@ class Scope:
     def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
         keys = self._keys_for(s, [row.header])
         opener = _core.open_stream(self._ref.id, keys, raw, row.header)
-        # Each window of segments is read on a short connection (or by a ranged read of the
-        # blob) of its own.
+        # Each window of segments is read on a short connection of its own, or from the blob
+        # store (see Payloads.segment_reader), sequential ones fetched ahead.
         vault = self._vault
         source = vault._payloads.segment_reader(
             self._ref.id,
