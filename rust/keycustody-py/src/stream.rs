@@ -158,16 +158,7 @@ impl PyStreamOpener {
                 "out must hold whole segments unless it ends with the stream's last one",
             ));
         }
-        let count = len.div_ceil(SEGMENT_LEN).max(1);
-        if u32::try_from(count - 1)
-            .ok()
-            .and_then(|n| first.checked_add(n))
-            .is_none()
-        {
-            return Err(IntegrityError::new_err(
-                "a stream has at most 2^32 segments",
-            ));
-        }
+        check_indexes(first, len.div_ceil(SEGMENT_LEN).max(1))?;
         outs.fill_detached(py, |shares| {
             let file = File::open(&path).map_err(ReadError::Io)?;
             read_window(&self.inner, &file, first, last, shares)
@@ -328,15 +319,21 @@ fn plaintext_len(first: u32, sealed: &[u8]) -> PyResult<usize> {
         .len()
         .checked_sub(count * TAG_LEN)
         .ok_or_else(|| IntegrityError::new_err("a stream segment is shorter than its tag"))?;
-    let final_index = u32::try_from(count - 1)
-        .ok()
-        .and_then(|n| first.checked_add(n));
-    if final_index.is_none() {
-        return Err(IntegrityError::new_err(
-            "a stream has at most 2^32 segments",
-        ));
-    }
+    check_indexes(first, count)?;
     Ok(len)
+}
+
+/// Checks that `count` segments from `first` are numbered within a stream's 2^32.
+fn check_indexes(first: u32, count: usize) -> PyResult<()> {
+    match u32::try_from(count - 1)
+        .ok()
+        .and_then(|n| first.checked_add(n))
+    {
+        Some(_) => Ok(()),
+        None => Err(IntegrityError::new_err(
+            "a stream has at most 2^32 segments",
+        )),
+    }
 }
 
 /// Sealed segments in `sealed`: every one but the final one is full; at least one (the
