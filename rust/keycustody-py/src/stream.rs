@@ -4,8 +4,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::record::{OpenKeys, SealKey, HEADER_LEN};
@@ -161,7 +160,7 @@ impl PyStreamOpener {
         check_indexes(first, len.div_ceil(SEGMENT_LEN).max(1))?;
         outs.fill_detached(py, |shares| {
             let file = File::open(&path).map_err(ReadError::Io)?;
-            read_window(&self.inner, &file, first, last, shares)
+            read_window(&self.inner, &file, &path, first, last, shares)
         })
     }
 }
@@ -284,12 +283,13 @@ thread_local! {
     static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; SEALED_LEN]);
 }
 
-/// Reads the segments of `shares` (one per segment, in order, from `first`) from `file` and
-/// opens them, each in its own task; every segment is authenticated, an empty final one
+/// Reads the segments of `shares` (one per segment, in order, from `first`) from `file`
+/// (opened from `path`) and opens them, each in its own task; every segment is authenticated, an empty final one
 /// included.
 fn read_window(
     inner: &StreamOpener,
     file: &File,
+    path: &Path,
     first: u32,
     last: bool,
     shares: Vec<&mut [u8]>,
@@ -304,12 +304,28 @@ fn read_window(
             SEALED.with_borrow_mut(|sealed| {
                 let sealed = &mut sealed[..share.len() + TAG_LEN];
                 let offset = u64::from(index) * SEALED_LEN as u64;
-                file.read_exact_at(sealed, offset).map_err(ReadError::Io)?;
+                read_exact_at(file, path, sealed, offset).map_err(ReadError::Io)?;
                 inner
                     .open_segment(index, last && i == count - 1, sealed, share)
                     .map_err(ReadError::Core)
             })
         })
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of `file`: one positioned read, shared by the
+/// tasks (Unix).
+#[cfg(unix)]
+fn read_exact_at(file: &File, _path: &Path, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Elsewhere a file's position is shared by its handles: each task opens `path` for itself.
+#[cfg(not(unix))]
+fn read_exact_at(_file: &File, path: &Path, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut own = File::open(path)?;
+    own.seek(SeekFrom::Start(offset))?;
+    own.read_exact(buf)
 }
 
 /// Plaintext bytes of `sealed`, consecutive sealed segments numbered from `first`.
