@@ -1,14 +1,13 @@
-"""Two KMSs for a tenant with several KEKs: a second LocalKMS serving ``dr:`` key ids, an opener
-of vaults that know both, and what the multi-KEK tests read back (failover events, versions).
+"""Two KMSs for a tenant with several KEKs: a second LocalKMS serving ``dr:`` key ids (open
+vaults that know both with ``vaults.vault_opener(db_url, kms, dr)``), and what the multi-KEK
+tests read back (failover events, versions).
 
 Shared by test_multikek.py and test_failover_durability.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import keycustody as kc
 from keycustody.audit.events import AuditEvent
@@ -19,24 +18,6 @@ class DrKMS(kc.LocalKMS):
     """A second LocalKMS, in its own folder, serving ``dr:NAME`` key ids."""
 
     prefix: ClassVar[str] = "dr"
-
-
-@contextmanager
-def vault_opener(db_url: str, kms: kc.LocalKMS, dr: DrKMS) -> Iterator[Callable[..., kc.Vault]]:
-    """Yields ``open_vault(**kwargs)``: a Vault on ``db_url`` with both KMSs (``kwargs`` go to
-    :meth:`Vault.open`). Every vault it opened is closed on exit."""
-    opened: list[kc.Vault] = []
-
-    def open_vault(**kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(db_url, kms=[kms, dr], **kwargs)
-        opened.append(vault)
-        return vault
-
-    try:
-        yield open_vault
-    finally:
-        for vault in opened:
-            vault.close()
 
 
 def failovers(vault: kc.Vault) -> list[AuditEvent]:

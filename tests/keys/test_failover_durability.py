@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multikek_helpers import DrKMS, failovers, vault_opener, versions
+from multikek_helpers import DrKMS, failovers, versions
 from sqlalchemy import text
 
 import keycustody as kc
@@ -28,6 +28,7 @@ from keycustody.keys.hierarchy import extra_wraps
 from keycustody.storage.engine import WRITE
 from keycustody.storage.models import ScopeKeyRow
 from keycustody.types import KeyId, WrappedKey
+from vaults import vault_opener
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
-from multikek_helpers import DrKMS, failovers, vault_opener, versions
+from multikek_helpers import DrKMS, failovers, versions
 from sqlalchemy import text
 
 import keycustody as kc
@@ -45,6 +45,7 @@ from keycustody.errors import (
 )
 from keycustody.storage import schema
 from keycustody.storage.engine import WRITE, make_engine
+from vaults import vault_opener
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import boto3
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
-from vault_helpers import backup_url, fill_tenant, vault_opener
+from vault_helpers import backup_url, fill_tenant
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -42,6 +42,7 @@ from keycustody.kms.local import LocalKMS
 from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy
 from keycustody.storage.models import RecordRow, ScopeKeyRow, ScopeRow
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
+from vaults import vault_opener
 
 REGION = "eu-west-1"  # the conftest's moto region (fixture aws_region)
 FAST_RETRIES = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, total_timeout=10.0)

@@ -26,7 +26,7 @@ from azure.keyvault.keys import JsonWebKey
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure_standin import TENANT, AzureKeyVaultStandIn, FakeCredential
 from cryptography.hazmat.primitives.asymmetric import rsa
-from vault_helpers import backup_url, fill_tenant, vault_opener
+from vault_helpers import backup_url, fill_tenant
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -44,6 +44,7 @@ from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.retry import KmsKeyNotFoundError, RetryPolicy
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
+from vaults import vault_opener
 
 CTX = EncryptionContext(
     {"keycustody": "scope-key/v1", "vault": "v-1", "scope": "ab", "version": "1"}

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from vault_helpers import vault_opener
 
 import keycustody as kc
 from keycustody._core import KeyHandle
@@ -43,6 +42,7 @@ from keycustody.errors import (
 )
 from keycustody.kms.base import KmsProvider
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
+from vaults import vault_opener
 
 CTX = EncryptionContext(
     {"keycustody": "scope-key/v1", "vault": "v-1", "scope": "ab", "version": "1"}

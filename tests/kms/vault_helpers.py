@@ -1,5 +1,5 @@
-"""Vaults over the providers of tests/kms: an opener of vaults on one SQLite file, a tenant with
-records to shred (erasure phase 2) and a file-level backup of the database.
+"""Vaults over the providers of tests/kms: a tenant with records to shred (erasure phase 2)
+and a file-level backup of the database (vaults come from ``vaults.vault_opener``).
 
 Shared by test_aws.py, test_azure.py and test_contract.py; the providers themselves (moto's
 server behind the proxy, the Azure stand-in, ...) come from their fixtures, not from here.
@@ -7,34 +7,9 @@ server behind the proxy, the Azure stand-in, ...) come from their fixtures, not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import keycustody as kc
-from keycustody.kms.base import KmsProvider
-
-
-@contextmanager
-def vault_opener(
-    db_url: str, provider: KmsProvider, *others: KmsProvider
-) -> Iterator[Callable[..., kc.Vault]]:
-    """Yields ``open_vault(other=None, **kwargs)``: a Vault on ``db_url`` with ``provider`` (or
-    ``other`` in its place) first, then ``others``; ``kwargs`` go to :meth:`Vault.open`. Every
-    vault it opened is closed on exit."""
-    opened: list[kc.Vault] = []
-
-    def open_vault(other: KmsProvider | None = None, **kwargs: Any) -> kc.Vault:
-        vault = kc.Vault.open(db_url, kms=[other or provider, *others], **kwargs)
-        opened.append(vault)
-        return vault
-
-    try:
-        yield open_vault
-    finally:
-        for vault in opened:
-            vault.close()
 
 
 def fill_tenant(vault: kc.Vault, kek: str) -> dict[str, dict[str, bytes]]:
