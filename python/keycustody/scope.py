@@ -32,7 +32,7 @@ from keycustody.errors import (
     StorageError,
 )
 from keycustody.keys import lineage, rotation
-from keycustody.keys.hierarchy import ScopeRef, read_scope, records_failovers
+from keycustody.keys.hierarchy import ScopeRef, peek_scope, read_scope, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
 from keycustody.storage.engine import (
     bulk_write_cache,
@@ -85,6 +85,13 @@ def _check_rows(rows: Sequence[_StoredRow]) -> None:
             or int.from_bytes(header[20:24]) != (r.key_version or 0)
         ):
             raise IntegrityError("a stored record's columns do not match its header")
+
+
+def _key_versions(headers: Sequence[Data]) -> set[int]:
+    try:
+        return _core.header_key_versions(headers)
+    except IntegrityError:
+        raise IntegrityError("a stored record header is malformed") from None
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -146,6 +153,14 @@ class Scope:
         self._ref = ref
         return ref
 
+    def _peek(self) -> ScopeRef:
+        """:meth:`_fresh` outside a session (see :func:`peek_scope`), for seal and open."""
+        ref = peek_scope(self._vault._engine, self._ref.id)
+        if ref is None:
+            raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
+        self._ref = ref
+        return ref
+
     def _active_key(self, s: Session) -> tuple[int, _core.KeyHandle]:
         ref = self._fresh(s)
         return ref.active_version, self._vault._keys.key(s, ref, ref.active_version)
@@ -169,11 +184,17 @@ class Scope:
 
     def _keys_for(self, s: Session, headers: Sequence[Data]) -> dict[int, _core.KeyHandle]:
         """Handles of the key versions ``headers`` name (or blobs starting with a header)."""
-        try:
-            versions = _core.header_key_versions(headers)
-        except IntegrityError:
-            raise IntegrityError("a stored record header is malformed") from None
-        return self._vault._keys.keys(s, self._ref, versions)
+        return self._vault._keys.keys(s, self._ref, _key_versions(headers))
+
+    def _cached_keys(self, ref: ScopeRef, versions: set[int]) -> dict[int, _core.KeyHandle] | None:
+        """The handles of ``versions`` when the cache serves them all, else None."""
+        keys = {}
+        for version in versions:
+            key = self._vault._keys.cached_key(ref, version)
+            if key is None:
+                return None
+            keys[version] = key
+        return keys
 
     # -- encryption only (caller stores the blobs) --------------------------------------
 
@@ -189,8 +210,11 @@ class Scope:
         """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
         names, datas = self._prepare(items)
         self._rotate_if_due()
-        with self._vault._read() as s:
-            version, key = self._active_key(s)
+        ref = self._peek()
+        version, key = ref.active_version, self._vault._keys.cached_key(ref, ref.active_version)
+        if key is None:
+            with self._vault._read() as s:
+                version, key = self._active_key(s)
         return _core.seal_blobs(key, self._ref.id, version, names, datas)
 
     def open(self, name: str, blob: Data) -> bytes:
@@ -205,9 +229,11 @@ class Scope:
     def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Decrypts blobs; same order as ``items``."""
         names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
-        with self._vault._read() as s:
-            self._fresh(s)
-            keys = self._keys_for(s, blobs)
+        versions = _key_versions(blobs)
+        keys = self._cached_keys(self._peek(), versions)
+        if keys is None:
+            with self._vault._read() as s:
+                keys = self._vault._keys.keys(s, self._fresh(s), versions)
         return _core.open_blobs(self._ref.id, keys, names, blobs)
 
     def _prepare(

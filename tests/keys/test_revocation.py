@@ -243,6 +243,36 @@ def test_suspend_and_resume_by_another_process_within_revalidate_s(
         assert acme.get("a.py") == b"alpha"
 
 
+def test_seal_and_open_from_the_cache_follow_another_process(
+    db_url: str, kms: kc.LocalKMS
+) -> None:
+    """seal and open take their keys from the cache without a session, but read the scope's
+    row on every call: another process's rotation is used at once, its suspend within
+    revalidate_s."""
+    revalidate_s = 0.3
+    with kc.Vault.open(db_url, kms=kms, revalidate_s=revalidate_s) as vault:
+        acme = vault.scope("acme", create=True)
+        blob = acme.seal("x.py", b"x")
+        assert acme.open("x.py", blob) == b"x"  # warm: cached key and scope state
+        _in_other_process(db_url, kms, "acme", "rotate_key")
+        rotated = acme.seal("y.py", b"y")
+        assert int.from_bytes(rotated[20:24]) == 2  # the header's key version
+        assert acme.open_many([("x.py", blob), ("y.py", rotated)]) == [b"x", b"y"]
+
+        _in_other_process(db_url, kms, "acme", "suspend")
+
+        def revoked() -> bool:
+            try:
+                acme.open("x.py", blob)
+            except kc.KeyRevokedError:
+                return True
+            return False
+
+        assert _seconds_until(revoked, 5) <= revalidate_s + 0.2
+        with pytest.raises(kc.KeyRevokedError):
+            acme.seal("z.py", b"z")
+
+
 def test_suspend_of_a_child_scope_by_another_process(db_url: str, kms: kc.LocalKMS) -> None:
     revalidate_s = 0.3
     with kc.Vault.open(db_url, kms=kms, revalidate_s=revalidate_s) as vault:

@@ -21,6 +21,8 @@ from keycustody.storage.engine import db_message, raises_storage_errors
 
 SEG = _core.SEGMENT_LEN
 Operation = Callable[[kc.Vault, kc.Scope], object]
+SEALED: dict[str, bytes] = {}
+"""A blob sealed as ``n`` by each ``filled`` scope, by scope id."""
 
 
 @contextmanager
@@ -62,6 +64,7 @@ def assert_clean(error: kc.StorageError, secrets: list[bytes], table: str) -> No
 def filled(acme: kc.Scope) -> kc.Scope:
     acme.put_many([("a.txt", b"alpha"), ("b.txt", b"beta")])
     acme.put_stream("s.bin", io.BytesIO(b"s" * (3 * SEG + 5)))
+    SEALED[acme.id] = acme.seal("n", b"data")
     return acme
 
 
@@ -78,6 +81,7 @@ OPERATIONS: list[tuple[str, str, Operation]] = [
     ("records", "usage", lambda v, s: v.usage()),
     ("records", "purge", lambda v, s: v.purge()),
     ("scopes", "seal", lambda v, s: s.seal("n", b"data")),
+    ("scopes", "open", lambda v, s: s.open("n", SEALED[s.id])),
     ("scopes", "scopes", lambda v, s: v.scopes()),
     ("scopes", "scope", lambda v, s: v.scope("acme")),
     ("tenant_keks", "keks", lambda v, s: v.keks("acme")),

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from keycustody._core import KeyHandle
@@ -284,6 +285,20 @@ class KeyHierarchy:
                 )
             scope_id = parent_id
 
+    def cached_key(self, scope: ScopeRef, version: int) -> KeyHandle | None:
+        """The handle :meth:`key` would return, when it needs no database: the epoch was
+        checked within ``revalidate_s``, the states of ``scope`` and its ancestors are
+        cached and usable, and the key is cached. None otherwise (then call :meth:`key`)."""
+        if time.monotonic() - self._checked_at >= self.revalidate_s:
+            return None
+        scope_id: bytes | None = scope.id
+        while scope_id is not None:
+            state = self._states.get(scope_id)
+            if state is None or state[0] in (SUSPENDED, SHREDDED):
+                return None
+            scope_id = state[1]
+        return self.cache.get(scope.id, version)
+
     # -- keys -----------------------------------------------------------------------------
 
     def context(self, scope_id: bytes, version: int) -> EncryptionContext:
@@ -518,18 +533,48 @@ def records_failovers(method: _F) -> _F:
 _SCOPE_REF_COLUMNS = ", ".join(f.name for f in fields(ScopeRef))
 
 
-def read_scope(session: Session, scope_id: bytes) -> ScopeRef | None:
-    """The current facts of scope ``scope_id`` (None if it is gone), with one driver
-    statement: every seal, open and write reads them first, and an ORM get costs several
-    times what the query does (0.6-1 ms against 0.1-0.3 ms per call)."""
-    conn = session.connection()
-    qmark = conn.dialect.paramstyle == "qmark"  # SQLite; psycopg takes %(name)s
+def _scope_statement(paramstyle: str, scope_id: bytes) -> tuple[str, Any]:
+    qmark = paramstyle == "qmark"  # SQLite; psycopg takes %(name)s
     sql = (
         f"SELECT {_SCOPE_REF_COLUMNS} FROM {ScopeRow.__tablename__} "  # noqa: S608
         f"WHERE id = {'?' if qmark else '%(id)s'}"
     )
-    params: Any = (scope_id,) if qmark else {"id": scope_id}
+    return sql, (scope_id,) if qmark else {"id": scope_id}
+
+
+def read_scope(session: Session, scope_id: bytes) -> ScopeRef | None:
+    """The current facts of scope ``scope_id`` (None if it is gone), with one driver
+    statement: every write reads them first, and an ORM get costs several times what the
+    query does (0.6-1 ms against 0.1-0.3 ms per call)."""
+    conn = session.connection()
+    sql, params = _scope_statement(conn.dialect.paramstyle, scope_id)
     row = conn.exec_driver_sql(sql, params).one_or_none()
+    return None if row is None else ScopeRef(*row)
+
+
+def peek_scope(engine: Engine, scope_id: bytes) -> ScopeRef | None:
+    """:func:`read_scope` on a pooled driver connection, outside any session: for seal and
+    open, whose keys come from the cache nearly always. A session's setup and teardown cost
+    0.2 ms, and 0.5 ms more right after a 32 MiB batch has flushed the CPU caches: a third of
+    what sealing 32 MiB takes on the other core. Database errors raise as SQLAlchemy's
+    (parameters hidden), as they would through a session.
+    """
+    sql, params = _scope_statement(engine.dialect.paramstyle, scope_id)
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except dbapi_error as exc:
+        raise DBAPIError.instance(
+            sql, params, exc, dbapi_error, hide_parameters=True, dialect=engine.dialect
+        ) from exc
+    finally:
+        conn.close()
     return None if row is None else ScopeRef(*row)
 
 
