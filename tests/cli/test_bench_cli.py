@@ -153,6 +153,7 @@ def test_quick_json_phases_bounds_targets(quick_json: dict[str, Any]) -> None:
         "open_stream-local-blobs",
         "ingest",
         "ingest-sqlite3-plain",
+        "ingest-sqlite3-vault-rows",
     }
     for p in phases.values():
         assert set(p) == PHASE_KEYS
@@ -162,6 +163,8 @@ def test_quick_json_phases_bounds_targets(quick_json: dict[str, Any]) -> None:
     assert phases["put_stream"]["bytes"] == 32 * kb.MiB
     assert _positive(phases["open_stream"]["ratio"])
     assert phases["ingest"]["items"] == 10_000
+    assert phases["ingest-sqlite3-vault-rows"]["items"] == 10_000
+    assert phases["ingest-sqlite3-vault-rows"]["bytes"] == phases["ingest"]["bytes"]
     # KMS: one unwrap of the one scope key version, whatever the record count.
     assert phases["ingest"]["kms_calls"] == 1
     assert quick_json["kms"]["calls_after_scope_setup"] == 0

@@ -14,7 +14,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 import keycustody as kc
 from keycustody.errors import ConfigError
-from keycustody.storage.engine import BULK_WRITE_CACHE_KIB, WRITE, make_engine
+from keycustody.storage.engine import (
+    BULK_WRITE_CACHE_KIB,
+    SQLITE_PAGE_SIZE,
+    WRITE,
+    make_engine,
+)
 
 MARKER = b"key-bytes-that-must-vanish-" + bytes(range(32))
 
@@ -82,6 +87,34 @@ def test_wal_is_persistent_in_the_file(engine: Engine, db_path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         raw.close()
+
+
+def test_a_new_database_gets_16_kib_pages_an_existing_one_keeps_its_own(
+    engine: Engine, db_path: Path, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
+    engine.dispose()
+    with engine.connect() as conn:
+        assert _pragma(conn, "page_size") == SQLITE_PAGE_SIZE == 16384
+
+    old_path = tmp_path / "old.db"
+    raw = sqlite3.connect(old_path, isolation_level=None)
+    try:  # as an earlier keycustody made it: SQLite's default pages, WAL
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE t (x BLOB)")
+        raw.execute("INSERT INTO t VALUES (?)", (b"kept" * 2000,))
+        assert raw.execute("PRAGMA page_size").fetchone() == (4096,)
+    finally:
+        raw.close()
+    old = make_engine(f"sqlite:///{old_path}")
+    try:
+        with old.begin() as conn:
+            assert _pragma(conn, "page_size") == 4096
+            conn.exec_driver_sql("INSERT INTO t VALUES (x'00')")
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2
+    finally:
+        old.dispose()
 
 
 def test_foreign_keys_are_enforced(engine: Engine) -> None:

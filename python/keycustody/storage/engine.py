@@ -29,7 +29,18 @@ from sqlalchemy.pool import StaticPool
 
 from keycustody.errors import ConfigError, StorageError
 
+SQLITE_PAGE_SIZE = 16384
+"""Page size of a SQLite database keycustody creates (SQLite's default is 4096); an existing
+database keeps its own. Records are kilobytes of ciphertext, and at 4 KiB a 4 KiB record
+spills into an overflow page of its own. Measured with 100,000 files of the standard
+library's sizes (1.76 GB) plus 4,096 records of 4 KiB, against 4 KiB pages: 16 KiB pages
+ingest in 10.3-12.4 s instead of 13.5-15.3, put the small records in 190-207 ms instead of
+210-242, with the same latency for a one-record put (2-3 ms) and a file 7% larger. 64 KiB
+pages were faster in bulk still, but made a one-record put about 1 ms slower (each commit
+writes whole pages to the WAL) and the file 12% larger."""
+
 SQLITE_PRAGMAS = (
+    f"PRAGMA page_size={SQLITE_PAGE_SIZE}",  # before WAL mode and the first table, or no effect
     "PRAGMA journal_mode=WAL",
     "PRAGMA secure_delete=ON",
     "PRAGMA synchronous=FULL",
