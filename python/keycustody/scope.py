@@ -186,16 +186,6 @@ class Scope:
         """Handles of the key versions ``headers`` name (or blobs starting with a header)."""
         return self._vault._keys.keys(s, self._ref, _key_versions(headers))
 
-    def _cached_keys(self, ref: ScopeRef, versions: set[int]) -> dict[int, _core.KeyHandle] | None:
-        """The handles of ``versions`` when the cache serves them all, else None."""
-        keys = {}
-        for version in versions:
-            key = self._vault._keys.cached_key(ref, version)
-            if key is None:
-                return None
-            keys[version] = key
-        return keys
-
     # -- encryption only (caller stores the blobs) --------------------------------------
 
     def seal(self, name: str, data: Data) -> bytes:
@@ -230,7 +220,7 @@ class Scope:
         """Decrypts blobs; same order as ``items``."""
         names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
         versions = _key_versions(blobs)
-        keys = self._cached_keys(self._peek(), versions)
+        keys = self._vault._keys.cached_keys(self._peek(), versions)
         if keys is None:
             with self._vault._read() as s:
                 keys = self._vault._keys.keys(s, self._fresh(s), versions)

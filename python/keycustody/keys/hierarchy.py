@@ -299,6 +299,16 @@ class KeyHierarchy:
             scope_id = state[1]
         return self.cache.get(scope.id, version)
 
+    def cached_keys(self, scope: ScopeRef, versions: set[int]) -> dict[int, KeyHandle] | None:
+        """:meth:`keys` when :meth:`cached_key` serves every version, else None."""
+        keys = {}
+        for version in versions:
+            key = self.cached_key(scope, version)
+            if key is None:
+                return None
+            keys[version] = key
+        return keys
+
     # -- keys -----------------------------------------------------------------------------
 
     def context(self, scope_id: bytes, version: int) -> EncryptionContext:
