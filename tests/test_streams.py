@@ -72,6 +72,18 @@ def test_random_access(acme: kc.Scope) -> None:
         assert reader.read() == expected[-10:]
 
 
+def test_close_wipes_the_window(acme: kc.Scope) -> None:
+    """The reader's window of opened plaintext is zeroed when it closes, not left to the
+    allocator (a reference kept to it here stands in for memory read after it is freed)."""
+    acme.put_stream("f", PatternFile(2 * SEG))
+    reader = acme.open_stream("f")
+    assert reader.read(10) == content(10)
+    window = reader._buffer  # white box: nothing else can see freed memory
+    assert window is not None and any(window)
+    reader.close()
+    assert not any(window)
+
+
 def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -> None:
     """Sequential reads open windows of 1, 2, then 4 segments (or whole segments straight
     into the caller's buffer); bytes come out right across their edges, and an altered

@@ -4,6 +4,7 @@ real LocalKMS directory. Tampering goes through the backend's own driver (:mod:`
 from __future__ import annotations
 
 import gc
+import io
 import itertools
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import sysconfig
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 import keycustody as kc
 from dbadmin import RawDB
 from forensics import checkpoint, database_files, hits
+from keycustody import _core
 from keycustody.kms.local import LocalKMS
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
@@ -354,6 +357,42 @@ def test_an_unclosed_vault_is_collected_with_its_connections(
     del vault
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["file", "memory"])
+def test_a_closed_vault_refuses_everything_that_needs_the_database(
+    db_url: str, kms: kc.LocalKMS, memory: bool
+) -> None:
+    """After close(), the engine does not quietly connect again (an in-memory database
+    would come back empty): every call that needs the database says the vault is closed,
+    including a stream reader opened before. Closing twice is harmless."""
+    kek = kms.create_key("acme")
+    vault = kc.Vault.open("sqlite://" if memory else db_url, kms=kms)
+    acme = vault.scope("acme", kek=kek, create=True)
+    acme.put("a", b"alpha")
+    acme.put_stream("s.bin", io.BytesIO(b"s" * (3 * _core.SEGMENT_LEN)))
+    blob = acme.seal("b", b"bravo")
+    reader = acme.open_stream("s.bin")
+    assert reader.read(5) == b"sssss"
+    vault.close()
+    vault.close()
+    calls: list[Callable[[], object]] = [
+        lambda: acme.get("a"),
+        lambda: acme.put("c", b"charlie"),
+        lambda: acme.seal("b", b"bravo"),
+        lambda: acme.open("b", blob),
+        lambda: acme.list(),
+        lambda: vault.scope("acme"),
+        lambda: vault.audit.verify(),
+        lambda: reader.read(),
+    ]
+    for call in calls:
+        with pytest.raises(kc.InvalidInputError, match="this vault is closed"):
+            call()
+    reader.close()
+    if not memory:
+        with kc.Vault.open(db_url, kms=kms) as again:
+            assert again.scope("acme").get("a") == b"alpha"
 
 
 def test_threads_share_a_vault(acme: kc.Scope) -> None:

@@ -326,5 +326,7 @@ class StreamReader(io.BufferedIOBase):
 
     def close(self) -> None:
         self._source.close()
+        if self._buffer is not None:  # the last window's plaintext
+            self._buffer[:] = bytes(len(self._buffer))
         self._window = self._buffer = None
         super().close()

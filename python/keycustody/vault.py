@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
@@ -123,6 +123,7 @@ class Vault:
         blob_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
         self._engine = engine
+        self._closed = False
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._payloads = Payloads(blob_store, blob_threshold)
         self._payloads.attach(self._sessions)
@@ -153,9 +154,17 @@ class Vault:
             if (vault := this()) is not None:
                 vault._failovers_after_end(session, transaction)
 
+        def refuse_when_closed(*_: Any) -> None:
+            # Without it, a closed vault's engine would quietly connect again (and an
+            # in-memory database come back empty).
+            vault = this()
+            if vault is not None and vault._closed:
+                raise InvalidInputError("this vault is closed: open it again with Vault.open")
+
         event.listen(self._sessions, "before_commit", before_commit)
         event.listen(self._sessions, "after_commit", self._failovers_after_commit)
         event.listen(self._sessions, "after_transaction_end", after_end)
+        event.listen(engine, "do_connect", refuse_when_closed)
         if rotation_period is not None and rotation_period <= timedelta(0):
             raise ConfigError("rotation_period must be positive")
         self.rotation_period = rotation_period
@@ -257,7 +266,10 @@ class Vault:
 
     def close(self) -> None:
         """Writes this process's KMS usage counts to the audit trail, drops cached keys and
-        closes database connections."""
+        closes database connections. Anything that needs the database afterwards raises
+        InvalidInputError; closing again does nothing."""
+        if self._closed:
+            return
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
             self._flush_failovers(every_thread=True)
         with contextlib.suppress(KeyCustodyError, SQLAlchemyError):
@@ -265,6 +277,7 @@ class Vault:
         self._keys.cache.purge()
         if self._prefetch is not None:  # before the connections go: fetches may hold some
             self._prefetch.shutdown(wait=True, cancel_futures=True)
+        self._closed = True
         self._engine.dispose()
 
     @property
