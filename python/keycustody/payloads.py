@@ -55,7 +55,7 @@ from keycustody.errors import (
 from keycustody.storage.blobs import BlobStore, BlobWriter, LocalBlobStore
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow
-from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements
+from keycustody.storage.repository import IN_LIST_CHUNK, RECORD_COLUMNS, RecordStatements
 from keycustody.streams import FetchedSegments, SegmentSource, segment_count
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
@@ -75,7 +75,6 @@ _RECORD, _SCOPE, _NAME_INDEX = (
 )
 _BODY, _SIZE, _BLOB = (RECORD_COLUMNS.index(c) for c in ("body", "size", "blob_key"))
 _OUR_KEY = re.compile(r"([0-9a-f]{32})/([0-9a-f]{32})")
-_CHUNK = 500
 
 T = TypeVar("T")
 
@@ -175,7 +174,7 @@ class Payloads:
         replaced or deleted in this transaction) for removal after the commit."""
         if self.store is None:
             return
-        for chunk in _batched(name_indexes, _CHUNK):
+        for chunk in _batched(name_indexes, IN_LIST_CHUNK):
             self.dropping(s, RecordRow.scope_id == scope_id, RecordRow.name_index.in_(chunk))
 
     def dropping(self, s: Session, *where: ColumnElement[bool]) -> None:
@@ -311,7 +310,7 @@ class Payloads:
             incomplete += store.remove_incomplete(prefix, cutoff)
             # Listed before the rows are looked up: an object whose row commits after the
             # lookup belongs to a write in flight, and is younger than the grace period.
-            for batch in _batched(store.list(prefix), _CHUNK):
+            for batch in _batched(store.list(prefix), IN_LIST_CHUNK):
                 listed = {}
                 for info in batch:
                     m = _OUR_KEY.fullmatch(info.key)

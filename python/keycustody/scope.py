@@ -40,6 +40,7 @@ from keycustody.storage.engine import (
     public_methods_raise_storage_errors,
 )
 from keycustody.storage.models import RecordRow, ScopeKeyRow
+from keycustody.storage.repository import IN_LIST_CHUNK
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_items, encode_name, size_of
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 BATCH_RECORDS = 1000
 BATCH_BYTES = 64 * 1024 * 1024
-_SELECT_CHUNK = 500
 _TAG_LEN = _core.TAG_LEN
 _SEPARATE_SUITES = (SUITE_SEGMENTED, derived.SUITE_DERIVED)
 """Suites get_many opens record by record (streams) or through their source (derived)."""
@@ -402,9 +402,9 @@ class Scope:
         with self._vault._read() as s:
             _, key = self._active_key(s)
             conn = s.connection()
-            for start in range(0, len(wanted), _SELECT_CHUNK):
-                chunk = wanted[start : start + _SELECT_CHUNK]
-                chunk_raw = raw[start : start + _SELECT_CHUNK]
+            for start in range(0, len(wanted), IN_LIST_CHUNK):
+                chunk = wanted[start : start + IN_LIST_CHUNK]
+                chunk_raw = raw[start : start + IN_LIST_CHUNK]
                 index = {key.name_index(r): i for i, r in enumerate(chunk_raw)}
                 rows = records.find_by_names(conn, scope_id, list(index))
                 if len(rows) != len(chunk):

@@ -48,8 +48,10 @@ RECORD_COLUMNS = (
 )
 """Order of the values in a record row tuple."""
 
-_ID_CHUNK = 500
-"""Record ids per statement when replace() looks up which rows it inserted."""
+IN_LIST_CHUNK = 500
+"""Values per ``IN (...)`` list of one statement (record ids, blind indexes, blob keys):
+under SQLite's older 999-parameter limit with room for the others, and short enough that
+PostgreSQL plans each list quickly."""
 
 SCOPE_LOCK_SPACE = 0x6B63
 """First key of the two-key PostgreSQL advisory locks on a scope's names (the second is the
@@ -219,8 +221,8 @@ class RecordStatements:
         if self._new_records.run(conn, latest) == len(latest):
             return
         inserted: set[bytes] = set()
-        for start in range(0, len(latest), _ID_CHUNK):
-            ids = [r[0] for r in latest[start : start + _ID_CHUNK]]
+        for start in range(0, len(latest), IN_LIST_CHUNK):
+            ids = [r[0] for r in latest[start : start + IN_LIST_CHUNK]]
             found = conn.execute(select(RecordRow.record_id).where(RecordRow.record_id.in_(ids)))
             inserted.update(found.scalars())
         replacing = [r for r in latest if r[0] not in inserted]
