@@ -50,8 +50,8 @@ RECORD_COLUMNS = (
 
 IN_LIST_CHUNK = 500
 """Values per ``IN (...)`` list of one statement (record ids, blind indexes, blob keys):
-under SQLite's older 999-parameter limit with room for the others, and short enough that
-PostgreSQL plans each list quickly."""
+within the 999 parameters SQLite allowed per statement before 3.32, with room for the
+statement's others."""
 
 SCOPE_LOCK_SPACE = 0x6B63
 """First key of the two-key PostgreSQL advisory locks on a scope's names (the second is the
