@@ -147,15 +147,14 @@ class Scope:
     # -- keys ---------------------------------------------------------------------------
 
     def _fresh(self, s: Session) -> ScopeRef:
-        ref = read_scope(s, self._ref.id)
-        if ref is None:
-            raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
-        self._ref = ref
-        return ref
+        return self._adopt(read_scope(s, self._ref.id))
 
     def _peek(self) -> ScopeRef:
         """:meth:`_fresh` outside a session (see :func:`peek_scope`), for seal and open."""
-        ref = peek_scope(self._vault._engine, self._ref.id)
+        return self._adopt(peek_scope(self._vault._engine, self._ref.id))
+
+    def _adopt(self, ref: ScopeRef | None) -> ScopeRef:
+        """Keeps the scope's facts as just read; raises if the scope is gone."""
         if ref is None:
             raise NotFoundError(f"scope {self._ref.path!r} no longer exists")
         self._ref = ref

@@ -284,8 +284,8 @@ thread_local! {
 }
 
 /// Reads the segments of `shares` (one per segment, in order, from `first`) from `file`
-/// (opened from `path`) and opens them, each in its own task; every segment is authenticated, an empty final one
-/// included.
+/// (opened from `path`) and opens them, each in its own task; every segment is
+/// authenticated, an empty final one included.
 fn read_window(
     inner: &StreamOpener,
     file: &File,
