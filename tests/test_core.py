@@ -532,8 +532,9 @@ def test_open_seal_round_trip_property(records: list[tuple[str, bytes]]) -> None
 def test_open_segments_opens_batches_and_rejects_any_misplaced_segment(
     key: _core.KeyHandle,
 ) -> None:
-    """Several segments open in one call, in parallel; a batch with one bad segment, a wrong
-    start or a wrong final flag returns nothing."""
+    """Several segments open in one call, in parallel, back to back in one buffer or as a
+    list of one per item; a batch with one bad segment, a wrong start or a wrong final flag
+    returns nothing."""
     seg = _core.SEGMENT_LEN
     datas = [os.urandom(seg) for _ in range(4)] + [os.urandom(1000)]
     header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"big")
@@ -542,22 +543,28 @@ def test_open_segments_opens_batches_and_rejects_any_misplaced_segment(
     assert opener.open_segments(0, True, b"".join(sealed)) == b"".join(datas)
     assert opener.open_segments(1, False, b"".join(sealed[1:3])) == b"".join(datas[1:3])
     assert opener.open_segments(4, True, sealed[4]) == datas[4]
+    assert opener.open_segments(2, True, sealed[2:]) == b"".join(datas[2:])
     bad = [sealed[0], sealed[1], flip(sealed[2], 8 * 5000), sealed[3]]
-    for first, last, batch in [
-        (0, False, b"".join(bad)),  # one altered segment
-        (1, False, b"".join(sealed[:2])),  # moved by one position
-        (0, True, b"".join(sealed[:4])),  # not the final segment
-        (3, False, b"".join(sealed[3:])),  # the final segment, not flagged as such
-        (0, False, sealed[0] + sealed[1][:-1]),  # a short segment that is not the last
-        (0, False, sealed[0] + sealed[4][:5]),  # a final segment shorter than its tag
-        (0, False, b""),
-    ]:
-        with pytest.raises(IntegrityError):
-            opener.open_segments(first, last, batch)
-        out = bytearray(b"\xff" * max(0, len(batch) - 16 * -(-len(batch) // (seg + 16))))
-        with pytest.raises((IntegrityError, InvalidInputError)):
-            opener.open_segments_into(first, last, batch, out)
-        assert not any(out), "a failed open leaves no plaintext behind"
+    cases: list[tuple[int, bool, list[bytes]]] = [
+        (0, False, bad),  # one altered segment
+        (1, False, sealed[:2]),  # moved by one position
+        (0, True, sealed[:4]),  # not the final segment
+        (3, False, sealed[3:]),  # the final segment, not flagged as such
+        (0, False, [sealed[0], sealed[1][:-1]]),  # a short segment that is not the last
+        (0, False, [sealed[0], sealed[4][:5]]),  # a final segment shorter than its tag
+        (0, False, []),
+    ]
+    for first, last, segments in cases:
+        for batch in (b"".join(segments), segments):
+            with pytest.raises(IntegrityError):
+                opener.open_segments(first, last, batch)
+            n = sum(map(len, segments))
+            out = bytearray(b"\xff" * max(0, n - 16 * max(1, -(-n // (seg + 16)))))
+            with pytest.raises((IntegrityError, InvalidInputError)):
+                opener.open_segments_into(first, last, batch, out)
+            assert not any(out), "a failed open leaves no plaintext behind"
+    with pytest.raises(IntegrityError):  # two segments as one item of a list
+        opener.open_segments(0, False, [sealed[0] + sealed[1], sealed[2]])
 
 
 def test_open_segments_into_writes_the_callers_buffer(key: _core.KeyHandle) -> None:

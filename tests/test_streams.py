@@ -60,6 +60,22 @@ def test_stream_round_trip(acme: kc.Scope, size: int) -> None:
     assert [i.size for i in acme.list()] == [size]
 
 
+def test_in_memory_vault_reads_streams(kms: kc.LocalKMS) -> None:
+    """An in-memory database has one connection. get and get_many read a stream's segments
+    in their own transaction on it (they used to begin a second one there, and failed); a
+    reader reads after open_stream's transaction has ended."""
+    size = 2 * SEG + 9
+    with kc.Vault.open("sqlite://", kms=kms) as vault:
+        acme = vault.scope("acme", kek=kms.create_key("acme"), create=True)
+        acme.put_stream("s.bin", PatternFile(size))
+        acme.put("a.txt", b"alpha")
+        expected = content(size)
+        assert acme.get("s.bin") == expected
+        assert acme.get_many(["a.txt", "s.bin"]) == {"a.txt": b"alpha", "s.bin": expected}
+        with acme.open_stream("s.bin") as reader:
+            assert reader.read() == expected
+
+
 def test_random_access(acme: kc.Scope) -> None:
     size = 3 * SEG + 777
     acme.put_stream("f", PatternFile(size))

@@ -176,10 +176,11 @@ class StreamSealer:
 class StreamOpener:
     """Opens the segments of one stream record, in any order."""
 
-    def open_segments(self, first: int, last: bool, sealed: Buffer) -> bytes:
-        """Opens consecutive segments from ``first``, sealed back to back in ``sealed``
-        (every one but the final one ``SEGMENT_LEN + TAG_LEN`` bytes), in parallel; ``last``
-        says whether the final one is the stream's last. Returns the plaintexts back to back.
+    def open_segments(self, first: int, last: bool, sealed: Buffer | list[bytes]) -> bytes:
+        """Opens consecutive segments from ``first``, in parallel: ``sealed`` holds them back
+        to back (every one but the final one ``SEGMENT_LEN + TAG_LEN`` bytes), or is a list
+        of one sealed segment per item. ``last`` says whether the final one is the stream's
+        last. Returns the plaintexts back to back.
 
         Raises:
             IntegrityError: a segment was altered, moved, or its position or flag is wrong
@@ -187,7 +188,7 @@ class StreamOpener:
         """
 
     def open_segments_into(
-        self, first: int, last: bool, sealed: Buffer, out: Buffer | list[_Out]
+        self, first: int, last: bool, sealed: Buffer | list[bytes], out: Buffer | list[_Out]
     ) -> None:
         """As :meth:`open_segments`, into ``out``: a writable contiguous buffer of exactly the
         plaintext's length, or a list of them filled in order, every one but the final one

@@ -33,14 +33,13 @@ import contextlib
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, event, select
+from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from keycustody._core import SEGMENT_LEN, TAG_LEN, StreamOpener
@@ -246,28 +245,27 @@ class Payloads:
         self,
         scope_id: bytes,
         row: Any,
-        connect: Callable[[], AbstractContextManager[Connection]],
-        statements: RecordStatements,
+        read_segments: Callable[[bytes, int, int], list[tuple[int, bytes]]],
         *,
         prefetch: Executor | None,
     ) -> SegmentSource:
         """Where the sealed segments of a stream record are read from (``row`` has
-        ``record_id``, ``size`` and ``blob_key``): ``segments``, one SELECT per window on a
-        connection from ``connect()``; a local blob store's file, read by the Rust tasks that
-        open the segments; or a ranged read of another store's object. Each raises
-        StorageError when the store fails (a StreamReader reads long after the call that
-        opened it: its reads need their own conversion). ``prefetch``: where the next window
-        is fetched ahead (only where ``connect()`` gives each call its own connection)."""
+        ``record_id``, ``size`` and ``blob_key``): ``segments``, by ``read_segments(record_id,
+        first, n)`` (:meth:`RecordStatements.read_segments`, bound to a connection or not); a
+        local blob store's file, read by the Rust tasks that open the segments; or a ranged
+        read of another store's object. Each raises StorageError when the store fails (a
+        StreamReader reads long after the call that opened it: its reads need their own
+        conversion). ``prefetch``: where the next window is fetched ahead (only where
+        ``read_segments`` uses a connection of its own per call)."""
         record_id: bytes = row.record_id
         if row.blob_key is None:
 
             @raises_storage_errors("reading a stream record's segments")
-            def fetch_rows(first: int, n: int) -> bytes:
-                with connect() as conn:
-                    rows = statements.find_segments(conn, record_id, first, n)
+            def fetch_rows(first: int, n: int) -> list[bytes]:
+                rows = read_segments(record_id, first, n)
                 if [seq for seq, _ in rows] != list(range(first, first + n)):
                     raise IntegrityError("a segment of the stream record is missing")
-                return rows[0][1] if n == 1 else b"".join(body for _, body in rows)
+                return [body for _, body in rows]
 
             return FetchedSegments(fetch_rows, row.size, prefetch)
         key: str = row.blob_key

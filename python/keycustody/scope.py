@@ -415,7 +415,7 @@ class Scope:
                 streamed = [r for r in rows if r.header[3] == SUITE_SEGMENTED]
                 for r in streamed:
                     i = index[r.name_index]
-                    with self._open_stream_row(s, chunk_raw[i], r) as reader:
+                    with self._open_stream_row(s, chunk_raw[i], r, in_session=True) as reader:
                         out[chunk[i]] = reader.readall()
                 deriv = [r for r in rows if derived.is_derived(r.header)]
                 for r, data in zip(
@@ -537,19 +537,24 @@ class Scope:
                 raise InvalidInputError("this record was stored whole; read it with get()")
             return self._open_stream_row(s, raw, row)
 
-    def _open_stream_row(self, s: Session, raw: bytes, row: _StoredRow) -> StreamReader:
+    def _open_stream_row(
+        self, s: Session, raw: bytes, row: _StoredRow, *, in_session: bool = False
+    ) -> StreamReader:
+        """A reader of stream record ``row``. Each window of segments is read in a short
+        transaction of its own, or from the blob store (see Payloads.segment_reader),
+        sequential ones fetched ahead; ``in_session``: in ``s``'s transaction instead, the
+        snapshot its caller sees (and the only connection of an in-memory database)."""
         keys = self._keys_for(s, [row.header])
         opener = _core.open_stream(self._ref.id, keys, raw, row.header)
-        # Each window of segments is read on a short connection of its own, or from the blob
-        # store (see Payloads.segment_reader), sequential ones fetched ahead.
         vault = self._vault
-        source = vault._payloads.segment_reader(
-            self._ref.id,
-            row,
-            vault._engine.connect,
-            vault._records,
-            prefetch=vault._prefetch,
-        )
+        records = vault._records
+        if in_session:
+            driver = s.connection().connection.driver_connection
+            read, prefetch = functools.partial(records.read_segments, driver), None
+        else:
+            read = functools.partial(records.read_segments_alone, vault._engine)
+            prefetch = vault._prefetch
+        source = vault._payloads.segment_reader(self._ref.id, row, read, prefetch=prefetch)
         return StreamReader(opener, row.size, source)
 
     # -- key lifecycle ------------------------------------------------------------------

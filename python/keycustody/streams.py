@@ -27,6 +27,16 @@ doubling while it reads sequentially; a random access opens one. 4 MiB windows k
 cores busy; larger ones only cost memory."""
 
 
+Sealed = bytes | list[bytes]
+"""Consecutive sealed segments: back to back in one buffer (a ranged read of a blob), or one
+per item (rows of a database, which need no join, a copy of every byte, to be opened)."""
+
+
+def sealed_len(sealed: Sealed) -> int:
+    """Bytes of sealed segments, tags included."""
+    return len(sealed) if isinstance(sealed, bytes) else sum(map(len, sealed))
+
+
 def segment_count(size: int) -> int:
     """Segments holding ``size`` bytes: at least one (an empty stream has one empty segment)."""
     return max(1, -(-size // SEGMENT_LEN))
@@ -52,8 +62,9 @@ class SegmentSource(Protocol):
 
 
 class FetchedSegments:
-    """A :class:`SegmentSource` over ``fetch(first, n)``: ``n`` sealed segments back to back
-    from ``first``, checked against the plaintext length asked for (the record's size).
+    """A :class:`SegmentSource` over ``fetch(first, n)``: the ``n`` sealed segments from
+    ``first`` (:data:`Sealed`), checked against the plaintext length asked for (the
+    record's size).
 
     With a ``prefetch`` executor, each read also starts fetching the window after it, of the
     same size, on the executor's threads, so that sequential reads fetch (waiting on the
@@ -64,14 +75,14 @@ class FetchedSegments:
     """
 
     def __init__(
-        self, fetch: Callable[[int, int], bytes], size: int, prefetch: Executor | None
+        self, fetch: Callable[[int, int], Sealed], size: int, prefetch: Executor | None
     ) -> None:
         self._fetch = fetch
         self._count = segment_count(size)
         self._prefetch = prefetch
-        self._ahead: tuple[int, int, Future[bytes]] | None = None  # first, n, sealed
+        self._ahead: tuple[int, int, Future[Sealed]] | None = None  # first, n, sealed
 
-    def _prefetched(self, first: int, n: int) -> tuple[int, bytes | None]:
+    def _prefetched(self, first: int, n: int) -> tuple[int, Sealed | None]:
         """The segments fetched ahead that start this window (at most ``n`` of them)."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
@@ -101,7 +112,7 @@ class FetchedSegments:
         for start, k, sealed in parts:
             offset = (start - first) * SEGMENT_LEN
             length = min(k * SEGMENT_LEN, total - offset)
-            if len(sealed) - k * TAG_LEN != length:
+            if sealed_len(sealed) - k * TAG_LEN != length:
                 raise IntegrityError("a stream record's size does not match its segments")
             part = _span(outs, offset, length)
             opener.open_segments_into(start, last and start + k == first + n, sealed, part)

@@ -39,7 +39,6 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from keycustody._core import KeyHandle
@@ -54,6 +53,7 @@ from keycustody.errors import (
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.states import COMPROMISED, DESTROYED, SHREDDED, SUSPENDED
 from keycustody.kms.registry import ProviderRegistry
+from keycustody.storage.engine import driver_connection, driver_errors
 from keycustody.storage.models import (
     ScopeKeyRow,
     ScopeKeyWrapRow,
@@ -570,21 +570,13 @@ def peek_scope(engine: Engine, scope_id: bytes) -> ScopeRef | None:
     (parameters hidden), as they would through a session.
     """
     sql, params = _scope_statement(engine.dialect.paramstyle, scope_id)
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    conn = engine.raw_connection()
-    try:
+    with driver_connection(engine) as conn, driver_errors(engine.dialect, sql):
         cursor = conn.cursor()
         try:
             cursor.execute(sql, params)
             row = cursor.fetchone()
         finally:
             cursor.close()
-    except dbapi_error as exc:
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi_error, hide_parameters=True, dialect=engine.dialect
-        ) from exc
-    finally:
-        conn.close()
     return None if row is None else ScopeRef(*row)
 
 

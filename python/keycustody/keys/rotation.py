@@ -16,7 +16,7 @@ record with exactly one valid key path, and a rerun continues where a crash stop
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import secrets
 from collections.abc import Callable, Sequence
@@ -932,10 +932,10 @@ def _reencrypt_stream(
     count = segment_count(row.size)
     size = 0
     payloads = vault._payloads
-    conn = s.connection()
-    # One segment at a time on the transaction's own connection: nothing to fetch ahead.
+    driver = s.connection().connection.driver_connection
+    # One segment at a time in the transaction: nothing to fetch ahead.
     source = payloads.segment_reader(
-        ref.id, row, lambda: contextlib.nullcontext(conn), writer, prefetch=None
+        ref.id, row, functools.partial(writer.read_segments, driver), prefetch=None
     )
     plain = bytearray(min(SEGMENT_LEN, row.size))
     with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from keycustody.errors import ConfigError, StorageError
@@ -139,6 +139,33 @@ def db_message(exc: SQLAlchemyError) -> str:
         return type(exc).__name__
     primary = getattr(getattr(orig, "diag", None), "message_primary", None)
     return str(primary or orig)
+
+
+@contextlib.contextmanager
+def driver_errors(dialect: Dialect, statement: str | None = None) -> Iterator[None]:
+    """Raises the driver's errors as SQLAlchemy's DBAPIError, with ``statement`` but not its
+    parameters, as they would be raised through a session (so :func:`raises_storage_errors`
+    converts them): for work on a driver connection itself."""
+    dbapi_error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, hide_parameters=True, dialect=dialect
+        ) from exc
+
+
+@contextlib.contextmanager
+def driver_connection(engine: Engine) -> Iterator[Any]:
+    """A driver (DBAPI) connection from ``engine``'s pool, outside any session, for hot
+    statements: a session's setup and teardown cost 0.2 ms, and a Connection's 0.1-0.2 ms,
+    several times the statement. Its errors raise as with :func:`driver_errors`."""
+    with driver_errors(engine.dialect):
+        pooled = engine.raw_connection()
+        try:
+            yield pooled.driver_connection
+        finally:
+            pooled.close()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -84,17 +84,18 @@ pub struct PyStreamOpener {
 
 #[pymethods]
 impl PyStreamOpener {
-    /// Opens consecutive segments from `first`, sealed back to back in `sealed` (every one
-    /// but the final one [`SEGMENT_LEN`] + 16 bytes); `last` says whether the final one is
-    /// the stream's last. Returns their plaintexts back to back. Segments are opened in
+    /// Opens consecutive segments from `first`, in `sealed`: one buffer holding them back to
+    /// back (every one but the final one [`SEGMENT_LEN`] + 16 bytes), or a list of buffers of
+    /// one segment each; `last` says whether the final one is the stream's last. Returns their plaintexts back to back. Segments are opened in
     /// parallel across cores (GIL released), each task mapping and zeroing its own output.
     fn open_segments<'py>(
         &self,
         py: Python<'py>,
         first: u32,
         last: bool,
-        sealed: Input,
+        sealed: Sealed,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        let sealed = sealed.segments();
         let len = plaintext_len(first, &sealed)?;
         let mut outs = FreshBytes::alloc(py, [len])?;
         let result = {
@@ -121,9 +122,10 @@ impl PyStreamOpener {
         py: Python<'_>,
         first: u32,
         last: bool,
-        sealed: Input,
+        sealed: Sealed,
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let sealed = sealed.segments();
         let len = plaintext_len(first, &sealed)?;
         let outs = OutBuffers::get(out)?;
         if outs.len() != len {
@@ -328,11 +330,44 @@ fn read_exact_at(_file: &File, path: &Path, buf: &mut [u8], offset: u64) -> std:
     own.read_exact(buf)
 }
 
+/// Consecutive sealed segments: one buffer holding them back to back, or a list of buffers
+/// of one segment each (as a database returns them, so they need no join, a copy of each).
+pub enum Sealed {
+    Joined(Input),
+    Each(Vec<Input>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Sealed {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        match obj.cast::<PyList>() {
+            Ok(list) => Ok(Self::Each(
+                list.iter().map(|o| o.extract()).collect::<PyResult<_>>()?,
+            )),
+            Err(_) => Ok(Self::Joined(obj.extract()?)),
+        }
+    }
+}
+
+impl Sealed {
+    /// The segments, one slice each (none for an empty buffer or list).
+    fn segments(&self) -> Vec<&[u8]> {
+        match self {
+            Self::Joined(sealed) => sealed.chunks(SEALED_LEN).collect(),
+            Self::Each(each) => each.iter().map(|s| &**s).collect(),
+        }
+    }
+}
+
 /// Plaintext bytes of `sealed`, consecutive sealed segments numbered from `first`.
-fn plaintext_len(first: u32, sealed: &[u8]) -> PyResult<usize> {
-    let count = segment_count(sealed);
+/// A segment shorter than its tag fails later, in `open_window`, once the output is known.
+fn plaintext_len(first: u32, sealed: &[&[u8]]) -> PyResult<usize> {
+    let count = sealed.len().max(1); // even an empty stream's segment has its tag
     let len = sealed
-        .len()
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>()
         .checked_sub(count * TAG_LEN)
         .ok_or_else(|| IntegrityError::new_err("a stream segment is shorter than its tag"))?;
     check_indexes(first, count)?;
@@ -352,29 +387,23 @@ fn check_indexes(first: u32, count: usize) -> PyResult<()> {
     }
 }
 
-/// Sealed segments in `sealed`: every one but the final one is full; at least one (the
-/// final segment of an empty stream is its 16-byte tag).
-fn segment_count(sealed: &[u8]) -> usize {
-    sealed.len().div_ceil(SEALED_LEN).max(1)
-}
-
-/// Opens the segments in `sealed` into `shares` (one per segment, in order), on several
-/// cores when there are several. `prepare` readies each share inside the task that writes
-/// it. Every segment is authenticated, an empty final one included.
+/// Opens the segments in `sealed` (nonempty: see `plaintext_len`) into `shares` (one per
+/// segment, in order), on several cores when there are several. `prepare` readies each share
+/// inside the task that writes it. Every segment is authenticated, an empty final one
+/// included.
 fn open_window<'a, T: Send>(
     inner: &StreamOpener,
     first: u32,
     last: bool,
-    sealed: &[u8],
+    sealed: &[&[u8]],
     shares: Vec<&'a mut [T]>,
     prepare: impl Fn(&'a mut [T]) -> &'a mut [u8] + Sync,
 ) -> keycustody_core::Result<()> {
-    let count = segment_count(sealed);
-    let chunks: Vec<&[u8]> = sealed.chunks(SEALED_LEN).collect(); // none if empty
-    if chunks.len() != count || shares.len() != count {
+    let count = sealed.len();
+    if shares.len() != count {
         return Err(keycustody_core::CoreError::Integrity);
     }
-    let jobs: Vec<_> = chunks.into_iter().zip(shares).enumerate().collect();
+    let jobs: Vec<_> = sealed.iter().copied().zip(shares).enumerate().collect();
     if jobs
         .iter()
         .any(|(_, (sealed, out))| out.len() + TAG_LEN != sealed.len())
