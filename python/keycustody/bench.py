@@ -1799,6 +1799,7 @@ def _child_stream_floor(directory: str, mib: int) -> list[dict[str, Any]]:
     """``mib`` MiB as 1 MiB blobs written (one transaction) then read back with sqlite3 alone.
 
     Unencrypted, the vault's pragmas, the simplest code: the floor of put_stream/open_stream.
+    Reads are blob reads, as open_stream's: a SELECT of the bodies copies each twice.
     """
     from keycustody.storage.engine import SQLITE_PRAGMAS
 
@@ -1820,7 +1821,10 @@ def _child_stream_floor(directory: str, mib: int) -> list[dict[str, Any]]:
         reset_peak_rss()
         open_base = rss_bytes()
         start = time.perf_counter()
-        total = sum(len(b) for (b,) in conn.execute("SELECT body FROM segments ORDER BY seq"))
+        total = 0
+        for seq in range(mib):  # seq is the rowid
+            with conn.blobopen("segments", "body", seq, readonly=True) as blob:
+                total += len(blob.read())
         open_seconds = time.perf_counter() - start
         open_peak = window_peak_rss()
     finally:

@@ -53,7 +53,7 @@ from keycustody.errors import (
 from keycustody.keys.cache import KeyCache
 from keycustody.keys.states import COMPROMISED, DESTROYED, SHREDDED, SUSPENDED
 from keycustody.kms.registry import ProviderRegistry
-from keycustody.storage.engine import driver_connection, driver_errors
+from keycustody.storage.engine import driver_connection, driver_rows
 from keycustody.storage.models import (
     ScopeKeyRow,
     ScopeKeyWrapRow,
@@ -570,14 +570,9 @@ def peek_scope(engine: Engine, scope_id: bytes) -> ScopeRef | None:
     (parameters hidden), as they would through a session.
     """
     sql, params = _scope_statement(engine.dialect.paramstyle, scope_id)
-    with driver_connection(engine) as conn, driver_errors(engine.dialect, sql):
-        cursor = conn.cursor()
-        try:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    return None if row is None else ScopeRef(*row)
+    with driver_connection(engine) as conn:
+        rows = driver_rows(conn, engine.dialect, sql, params)
+    return ScopeRef(*rows[0]) if rows else None
 
 
 def load_scope(session: Session, path: str) -> ScopeRef:

@@ -155,6 +155,20 @@ def driver_errors(dialect: Dialect, statement: str | None = None) -> Iterator[No
         ) from exc
 
 
+def driver_rows(driver: Any, dialect: Dialect, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` run on a driver connection, as plain tuples (errors as with
+    :func:`driver_errors`). For statements whose rows outnumber what they cost the database
+    (SQLAlchemy's result rows cost 2 µs each)."""
+    with driver_errors(dialect, sql):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        finally:
+            cursor.close()
+    return rows
+
+
 @contextlib.contextmanager
 def driver_connection(engine: Engine) -> Iterator[Any]:
     """A driver (DBAPI) connection from ``engine``'s pool, outside any session, for hot

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
-from keycustody.storage.engine import driver_connection, driver_errors
+from keycustody.storage.engine import driver_connection, driver_errors, driver_rows
 from keycustody.storage.models import RecordRow, SegmentRow
 
 RECORD_COLUMNS = (
@@ -182,20 +182,15 @@ class RecordStatements:
             params: Any = {"record_id": record_id, "first": first, "last": first + n - 1}
         else:
             params = (record_id, first, first + n - 1)
-        with driver_errors(self._dialect, self._segments_sql):
-            cursor = driver.cursor()
-            try:
-                cursor.execute(self._segments_sql, params)
-                rows: list[tuple[int, Any]] = cursor.fetchall()
-            finally:
-                cursor.close()
-            if self._postgres:
-                return rows
-            bodies = []
+        rows = driver_rows(driver, self._dialect, self._segments_sql, params)
+        if self._postgres:
+            return rows
+        bodies = []
+        with driver_errors(self._dialect, "blob read of segments.body"):
             for seq, rowid in rows:
                 with driver.blobopen("segments", "body", rowid, readonly=True) as blob:
                     bodies.append((seq, blob.read()))
-            return bodies
+        return bodies
 
     def read_segments_alone(
         self, engine: Engine, record_id: bytes, first: int, n: int
@@ -216,9 +211,9 @@ class RecordStatements:
     ) -> list[FoundRecord]:
         """The records of ``scope_id`` with these name indexes, in no particular order.
 
-        One statement with driver parameters: read-heavy callers (get_many) would otherwise
-        spend more time building and processing an ORM select of hundreds of binds than
-        the database spends answering it.
+        One statement with driver parameters, on the driver's cursor: read-heavy callers
+        (get_many) would otherwise spend more time building an ORM select of hundreds of
+        binds, and reading its rows, than the database spends answering it.
         """
         if not indexes:
             return []
@@ -228,7 +223,8 @@ class RecordStatements:
         else:
             params = (scope_id, *indexes)
             sql = self._find_sql.format(",".join("?" * len(indexes)))
-        return list(map(FoundRecord._make, conn.exec_driver_sql(sql, params).all()))
+        driver = conn.connection.driver_connection
+        return list(map(FoundRecord._make, driver_rows(driver, self._dialect, sql, params)))
 
     def lock_names(self, conn: Connection, scope_id: bytes) -> None:
         """Makes this transaction the only one replacing or deleting records by name in the
