@@ -555,7 +555,7 @@ class Scope:
             read = functools.partial(records.read_segments_alone, vault._engine)
             prefetch = vault._prefetch
         source = vault._payloads.segment_reader(self._ref.id, row, read, prefetch=prefetch)
-        return StreamReader(opener, row.size, source)
+        return StreamReader(opener, row.size, source, vault._check_open)
 
     # -- key lifecycle ------------------------------------------------------------------
 

@@ -184,14 +184,22 @@ class StreamReader(io.BufferedIOBase):
 
     Reads raise :class:`~keycustody.errors.IntegrityError` when a segment fails
     authentication, and :class:`~keycustody.errors.StorageError` when the database or blob
-    store fails (the fetch converts it).
+    store fails (the fetch converts it). ``check_open`` runs before each read of the source,
+    and raises once the reader's vault is closed.
     """
 
-    def __init__(self, opener: _core.StreamOpener, size: int, source: SegmentSource) -> None:
+    def __init__(
+        self,
+        opener: _core.StreamOpener,
+        size: int,
+        source: SegmentSource,
+        check_open: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self._opener = opener
         self._size = size
         self._source = source
+        self._check_open = check_open
         self._count = segment_count(size)
         self._pos = 0
         self._buffer: bytearray | None = None  # the window's plaintext, allocated once
@@ -252,6 +260,8 @@ class StreamReader(io.BufferedIOBase):
         return min(n * SEGMENT_LEN, self._size - seq * SEGMENT_LEN)
 
     def _open_segments(self, seq: int, n: int, outs: list[memoryview]) -> None:
+        if self._check_open is not None:
+            self._check_open()  # a blob store's reads would not notice a closed vault
         last = seq + n == self._count
         self._source.open_into(self._opener, seq, last, outs)
         self._end_verified |= last

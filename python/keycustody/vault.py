@@ -157,9 +157,8 @@ class Vault:
         def refuse_when_closed(*_: Any) -> None:
             # Without it, a closed vault's engine would quietly connect again (and an
             # in-memory database come back empty).
-            vault = this()
-            if vault is not None and vault._closed:
-                raise InvalidInputError("this vault is closed: open it again with Vault.open")
+            if (vault := this()) is not None:
+                vault._check_open()
 
         event.listen(self._sessions, "before_commit", before_commit)
         event.listen(self._sessions, "after_commit", self._failovers_after_commit)
@@ -263,6 +262,11 @@ class Vault:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _check_open(self) -> None:
+        """Raises InvalidInputError once the vault is closed."""
+        if self._closed:
+            raise InvalidInputError("this vault is closed: open it again with Vault.open")
 
     def close(self) -> None:
         """Writes this process's KMS usage counts to the audit trail, drops cached keys and

@@ -505,6 +505,22 @@ def test_a_local_blob_streams_failures_name_the_record(
     assert info.record_id in str(missing.value)
 
 
+def test_a_blob_stream_reader_refuses_once_its_vault_is_closed(
+    vault: kc.Vault, acme: kc.Scope
+) -> None:
+    """A reader over a blob store reads the store, not the database, so the engine's own
+    refusal does not reach it: it checks the vault before each read, like every other call
+    of a closed vault."""
+    data = _payload(3 * SEGMENT_LEN + 5)
+    acme.put_stream("video.bin", io.BytesIO(data))
+    reader = acme.open_stream("video.bin")
+    assert reader.read(SEGMENT_LEN) == data[:SEGMENT_LEN]
+    vault.close()
+    with pytest.raises(kc.InvalidInputError, match="this vault is closed"):
+        reader.read()
+    reader.close()
+
+
 def test_blob_records_need_the_store_configured(
     open_vault: Callable[..., kc.Vault], local_store: LocalBlobStore
 ) -> None:
