@@ -16,10 +16,11 @@ record with exactly one valid key path, and a rerun continues where a crash stop
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -246,10 +247,21 @@ def _check_unchanged(
     return current
 
 
-def _tenant(vault: Vault, tenant: ScopeRef, kek: str) -> None:
+@contextlib.contextmanager
+def _reading_keks(
+    vault: Vault, tenant: ScopeRef, new_kek: str | None = None
+) -> Iterator[tuple[Session, ScopeRef, list[str]]]:
+    """A read session over a tenant about to change KEKs (``new_kek``: one it gets, whose
+    provider must be configured): its row read afresh and checked usable, and its KEKs, the
+    primary first."""
     if tenant.parent_id is not None:
         raise ConfigError(f"{tenant.path!r} is not a tenant: only top-level scopes have a KEK")
-    vault._registry.provider(kek)
+    if new_kek is not None:
+        vault._registry.provider(new_kek)
+    with vault._read() as s:
+        ref = fresh(s, tenant.id)
+        vault._keys.check_usable(s, ref)
+        yield s, ref, tenant_keks(s, ref.id, ref.kek_id)
 
 
 def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str, *, old: str | None = None) -> int:
@@ -260,12 +272,8 @@ def rotate_kek(vault: Vault, tenant: ScopeRef, new_kek: str, *, old: str | None 
     the KEK's current (primary) version after a rotation in the KMS. Each version is unwrapped
     through any of the tenant's KEKs (so a KEK that is down can be replaced).
     """
-    _tenant(vault, tenant, new_kek)
     hierarchy = vault._keys
-    with vault._read() as s:
-        ref = fresh(s, tenant.id)
-        hierarchy.check_usable(s, ref)
-        keks = tenant_keks(s, ref.id, ref.kek_id)
+    with _reading_keks(vault, tenant, new_kek) as (s, ref, keks):
         replaced = keks[0] if old is None else old
         if replaced not in keks:
             raise ConfigError(f"{replaced!r} is not a KEK of tenant {ref.path!r} ({keks!r})")
@@ -357,12 +365,8 @@ def _wrap_row(scope_id: bytes, version: int, wrap: WrappedKey, at: datetime) -> 
 def add_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
     """Wraps every live key version of a tenant under one more KEK and adds it to the end of
     the tenant's KEK list; returns how many versions. See :meth:`keycustody.Vault.add_kek`."""
-    _tenant(vault, tenant, kek)
     hierarchy = vault._keys
-    with vault._read() as s:
-        ref = fresh(s, tenant.id)
-        hierarchy.check_usable(s, ref)
-        keks = tenant_keks(s, ref.id, ref.kek_id)
+    with _reading_keks(vault, tenant, kek) as (s, ref, keks):
         if kek in keks:
             raise ConfigError(f"{kek!r} already protects tenant {ref.path!r}")
         wraps: list[tuple[int, WrappedKey]] = []
@@ -395,13 +399,8 @@ def add_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
 def remove_kek(vault: Vault, tenant: ScopeRef, kek: str) -> int:
     """Drops one KEK of a tenant and its wraps; returns how many wraps were deleted. See
     :meth:`keycustody.Vault.remove_kek`."""
-    if tenant.parent_id is not None:
-        raise ConfigError(f"{tenant.path!r} is not a tenant: only top-level scopes have a KEK")
     hierarchy = vault._keys
-    with vault._read() as s:
-        ref = fresh(s, tenant.id)
-        hierarchy.check_usable(s, ref)
-        keks = tenant_keks(s, ref.id, ref.kek_id)
+    with _reading_keks(vault, tenant) as (s, ref, keks):
         if kek not in keks:
             raise ConfigError(f"{kek!r} is not a KEK of tenant {ref.path!r} ({keks!r})")
         if len(keks) == 1:
