@@ -156,9 +156,8 @@ def driver_errors(dialect: Dialect, statement: str | None = None) -> Iterator[No
 
 
 def driver_rows(driver: Any, dialect: Dialect, sql: str, params: Any) -> list[tuple[Any, ...]]:
-    """The rows of ``sql`` run on a driver connection, as plain tuples (errors as with
-    :func:`driver_errors`). For statements whose rows outnumber what they cost the database
-    (SQLAlchemy's result rows cost 2 µs each)."""
+    """The rows of ``sql`` run on a driver connection, as the driver's tuples, without
+    SQLAlchemy's result objects (errors as with :func:`driver_errors`)."""
     with driver_errors(dialect, sql):
         cursor = driver.cursor()
         try:

@@ -86,8 +86,9 @@ pub struct PyStreamOpener {
 impl PyStreamOpener {
     /// Opens consecutive segments from `first`, in `sealed`: one buffer holding them back to
     /// back (every one but the final one [`SEGMENT_LEN`] + 16 bytes), or a list of buffers of
-    /// one segment each; `last` says whether the final one is the stream's last. Returns their plaintexts back to back. Segments are opened in
-    /// parallel across cores (GIL released), each task mapping and zeroing its own output.
+    /// one segment each; `last` says whether the final one is the stream's last. Returns
+    /// their plaintexts back to back. Segments are opened in parallel across cores (GIL
+    /// released), each task mapping and zeroing its own output.
     fn open_segments<'py>(
         &self,
         py: Python<'py>,
@@ -332,7 +333,7 @@ fn read_exact_at(_file: &File, path: &Path, buf: &mut [u8], offset: u64) -> std:
 
 /// Consecutive sealed segments: one buffer holding them back to back, or a list of buffers
 /// of one segment each (as a database returns them, so they need no join, a copy of each).
-pub enum Sealed {
+enum Sealed {
     Joined(Input),
     Each(Vec<Input>),
 }
@@ -361,7 +362,8 @@ impl Sealed {
 }
 
 /// Plaintext bytes of `sealed`, consecutive sealed segments numbered from `first`.
-/// A segment shorter than its tag fails later, in `open_window`, once the output is known.
+/// A segment shorter than its tag is left to `open_window`, whose failure zeroes the output
+/// (sized from this length).
 fn plaintext_len(first: u32, sealed: &[&[u8]]) -> PyResult<usize> {
     let count = sealed.len().max(1); // even an empty stream's segment has its tag
     let len = sealed
