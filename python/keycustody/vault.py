@@ -192,7 +192,9 @@ class Vault:
         """Opens (creating if needed) the vault stored at ``url``.
 
         Args:
-            url: SQLAlchemy URL, e.g. ``sqlite:///ctx.db``.
+            url: SQLAlchemy URL, e.g. ``sqlite:///ctx.db``. ``sqlite://`` is an in-memory
+                database on one connection, which every thread shares: use it from one thread
+                at a time (tests, demos); a file or PostgreSQL for threads.
             kms: One KMS provider or several; key ids route to them by prefix.
             cache_ttl: Seconds an unwrapped scope key stays cached (0: no cache).
             max_key_uses: Lookups a cached key serves before it is unwrapped again.
