@@ -549,8 +549,7 @@ class Scope:
         vault = self._vault
         records = vault._records
         if in_session:
-            driver = s.connection().connection.driver_connection
-            read, prefetch = functools.partial(records.read_segments, driver), None
+            read, prefetch = functools.partial(records.read_segments, s.connection()), None
         else:
             read = functools.partial(records.read_segments_alone, vault._engine)
             prefetch = vault._prefetch

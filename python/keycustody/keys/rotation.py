@@ -931,10 +931,9 @@ def _reencrypt_stream(
     count = segment_count(row.size)
     size = 0
     payloads = vault._payloads
-    driver = s.connection().connection.driver_connection
     # One segment at a time in the transaction: nothing to fetch ahead.
     source = payloads.segment_reader(
-        ref.id, row, functools.partial(writer.read_segments, driver), prefetch=None
+        ref.id, row, functools.partial(writer.read_segments, s.connection()), prefetch=None
     )
     plain = bytearray(min(SEGMENT_LEN, row.size))
     with payloads.segments(s, writer, ref.id, record_id, row.size) as sink:

@@ -168,16 +168,21 @@ class RecordStatements:
         )
 
     def read_segments(
-        self, driver: Any, record_id: bytes, first: int, n: int
+        self, conn: Connection, record_id: bytes, first: int, n: int
     ) -> list[tuple[int, bytes]]:
         """``(seq, body)`` of segments ``first`` to ``first + n - 1`` of a stream record, in
-        order (fewer if some are missing), on a driver connection, in the transaction it has
-        open (the session's, or :meth:`read_segments_alone`'s).
+        order (fewer if some are missing), in ``conn``'s transaction (a session's).
 
         SQLite reads each body as a blob (incremental I/O) into the bytes returned, with the
         GIL released. Selecting the bodies copies each into a buffer of SQLite's first, then
         into Python with the GIL held: 1.4 GiB/s here, against 3.5 for blobs.
         """
+        return self._read_segments(conn.connection.driver_connection, record_id, first, n)
+
+    def _read_segments(
+        self, driver: Any, record_id: bytes, first: int, n: int
+    ) -> list[tuple[int, bytes]]:
+        """:meth:`read_segments` on a driver connection, in the transaction it has open."""
         if self._postgres:
             params: Any = {"record_id": record_id, "first": first, "last": first + n - 1}
         else:
@@ -202,7 +207,7 @@ class RecordStatements:
             if not self._postgres:
                 driver.execute("BEGIN")  # the blobs read are those of the rows found
             try:
-                return self.read_segments(driver, record_id, first, n)
+                return self._read_segments(driver, record_id, first, n)
             finally:
                 driver.rollback()
 
