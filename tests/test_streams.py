@@ -13,7 +13,7 @@ import pytest
 import keycustody as kc
 from dbadmin import RawDB, raw_db
 from keycustody import _core
-from keycustody.streams import FetchedSegments, StreamReader
+from keycustody.streams import FETCH_AHEAD, FetchedSegments, StreamReader
 
 SEG = _core.SEGMENT_LEN
 
@@ -144,12 +144,16 @@ class SealedSegments:
         self.opener = _core.open_stream(bytes(16), {1: key}, b"s", header)
         self.calls: list[tuple[int, int]] = []
         self.fail_from: int | None = None
+        self.cut_in: int | None = None  # a segment whose fetch ends 100 bytes short
 
     def fetch(self, first: int, n: int) -> bytes:
         self.calls.append((first, n))
         if self.fail_from is not None and first + n > self.fail_from:
             raise kc.StorageError("the database went away")
-        return b"".join(self.sealed[first : first + n])
+        joined = b"".join(self.sealed[first : first + n])
+        if self.cut_in is not None and first <= self.cut_in < first + n:
+            return joined[: (self.cut_in - first + 1) * len(self.sealed[0]) - 100]
+        return joined
 
     def reader(self, prefetch: Executor | None) -> StreamReader:
         source = FetchedSegments(self.fetch, self.size, prefetch)
@@ -176,6 +180,41 @@ def test_sequential_reads_fetch_the_next_window_ahead(
     fetched = sorted(seq for first, n in segments.calls for seq in range(first, first + n))
     assert fetched == list(range(10))
     assert len(segments.calls) > 1
+
+
+def test_sequential_reads_fetch_blocks_and_hold_what_they_have_not_read(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Once reads are sequential, FETCH_AHEAD segments are fetched at once, whatever each
+    read opens; those not read yet are held for the next reads and dropped by a seek, and
+    a fetch that came back short fails the read of the segment it cut."""
+    segments = SealedSegments(12)  # thirteen segments, the last one short
+    plain = segments.plain
+    with segments.reader(executor) as reader:
+        got = b"".join(iter(lambda: reader.read(SEG), b""))
+    assert got == plain
+    assert FETCH_AHEAD == 8  # 0 alone, 1 fetched ahead, then blocks of eight
+    assert sorted(segments.calls) == [(0, 1), (1, 1), (2, 8), (10, 3)]
+
+    segments.calls.clear()
+    with segments.reader(executor) as reader:
+        assert reader.read(3 * SEG) == plain[: 3 * SEG]  # 0-2, then 3-5 fetched ahead
+        assert reader.read(SEG) == plain[3 * SEG : 4 * SEG]  # 4-5 held, 6-12 fetched ahead
+        reader.seek(5 * SEG)
+        assert reader.read(SEG) == plain[5 * SEG : 6 * SEG]  # held: no fetch
+        assert segments.calls[:2] == [(0, 3), (3, 3)]
+        assert not [first for first, _ in segments.calls if first in (4, 5)]
+        reader.seek(SEG)
+        assert reader.read(SEG) == plain[SEG : 2 * SEG]  # fetched again
+        assert (1, 1) in segments.calls
+
+    segments.calls.clear()
+    segments.cut_in = 4
+    with segments.reader(executor) as reader:
+        assert reader.read(3 * SEG) == plain[: 3 * SEG]
+        assert reader.read(SEG) == plain[3 * SEG : 4 * SEG]  # 4, cut short, is held
+        with pytest.raises(kc.IntegrityError, match="does not match"):
+            reader.read(SEG)
 
 
 def test_fetched_ahead_windows_are_dropped_or_fail_where_needed(

@@ -55,14 +55,13 @@ from keycustody.storage.blobs import BlobStore, BlobWriter, LocalBlobStore
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow
 from keycustody.storage.repository import IN_LIST_CHUNK, RECORD_COLUMNS, RecordStatements
-from keycustody.streams import FetchedSegments, SegmentSource, segment_count
+from keycustody.streams import SEALED_SEGMENT_LEN, FetchedSegments, SegmentSource, segment_count
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 """Payloads larger than this many bytes go to the blob store (when one is configured)."""
 DEFAULT_ORPHAN_GRACE = timedelta(hours=24)
 """Unreferenced objects younger than this are left alone by the sweep: they may belong to a
 write whose transaction has not committed yet. It must exceed the longest write transaction."""
-SEALED_SEGMENT_LEN = SEGMENT_LEN + TAG_LEN
 """Bytes of every sealed stream segment but the last."""
 READ_BUDGET = 64 * 1024 * 1024
 """Payload bytes a batch job (re-encryption) holds in memory at once, beyond one record."""
@@ -413,6 +412,8 @@ class SegmentSink:
 class _FileSegments:
     """The segments of a stream in a local blob store's file, read in Rust by the tasks that
     open them (each segment is decrypted while it is still in cache); nothing to prefetch."""
+
+    fetches_ahead = False
 
     def __init__(self, store: LocalBlobStore, record_id: bytes, key: str) -> None:
         self._store = store
