@@ -62,7 +62,6 @@ DEFAULT_THRESHOLD = 4 * 1024 * 1024
 DEFAULT_ORPHAN_GRACE = timedelta(hours=24)
 """Unreferenced objects younger than this are left alone by the sweep: they may belong to a
 write whose transaction has not committed yet. It must exceed the longest write transaction."""
-"""Bytes of every sealed stream segment but the last."""
 READ_BUDGET = 64 * 1024 * 1024
 """Payload bytes a batch job (re-encryption) holds in memory at once, beyond one record."""
 

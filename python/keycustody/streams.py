@@ -21,6 +21,7 @@ from keycustody.errors import IntegrityError, InvalidInputError
 SEGMENT_LEN = _core.SEGMENT_LEN
 TAG_LEN = _core.TAG_LEN
 SEALED_SEGMENT_LEN = SEGMENT_LEN + TAG_LEN
+"""Bytes of every sealed segment but the last."""
 SUITE_SEGMENTED = 2
 READ_AHEAD = 4
 """Most segments a reader opens at once (in parallel across cores), reached by doubling
