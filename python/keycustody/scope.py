@@ -506,7 +506,9 @@ class Scope:
     def open_stream(self, name: str) -> StreamReader:
         """A seekable, read-only binary file over stream record ``name``.
 
-        Only the segments a read touches are fetched and decrypted.
+        Only the segments a read touches are decrypted. Sequential reads of segments in the
+        database or a network blob store fetch up to eight more ahead, on a background
+        thread (at most 15 sealed MiB per reader).
 
         Raises:
             NotFoundError: no such record.
