@@ -3,12 +3,15 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import keycustody as kc
 from dbadmin import RawDB, raw_db
@@ -89,15 +92,18 @@ def test_random_access(acme: kc.Scope) -> None:
 
 
 def test_close_wipes_the_window(acme: kc.Scope) -> None:
-    """The reader's window of opened plaintext is zeroed when it closes, not left to the
-    allocator (a reference kept to it here stands in for memory read after it is freed)."""
+    """The reader's window of opened plaintext, and the buffer read() opens into, are zeroed
+    when it closes, not left to the allocator (a reference kept to them here stands in for
+    memory read after it is freed)."""
     acme.put_stream("f", PatternFile(2 * SEG))
     reader = acme.open_stream("f")
     assert reader.read(10) == content(10)
-    window = reader._buffer  # white box: nothing else can see freed memory
+    assert reader.read(SEG) == content(SEG + 10)[10:]
+    window, scratch = reader._buffer, reader._scratch  # white box: freed memory
     assert window is not None and any(window)
+    assert scratch is not None and len(scratch) == SEG and any(scratch)
     reader.close()
-    assert not any(window)
+    assert not any(window) and not any(scratch)
 
 
 def test_sequential_reads_cross_read_ahead_windows(acme: kc.Scope, raw: RawDB) -> None:
@@ -215,6 +221,47 @@ def test_sequential_reads_fetch_blocks_and_hold_what_they_have_not_read(
         assert reader.read(SEG) == plain[3 * SEG : 4 * SEG]  # 4, cut short, is held
         with pytest.raises(kc.IntegrityError, match="does not match"):
             reader.read(SEG)
+
+
+@functools.cache
+def _ten_segments() -> SealedSegments:
+    return SealedSegments(9)  # nine full segments and a short one, shared: building costs
+
+
+_READ_SIZES = [-1, 0, 1, 1000, SEG - 1, SEG, SEG + 1, 2 * SEG, 5 * SEG]
+_SEEKS = ["none", "none", "none", "forward", "anywhere"]  # mostly sequential reads
+
+
+@settings(max_examples=100)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(_SEEKS), st.integers(0, 10 * SEG + 20), st.sampled_from(_READ_SIZES)
+        ),
+        min_size=1,
+        max_size=16,
+    ),
+    prefetch=st.booleans(),
+)
+def test_any_seeks_and_reads_return_the_plaintext_there(
+    ops: list[tuple[str, int, int]], prefetch: bool
+) -> None:
+    """Property: whatever the seeks and read sizes, fetching ahead or not, each read returns
+    the plaintext at its position: through segments held (a seek forward lands in them),
+    windows, straight opens into the caller's buffer, and read()'s reused buffer (reads of
+    5 segments take a fresh one)."""
+    segments = _ten_segments()
+    plain = segments.plain
+    with ThreadPoolExecutor(1) as pool, segments.reader(pool if prefetch else None) as reader:
+        pos = 0
+        for seek, offset, size in ops:
+            if seek == "forward":  # over 1 to 3 segments
+                pos = reader.seek((offset % 3 + 1) * SEG + offset % 7, io.SEEK_CUR)
+            elif seek == "anywhere":
+                pos = reader.seek(offset)
+            got = reader.read(size)
+            assert got == (plain[pos:] if size < 0 else plain[pos : pos + size])
+            pos += len(got)
 
 
 def test_fetched_ahead_windows_are_dropped_or_fail_where_needed(

@@ -271,6 +271,7 @@ class StreamReader(io.BufferedIOBase):
         self._count = segment_count(size)
         self._pos = 0
         self._buffer: bytearray | None = None  # the window's plaintext, allocated once
+        self._scratch: bytearray | None = None  # read()'s plaintext before it is copied out
         self._window: tuple[int, int, memoryview] | None = None  # first segment, count, plaintext
         self._ahead = 1
         # The segment after the last one opened: reads from it are sequential.
@@ -374,13 +375,39 @@ class StreamReader(io.BufferedIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         """Reads ``size`` bytes (all that is left when ``size`` is None or negative)."""
+        if size is not None and size > 0 and (copied := self._from_window(size)) is not None:
+            return copied
         left = max(self._size - self._pos, 0)
         n = left if size is None or size < 0 else min(size, left)
-        out = bytearray(n)
-        got = self.readinto(out)
-        if n == 0:
-            self._read_segment_into(memoryview(out))  # authenticates the end of the stream
-        return bytes(out[:got])
+        with memoryview(self._read_buffer(n)) as view:
+            got = self.readinto(view[:n])
+            if n == 0:
+                self._read_segment_into(view[:0])  # authenticates the end of the stream
+            return bytes(view[:got])
+
+    def _from_window(self, size: int) -> bytes | None:
+        """The next ``size`` bytes if the window holds them all, else None: small reads copy
+        once, straight out of it (64 KiB reads 1.07 -> 1.47 GB/s, 8 KiB 0.65 -> 0.97)."""
+        if self._window is None:
+            return None
+        first, count, plain = self._window
+        seq, offset = divmod(self._pos, SEGMENT_LEN)
+        start = (seq - first) * SEGMENT_LEN + offset
+        if not first <= seq < first + count or start + size > len(plain):
+            return None
+        self._pos += size
+        return bytes(plain[start : start + size])
+
+    def _read_buffer(self, n: int) -> bytearray:
+        """Where :meth:`read` opens ``n`` bytes before copying them into the bytes it returns:
+        a buffer kept for reads of up to READ_AHEAD segments (a fresh one per read costs more
+        in page faults than the decryption: 512 MiB in 1 MiB reads ran at 0.5 GB/s, in 4 MiB
+        reads at 0.3-0.4), a fresh one for larger reads."""
+        if n > READ_AHEAD * SEGMENT_LEN:
+            return bytearray(n)
+        if self._scratch is None or len(self._scratch) < n:
+            self._scratch = bytearray(n)
+        return self._scratch
 
     def read1(self, size: int = -1) -> bytes:
         """Reads at most one segment's worth of bytes."""
@@ -417,7 +444,8 @@ class StreamReader(io.BufferedIOBase):
 
     def close(self) -> None:
         self._source.close()
-        if self._buffer is not None:  # the last window's plaintext
-            self._buffer[:] = bytes(len(self._buffer))
-        self._window = self._buffer = None
+        for plain in (self._buffer, self._scratch):  # the last window's and read's plaintext
+            if plain is not None:
+                plain[:] = bytes(len(plain))
+        self._window = self._buffer = self._scratch = None
         super().close()
