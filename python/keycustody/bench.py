@@ -1665,13 +1665,16 @@ def _child_stream(
     """put_stream (``op="put"``) or open_stream and read to the end (``"open"``), stored in
     SQLite's segments table, or with ``blobs`` in a local blob store."""
     vault, scope, open_calls = _reopen_bench_vault(directory, blobs=blobs)
+    # A name of its own per store: a put over the other phase's stream would also time the
+    # secure deletion of 1 GiB of its segments from SQLite (zeroed pages, WAL, checkpoint).
+    name = STREAM_NAME + BLOBS_SUFFIX if blobs else STREAM_NAME
     try:
         nbytes = mib * MiB
         if op == "put":
             source = PatternReader(nbytes)
             base = rss_bytes()
             start = time.perf_counter()
-            info = scope.put_stream(STREAM_NAME, source)
+            info = scope.put_stream(name, source)
             seconds = time.perf_counter() - start
             if info.size != nbytes:
                 raise AssertionError(f"put_stream stored {info.size} bytes, not {nbytes}")
@@ -1680,7 +1683,7 @@ def _child_stream(
             base = rss_bytes()
             start = time.perf_counter()
             total = 0
-            with scope.open_stream(STREAM_NAME) as reader:
+            with scope.open_stream(name) as reader:
                 while n := reader.readinto(buffer):
                     total += n
             seconds = time.perf_counter() - start
