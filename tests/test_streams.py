@@ -93,15 +93,20 @@ def test_random_access(acme: kc.Scope) -> None:
 
 def test_close_wipes_the_window(acme: kc.Scope) -> None:
     """The reader's window of opened plaintext, and the buffer read() opens into, are zeroed
-    when it closes, not left to the allocator (a reference kept to them here stands in for
-    memory read after it is freed)."""
-    acme.put_stream("f", PatternFile(2 * SEG))
+    when it closes (and read()'s when a larger one replaces it), not left to the allocator
+    (a reference kept to them here stands in for memory read after it is freed)."""
+    acme.put_stream("f", PatternFile(4 * SEG))
+    expected = content(4 * SEG)
     reader = acme.open_stream("f")
-    assert reader.read(10) == content(10)
-    assert reader.read(SEG) == content(SEG + 10)[10:]
-    window, scratch = reader._buffer, reader._scratch  # white box: freed memory
+    reader.seek(SEG // 2)  # not at a segment's start: read() opens into its own buffer
+    assert reader.read(SEG) == expected[SEG // 2 : SEG + SEG // 2]
+    outgrown = reader._scratch  # white box: freed memory
+    assert outgrown is not None and any(outgrown)
+    assert reader.read(2 * SEG) == expected[SEG + SEG // 2 : 3 * SEG + SEG // 2]  # larger
+    window, scratch = reader._buffer, reader._scratch
+    assert not any(outgrown)  # replaced by a larger buffer: zeroed first
     assert window is not None and any(window)
-    assert scratch is not None and len(scratch) == SEG and any(scratch)
+    assert scratch is not None and len(scratch) == 2 * SEG and any(scratch)
     reader.close()
     assert not any(window) and not any(scratch)
 

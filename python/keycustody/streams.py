@@ -406,6 +406,8 @@ class StreamReader(io.BufferedIOBase):
         if n > READ_AHEAD * SEGMENT_LEN:
             return bytearray(n)
         if self._scratch is None or len(self._scratch) < n:
+            if self._scratch is not None:  # outgrown: its plaintext goes, as at close
+                self._scratch[:] = bytes(len(self._scratch))
             self._scratch = bytearray(n)
         return self._scratch
 
