@@ -173,6 +173,29 @@ def test_flipping_any_stored_byte_is_detected(
         assert acme.get("secret/file.py") == data
 
 
+def test_get_many_checks_every_group_of_a_long_call(acme: kc.Scope, raw: RawDB) -> None:
+    """get_many looks names up IN_LIST_CHUNK at a time and opens a group on a worker thread
+    while it reads the next: a tampered record in the first, a middle or the last group fails
+    the call, as does a missing name in any of them."""
+    from keycustody.storage.repository import IN_LIST_CHUNK
+
+    count = 2 * IN_LIST_CHUNK + 100
+    items = [(f"src/f{i}.py", os.urandom(64 + i % 500)) for i in range(count)]
+    infos = acme.put_many(items)
+    names = [n for n, _ in items]
+    assert acme.get_many(names) == dict(items)
+    for i in (0, IN_LIST_CHUNK + 7, count - 1):
+        rid = bytes.fromhex(infos[i].record_id)
+        _flip(raw, "body", rid, 5)
+        with pytest.raises(kc.IntegrityError, match="failed authentication"):
+            acme.get_many(names)
+        _flip(raw, "body", rid, 5)
+    for i in (3, IN_LIST_CHUNK + 3, count - 3):
+        with pytest.raises(kc.NotFoundError, match="1 of the requested records do not exist"):
+            acme.get_many([*names[:i], "src/missing.py", *names[i:]])
+    assert acme.get_many(reversed(names)) == dict(items)
+
+
 def test_flipping_lookup_columns_never_returns_data(acme: kc.Scope, raw: RawDB) -> None:
     """The blind index and scope id are lookup keys: a flip hides the record (NotFound) and
     list() reports the inconsistency; no path returns wrong data."""

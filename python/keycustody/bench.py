@@ -1659,17 +1659,36 @@ def _raw_stream_seconds(op: str, nbytes: int) -> float:
     return time.perf_counter() - start
 
 
+def _read_stream_seconds(scope: Any, name: str, buffer: bytearray, nbytes: int) -> float:
+    """Seconds open_stream of ``name`` takes to read to the end into ``buffer``."""
+    start = time.perf_counter()
+    total = 0
+    with scope.open_stream(name) as reader:
+        while n := reader.readinto(buffer):
+            total += n
+    seconds = time.perf_counter() - start
+    if total != nbytes:
+        raise AssertionError(f"open_stream read {total} bytes, not {nbytes}")
+    return seconds
+
+
 def _child_stream(
-    directory: str, op: str, mib: int, raw_mib: int, blobs: bool = False
+    directory: str, op: str, mib: int, raw_mib: int, blobs: bool = False, reads: int = 1
 ) -> dict[str, Any]:
     """put_stream (``op="put"``) or open_stream and read to the end (``"open"``), stored in
-    SQLite's segments table, or with ``blobs`` in a local blob store."""
+    SQLite's segments table, or with ``blobs`` in a local blob store.
+
+    The put runs once, then the baseline. The open reads the stream ``reads`` times, each
+    read followed by the baseline's, and keeps the medians of both; its ``peak_rss`` is the
+    child's peak through the first read.
+    """
     vault, scope, open_calls = _reopen_bench_vault(directory, blobs=blobs)
     # A name of its own per store: a put over the other phase's stream would also time the
     # secure deletion of 1 GiB of its segments from SQLite (zeroed pages, WAL, checkpoint).
     name = STREAM_NAME + BLOBS_SUFFIX if blobs else STREAM_NAME
+    nbytes = mib * MiB
+    raw_bytes = max(1, min(raw_mib, mib)) * MiB
     try:
-        nbytes = mib * MiB
         if op == "put":
             source = PatternReader(nbytes)
             base = rss_bytes()
@@ -1678,23 +1697,24 @@ def _child_stream(
             seconds = time.perf_counter() - start
             if info.size != nbytes:
                 raise AssertionError(f"put_stream stored {info.size} bytes, not {nbytes}")
+            peak = own_peak_rss()
         else:
             buffer = bytearray(MiB)
             base = rss_bytes()
-            start = time.perf_counter()
-            total = 0
-            with scope.open_stream(name) as reader:
-                while n := reader.readinto(buffer):
-                    total += n
-            seconds = time.perf_counter() - start
-            if total != nbytes:
-                raise AssertionError(f"open_stream read {total} bytes, not {nbytes}")
-        peak = own_peak_rss()
+            times: list[float] = []
+            raws: list[float] = []
+            for i in range(max(1, reads)):
+                times.append(_read_stream_seconds(scope, name, buffer, nbytes))
+                if i == 0:  # before the baseline's memory (which its allocator keeps) counts
+                    peak = own_peak_rss()
+                raws.append(_raw_stream_seconds("open", raw_bytes))
+            seconds = statistics.median(times)
+            raw_seconds = statistics.median(raws)
         calls = int(vault.kms_calls) - open_calls
     finally:
         vault.close()
-    raw_bytes = max(1, min(raw_mib, mib)) * MiB
-    raw_seconds = _raw_stream_seconds("seal" if op == "put" else "open", raw_bytes)
+    if op == "put":
+        raw_seconds = _raw_stream_seconds("seal", raw_bytes)
     return Phase(
         f"{op}_stream{BLOBS_SUFFIX if blobs else ''}",
         seconds,
@@ -1798,8 +1818,9 @@ def _child_ingest_floor(
     return Phase(f"ingest-{SQLITE_PLAIN}", seconds, nbytes, files, peak, base).to_dict()
 
 
-def _child_stream_floor(directory: str, mib: int) -> list[dict[str, Any]]:
-    """``mib`` MiB as 1 MiB blobs written (one transaction) then read back with sqlite3 alone.
+def _child_stream_floor(directory: str, mib: int, reads: int = 1) -> list[dict[str, Any]]:
+    """``mib`` MiB as 1 MiB blobs written (one transaction) then read back with sqlite3 alone
+    (``reads`` times; the median is kept).
 
     Unencrypted, the vault's pragmas, the simplest code: the floor of put_stream/open_stream.
     Reads are blob reads, as open_stream's: a SELECT of the bodies copies each twice.
@@ -1823,17 +1844,20 @@ def _child_stream_floor(directory: str, mib: int) -> list[dict[str, Any]]:
         put_peak = own_peak_rss()
         reset_peak_rss()
         open_base = rss_bytes()
-        start = time.perf_counter()
-        total = 0
-        for seq in range(mib):  # seq is the rowid
-            with conn.blobopen("segments", "body", seq, readonly=True) as blob:
-                total += len(blob.read())
-        open_seconds = time.perf_counter() - start
+        times: list[float] = []
+        for _ in range(max(1, reads)):
+            start = time.perf_counter()
+            total = 0
+            for seq in range(mib):  # seq is the rowid
+                with conn.blobopen("segments", "body", seq, readonly=True) as blob:
+                    total += len(blob.read())
+            times.append(time.perf_counter() - start)
+            if total != mib * MiB:
+                raise AssertionError(f"read {total} bytes back, not {mib * MiB}")
+        open_seconds = statistics.median(times)
         open_peak = window_peak_rss()
     finally:
         conn.close()
-    if total != mib * MiB:
-        raise AssertionError(f"read {total} bytes back, not {mib * MiB}")
     name = f"stream-{SQLITE_PLAIN}"
     return [
         Phase(f"put_{name}", put_seconds, total, mib, put_peak, base).to_dict(),
@@ -1873,29 +1897,31 @@ _CHILD_TASKS: Final[Mapping[str, Callable[..., Any]]] = {
 }
 
 
-def measure_stream(root: Path, mib: int, *, raw_mib: int = 256) -> list[Phase]:
+def measure_stream(root: Path, mib: int, *, raw_mib: int = 256, reads: int = 5) -> list[Phase]:
     """put_stream then open_stream of ``mib`` MiB through a fresh vault in ``root``, stored
     in SQLite, then again in a local blob store (the ``*_stream-local-blobs`` phases).
 
     Each runs in its own child process (a cold key cache; ``peak_rss`` is that phase's alone),
     followed in the same child by raw single-thread AES-256-GCM on ``min(raw_mib, mib)`` MiB.
-    Then, in a third child, sqlite3 alone writes and reads the same bytes unencrypted (the
+    The open phases read the stream ``reads`` times, each read followed by the baseline's, and
+    keep the medians: a read of 1 GiB takes a fraction of a second, and this machine's speed
+    moves more than that from one second to the next. Then, in a third child, sqlite3 alone
+    writes the same bytes unencrypted and reads them ``reads`` times (the
     ``*_stream-sqlite3-plain`` phases, the floor).
     """
     opened = open_bench_vault(root)
     if opened is None:
         return []
     opened[0].close()
+    given = {"directory": str(root), "mib": mib, "raw_mib": raw_mib, "reads": reads}
     phases = [
-        Phase.from_dict(
-            run_child("stream", directory=str(root), op=op, mib=mib, raw_mib=raw_mib, blobs=blobs)
-        )
+        Phase.from_dict(run_child("stream", op=op, blobs=blobs, **given))
         for blobs in (False, True)
         for op in ("put", "open")
     ]
     (root / "bench.db").unlink(missing_ok=True)
     shutil.rmtree(root / "blobs", ignore_errors=True)
-    floor = run_child("stream-floor", directory=str(root), mib=mib)
+    floor = run_child("stream-floor", directory=str(root), mib=mib, reads=reads)
     phases.extend(Phase.from_dict(d) for d in floor)
     return phases
 
@@ -2383,7 +2409,9 @@ def _run_cases(
         )
         if config.stream_mib > 0:
             say(f"stream: put_stream/open_stream of {config.stream_mib:,} MiB (child processes)")
-            report.phases.extend(measure_stream(root / "stream", config.stream_mib))
+            report.phases.extend(
+                measure_stream(root / "stream", config.stream_mib, reads=config.repeats)
+            )
             shutil.rmtree(root / "stream", ignore_errors=True)
         if config.ingest_files > 0:
             say(f"ingest: {config.ingest_files:,} synthetic files (child processes)")

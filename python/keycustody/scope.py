@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from itertools import chain, islice
@@ -388,6 +388,9 @@ class Scope:
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
         """Payloads of several records by name.
 
+        Names are looked up some hundreds at a time; Rust opens one group (GIL released,
+        across cores) while the database reads the next.
+
         Raises:
             NotFoundError: any name has no record (the error counts how many).
             StorageError: the database failed.
@@ -395,60 +398,71 @@ class Scope:
         wanted = list(dict.fromkeys(names))
         raw = [encode_name(n) for n in wanted]
         out: dict[str, bytes] = {}
-        records = self._vault._records
-        payloads = self._vault._payloads
-        scope_id = self._ref.id
+        # The vault's background threads (None for an in-memory database): a call of one
+        # group opens it inline, as does the last group of any call.
+        pool = self._vault._prefetch if len(wanted) > IN_LIST_CHUNK else None
+        opening: Future[dict[str, bytes]] | None = None
         with self._vault._read() as s:
             _, key = self._active_key(s)
-            conn = s.connection()
             for start in range(0, len(wanted), IN_LIST_CHUNK):
-                chunk = wanted[start : start + IN_LIST_CHUNK]
-                chunk_raw = raw[start : start + IN_LIST_CHUNK]
-                index = {key.name_index(r): i for i, r in enumerate(chunk_raw)}
-                rows = records.find_by_names(conn, scope_id, list(index))
-                if len(rows) != len(chunk):
-                    missing = len(chunk) - len(rows)
-                    if len(wanted) == 1:
-                        raise NotFoundError(f"no record of that name in scope {self.path!r}")
-                    raise NotFoundError(f"{missing} of the requested records do not exist")
-                _check_rows(rows)
-                streamed = [r for r in rows if r.header[3] == SUITE_SEGMENTED]
-                for r in streamed:
-                    i = index[r.name_index]
-                    with self._open_stream_row(s, chunk_raw[i], r, in_session=True) as reader:
-                        out[chunk[i]] = reader.readall()
-                deriv = [r for r in rows if derived.is_derived(r.header)]
-                for r, data in zip(
-                    deriv,
-                    derived.open_payloads(
-                        s, self, deriv, [chunk_raw[index[r.name_index]] for r in deriv]
-                    ),
-                    strict=True,
-                ):
-                    out[chunk[index[r.name_index]]] = data
-                rows = [r for r in rows if r.header[3] not in _SEPARATE_SUITES]
-                bodies = [payloads.body(scope_id, r) for r in rows]
-                if any(r.size + _TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
-                    raise IntegrityError("a stored record's size does not match its body")
-                order = [index[r.name_index] for r in rows]
-                headers = [r.header for r in rows]
-                keys = self._keys_for(s, headers)
-                try:
-                    plain = _core.open_records(
-                        self._ref.id,
-                        keys,
-                        [chunk_raw[i] for i in order],
-                        headers,
-                        bodies,
-                    )
-                except IntegrityError as exc:
-                    raise IntegrityError(
-                        "a stored record failed authentication: it was altered or does not "
-                        "belong to this name and scope"
-                    ) from exc
-                for i, data in zip(order, plain, strict=True):
-                    out[chunk[i]] = data
+                stop = start + IN_LIST_CHUNK
+                open_group = self._read_group(s, key, wanted[start:stop], raw[start:stop], out)
+                if opening is not None:
+                    out.update(opening.result())
+                    opening = None
+                if pool is None or stop >= len(wanted):
+                    out.update(open_group())
+                else:
+                    opening = pool.submit(open_group)
         return out
+
+    def _read_group(
+        self,
+        s: Session,
+        key: _core.KeyHandle,
+        names: list[str],
+        raw: list[bytes],
+        out: dict[str, bytes],
+    ) -> Callable[[], dict[str, bytes]]:
+        """Reads the records of ``names`` (at most IN_LIST_CHUNK); streams and derived
+        records go into ``out`` now, and the function returned opens the others."""
+        scope_id = self._ref.id
+        index = {key.name_index(r): i for i, r in enumerate(raw)}
+        rows = self._vault._records.find_by_names(s.connection(), scope_id, list(index))
+        if len(rows) != len(names):
+            if len(names) == 1:
+                raise NotFoundError(f"no record of that name in scope {self.path!r}")
+            raise NotFoundError(f"{len(names) - len(rows)} of the requested records do not exist")
+        _check_rows(rows)
+        for r in rows:
+            if r.header[3] == SUITE_SEGMENTED:
+                i = index[r.name_index]
+                with self._open_stream_row(s, raw[i], r, in_session=True) as reader:
+                    out[names[i]] = reader.readall()
+        deriv = [r for r in rows if derived.is_derived(r.header)]
+        opened = derived.open_payloads(s, self, deriv, [raw[index[r.name_index]] for r in deriv])
+        for r, data in zip(deriv, opened, strict=True):
+            out[names[index[r.name_index]]] = data
+        rows = [r for r in rows if r.header[3] not in _SEPARATE_SUITES]
+        bodies = [self._vault._payloads.body(scope_id, r) for r in rows]
+        if any(r.size + _TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
+            raise IntegrityError("a stored record's size does not match its body")
+        order = [index[r.name_index] for r in rows]
+        headers = [r.header for r in rows]
+        keys = self._keys_for(s, headers)
+        raw_names = [raw[i] for i in order]
+
+        def open_group() -> dict[str, bytes]:
+            try:
+                plain = _core.open_records(scope_id, keys, raw_names, headers, bodies)
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    "a stored record failed authentication: it was altered or does not "
+                    "belong to this name and scope"
+                ) from exc
+            return {names[i]: data for i, data in zip(order, plain, strict=True)}
+
+        return open_group
 
     # -- streams ------------------------------------------------------------------------
 
