@@ -633,6 +633,50 @@ def test_read_segments_into_reads_and_opens_a_blob_file(
     fails(IsADirectoryError, 0, False, seg, tmp_path)
 
 
+def test_read_segments_into_keeps_the_segment_read_ahead_for_the_next_call(
+    key: _core.KeyHandle, tmp_path: Path
+) -> None:
+    """``ahead`` reads the next segment's ciphertext during the call and the next call that
+    starts there opens it without reading the file again (so a change to the file since is
+    not seen; the ciphertext read ahead still authenticates). It is kept for one call, one
+    segment and one path only; a failure to read ahead is raised by the call that needs it."""
+    seg = _core.SEGMENT_LEN
+    sealed_len = seg + 16
+    datas = [os.urandom(seg) for _ in range(3)] + [os.urandom(77)]
+    header, _, sealer = _core.begin_stream(key, SCOPE, 1, b"blob")
+    sealed = b"".join(sealer.seal_segment(d, i == 3) for i, d in enumerate(datas))
+    blob, other = tmp_path / "blob", tmp_path / "other"
+    blob.write_bytes(sealed)
+    altered_1 = flip(sealed, 8 * (sealed_len + 9))
+    other.write_bytes(altered_1)
+    opener = _core.open_stream(SCOPE, {1: key}, b"blob", header)
+
+    def read(first: int, ahead: int = 0, path: Path = blob) -> bytes:
+        out = bytearray(len(datas[first]))
+        opener.read_segments_into(path, first, first == 3, out, ahead)
+        return bytes(out)
+
+    assert read(0, sealed_len) == datas[0]
+    blob.write_bytes(altered_1)
+    assert read(1, sealed_len) == datas[1]  # the segment read ahead, before the change
+    with pytest.raises(IntegrityError):
+        read(1)  # read again from the file: the read ahead was for segment 2
+    blob.write_bytes(sealed)
+    assert read(0, sealed_len) == datas[0]
+    with pytest.raises(IntegrityError):
+        read(1, path=other)  # another file: the segment read ahead from blob is not used
+    assert read(2, 16 + 77) == datas[2]  # nothing held for 2: read from the file
+    blob.write_bytes(sealed[:-5])
+    assert read(3) == datas[3]  # the short last segment, read ahead before the file was cut
+    blob.write_bytes(sealed[: 2 * sealed_len + 100])  # cut inside segment 2
+    assert read(1, sealed_len) == datas[1]  # reading 2 ahead fails, not this call
+    with pytest.raises(IntegrityError, match="shorter"):
+        read(2)
+    for ahead, first in [(sealed_len + 1, 0), (16 + 77, 3)]:
+        with pytest.raises(InvalidInputError, match="ahead"):
+            read(first, ahead)
+
+
 def test_segments_open_into_several_buffers_in_order(key: _core.KeyHandle, tmp_path: Path) -> None:
     """A list of buffers is filled in order (the caller's buffer, then a read-ahead window),
     each but the final one whole segments; a failure zeroes every one of them."""

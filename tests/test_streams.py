@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,8 @@ from hypothesis import strategies as st
 import keycustody as kc
 from dbadmin import RawDB, raw_db
 from keycustody import _core
+from keycustody.payloads import _FileSegments, blob_key
+from keycustody.storage.blobs import LocalBlobStore
 from keycustody.streams import FETCH_AHEAD, FetchedSegments, StreamReader
 
 SEG = _core.SEGMENT_LEN
@@ -170,6 +174,17 @@ class SealedSegments:
         source = FetchedSegments(self.fetch, self.size, prefetch)
         return StreamReader(self.opener, self.size, source)
 
+    def in_blob_store(self, root: Path) -> Callable[[], StreamReader]:
+        """Writes the segments as a local blob store's object under ``root``; returns a
+        function that opens a reader of it (Rust reads the file)."""
+        store = LocalBlobStore(root)
+        record_id = bytes(range(16))
+        key = blob_key(bytes(16), record_id)
+        store.put(key, self.sealed)
+        return lambda: StreamReader(
+            self.opener, self.size, _FileSegments(store, record_id, key, self.size)
+        )
+
 
 @pytest.fixture
 def executor() -> Iterator[ThreadPoolExecutor]:
@@ -233,6 +248,11 @@ def _ten_segments() -> SealedSegments:
     return SealedSegments(9)  # nine full segments and a short one, shared: building costs
 
 
+@pytest.fixture(scope="module")
+def ten_segments_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], StreamReader]:
+    return _ten_segments().in_blob_store(tmp_path_factory.mktemp("blobs"))
+
+
 _READ_SIZES = [-1, 0, 1, 1000, SEG - 1, SEG, SEG + 1, 2 * SEG, 5 * SEG]
 _SEEKS = ["none", "none", "none", "forward", "anywhere"]  # mostly sequential reads
 
@@ -246,27 +266,66 @@ _SEEKS = ["none", "none", "none", "forward", "anywhere"]  # mostly sequential re
         min_size=1,
         max_size=16,
     ),
-    prefetch=st.booleans(),
+    source=st.sampled_from(["fetched", "fetched-ahead", "file"]),
 )
 def test_any_seeks_and_reads_return_the_plaintext_there(
-    ops: list[tuple[str, int, int]], prefetch: bool
+    ten_segments_file: Callable[[], StreamReader], ops: list[tuple[str, int, int]], source: str
 ) -> None:
-    """Property: whatever the seeks and read sizes, fetching ahead or not, each read returns
-    the plaintext at its position: through segments held (a seek forward lands in them),
-    windows, straight opens into the caller's buffer, and read()'s reused buffer (reads of
-    5 segments take a fresh one)."""
+    """Property: whatever the seeks and read sizes, fetching ahead or not, or reading a
+    local blob store's file in Rust, each read returns the plaintext at its position:
+    through segments held (a seek forward lands in them), segments read ahead from the
+    file, windows, straight opens into the caller's buffer, and read()'s reused buffer
+    (reads of 5 segments take a fresh one)."""
     segments = _ten_segments()
     plain = segments.plain
-    with ThreadPoolExecutor(1) as pool, segments.reader(pool if prefetch else None) as reader:
-        pos = 0
-        for seek, offset, size in ops:
-            if seek == "forward":  # over 1 to 3 segments
-                pos = reader.seek((offset % 3 + 1) * SEG + offset % 7, io.SEEK_CUR)
-            elif seek == "anywhere":
-                pos = reader.seek(offset)
-            got = reader.read(size)
-            assert got == (plain[pos:] if size < 0 else plain[pos : pos + size])
-            pos += len(got)
+    with ThreadPoolExecutor(1) as pool:
+        if source == "file":
+            reader = ten_segments_file()
+        else:
+            reader = segments.reader(pool if source == "fetched-ahead" else None)
+        with reader:
+            pos = 0
+            for seek, offset, size in ops:
+                if seek == "forward":  # over 1 to 3 segments
+                    pos = reader.seek((offset % 3 + 1) * SEG + offset % 7, io.SEEK_CUR)
+                elif seek == "anywhere":
+                    pos = reader.seek(offset)
+                got = reader.read(size)
+                assert got == (plain[pos:] if size < 0 else plain[pos : pos + size])
+                pos += len(got)
+
+
+class _LoggedOpener:
+    """Passes read_segments_into calls to a real opener, logging ``(first, ahead)``."""
+
+    def __init__(self, opener: _core.StreamOpener) -> None:
+        self.opener = opener
+        self.calls: list[tuple[int, int]] = []
+
+    def read_segments_into(self, path: Any, first: int, last: bool, out: Any, ahead: int) -> None:
+        self.calls.append((first, ahead))
+        self.opener.read_segments_into(path, first, last, out, ahead)
+
+
+def test_sequential_reads_of_a_blob_file_read_the_next_segment_ahead(tmp_path: Path) -> None:
+    """Reading a local blob store's file one segment at a time, each read also reads the
+    next segment (its sealed length, the short last one's too) for the next read; reads of
+    several segments, and the first read after a seek, read nothing ahead."""
+    segments = SealedSegments(4)  # four full segments and a short one
+    reader = segments.in_blob_store(tmp_path)()
+    logged = _LoggedOpener(segments.opener)
+    reader._opener = logged  # type: ignore[assignment]
+    sealed = SEG + _core.TAG_LEN
+    assert b"".join(iter(lambda: reader.read(SEG), b"")) == segments.plain
+    assert logged.calls == [(0, sealed), (1, sealed), (2, sealed), (3, 10 + _core.TAG_LEN), (4, 0)]
+    logged.calls.clear()
+    reader.seek(2 * SEG)
+    assert reader.read(SEG) == segments.plain[2 * SEG : 3 * SEG]
+    assert reader.read(SEG) == segments.plain[3 * SEG : 4 * SEG]
+    reader.seek(0)
+    assert reader.read(2 * SEG) == segments.plain[: 2 * SEG]
+    assert reader.read(SEG) == segments.plain[2 * SEG : 3 * SEG]
+    assert logged.calls == [(2, 0), (3, 10 + _core.TAG_LEN), (0, 0), (2, sealed)]
 
 
 def test_fetched_ahead_windows_are_dropped_or_fail_where_needed(

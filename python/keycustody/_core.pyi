@@ -202,7 +202,12 @@ class StreamOpener:
         """
 
     def read_segments_into(
-        self, path: str | os.PathLike[str], first: int, last: bool, out: Buffer | list[_Out]
+        self,
+        path: str | os.PathLike[str],
+        first: int,
+        last: bool,
+        out: Buffer | list[_Out],
+        ahead: int = 0,
     ) -> None:
         """Reads consecutive sealed segments from ``first`` out of the file at ``path`` (a
         local blob store's object: the stream's sealed segments back to back from offset 0)
@@ -212,11 +217,16 @@ class StreamOpener:
         cores, so it is decrypted while still in cache. All of ``out`` is zeroed if a segment
         fails.
 
+        ``ahead``: the sealed length of the segment after these (0: none), read meanwhile
+        on another core and kept (ciphertext only) for the next call that starts there; a
+        failure to read it is left to that call, which reads again.
+
         Raises:
             IntegrityError: a segment was altered or moved, its position or flag is wrong, or
                 the file ends before the segments asked for.
             InvalidInputError: ``out`` is read-only, not contiguous, splits a segment between
-                two buffers, or ends with a partial segment that is not the stream's last.
+                two buffers, or ends with a partial segment that is not the stream's last;
+                ``ahead`` is longer than a sealed segment, or given with ``last``.
             OSError: the file cannot be opened or read (FileNotFoundError when missing).
         """
 

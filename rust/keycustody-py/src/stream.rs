@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, TryLockError};
 
 use keycustody_core::aead::TAG_LEN;
 use keycustody_core::record::{OpenKeys, SealKey, HEADER_LEN};
@@ -80,6 +81,16 @@ pub fn begin_stream<'py>(
 #[pyclass(frozen, module = "keycustody._core", name = "StreamOpener")]
 pub struct PyStreamOpener {
     inner: StreamOpener,
+    /// `read_segments_into`'s segment read ahead, and a spare buffer for the next one.
+    ahead: Mutex<(Option<ReadAhead>, Vec<u8>)>,
+}
+
+/// The sealed segment after a `read_segments_into` call, read from its file while that call
+/// opened its own, for the next call (ciphertext only).
+struct ReadAhead {
+    path: PathBuf,
+    index: u32,
+    sealed: Vec<u8>,
 }
 
 #[pymethods]
@@ -145,6 +156,12 @@ impl PyStreamOpener {
     /// segments, but for a final one when `last` (the stream's last). Each segment is read by
     /// the task that opens it, on several cores when there are several, so it is still in
     /// cache when it is decrypted.
+    ///
+    /// `ahead`: the sealed length of the segment after these (0: none), read meanwhile on
+    /// another core and kept for the next call that starts there. A sequential reader of one
+    /// segment per call then decrypts on one core while the next segment is read on the
+    /// other. A failure to read ahead is left to that next call, which reads again.
+    #[pyo3(signature = (path, first, last, out, ahead = 0))]
     fn read_segments_into(
         &self,
         py: Python<'_>,
@@ -152,6 +169,7 @@ impl PyStreamOpener {
         first: u32,
         last: bool,
         out: &Bound<'_, PyAny>,
+        ahead: usize,
     ) -> PyResult<()> {
         let outs = OutBuffers::get(out)?;
         let len = outs.len();
@@ -160,11 +178,60 @@ impl PyStreamOpener {
                 "out must hold whole segments unless it ends with the stream's last one",
             ));
         }
-        check_indexes(first, len.div_ceil(SEGMENT_LEN).max(1))?;
+        let count = len.div_ceil(SEGMENT_LEN).max(1);
+        check_indexes(first, count)?;
+        if ahead > SEALED_LEN || (ahead > 0 && last) {
+            return Err(InvalidInputError::new_err(
+                "ahead must be the sealed length of one segment after these, or 0",
+            ));
+        }
+        // Not waited for: another thread reading through this opener holds it with the GIL
+        // released, and would wait for the GIL this thread holds. That read goes without.
+        let mut state = match self.ahead.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return outs.fill_detached(py, |shares| {
+                    let file = File::open(&path).map_err(ReadError::Io)?;
+                    read_window(&self.inner, &file, &path, first, last, shares, None)
+                })
+            }
+        };
+        let (read_ahead, spare) = &mut *state;
+        let held = read_ahead
+            .take()
+            .filter(|h| h.index == first && h.path == path);
+        let next = u32::try_from(count)
+            .ok()
+            .and_then(|n| first.checked_add(n))
+            .filter(|_| ahead > 0);
+        let mut fetched = false;
         outs.fill_detached(py, |shares| {
             let file = File::open(&path).map_err(ReadError::Io)?;
-            read_window(&self.inner, &file, &path, first, last, shares)
-        })
+            let held = held.as_ref().map(|h| &h.sealed[..]);
+            let Some(next) = next else {
+                return read_window(&self.inner, &file, &path, first, last, shares, held);
+            };
+            let (opened, read) = rayon::join(
+                || read_window(&self.inner, &file, &path, first, last, shares, held),
+                || {
+                    spare.resize(ahead, 0);
+                    let offset = u64::from(next) * SEALED_LEN as u64;
+                    read_exact_at(&file, &path, spare, offset)
+                },
+            );
+            fetched = read.is_ok();
+            opened
+        })?;
+        if let Some(index) = next.filter(|_| fetched) {
+            let sealed = std::mem::replace(spare, held.map(|h| h.sealed).unwrap_or_default());
+            *read_ahead = Some(ReadAhead {
+                path,
+                index,
+                sealed,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -288,7 +355,7 @@ thread_local! {
 
 /// Reads the segments of `shares` (one per segment, in order, from `first`) from `file`
 /// (opened from `path`) and opens them, each in its own task; every segment is
-/// authenticated, an empty final one included.
+/// authenticated, an empty final one included. `held`: segment `first`, already read.
 fn read_window(
     inner: &StreamOpener,
     file: &File,
@@ -296,6 +363,7 @@ fn read_window(
     first: u32,
     last: bool,
     shares: Vec<&mut [u8]>,
+    held: Option<&[u8]>,
 ) -> Result<(), ReadError> {
     let count = shares.len();
     // Always on the pool, even for one segment: its threads keep their buffers warm.
@@ -304,14 +372,20 @@ fn read_window(
         .enumerate()
         .try_for_each(|(i, share)| {
             let index = first + i as u32; // in range: checked by the caller
-            SEALED.with_borrow_mut(|sealed| {
-                let sealed = &mut sealed[..share.len() + TAG_LEN];
-                let offset = u64::from(index) * SEALED_LEN as u64;
-                read_exact_at(file, path, sealed, offset).map_err(ReadError::Io)?;
-                inner
-                    .open_segment(index, last && i == count - 1, sealed, share)
-                    .map_err(ReadError::Core)
-            })
+            let last = last && i == count - 1;
+            match held {
+                Some(sealed) if i == 0 && sealed.len() == share.len() + TAG_LEN => inner
+                    .open_segment(index, last, sealed, share)
+                    .map_err(ReadError::Core),
+                _ => SEALED.with_borrow_mut(|sealed| {
+                    let sealed = &mut sealed[..share.len() + TAG_LEN];
+                    let offset = u64::from(index) * SEALED_LEN as u64;
+                    read_exact_at(file, path, sealed, offset).map_err(ReadError::Io)?;
+                    inner
+                        .open_segment(index, last, sealed, share)
+                        .map_err(ReadError::Core)
+                }),
+            }
         })
 }
 
@@ -439,5 +513,8 @@ pub fn open_stream(
         keys: &pairs,
     };
     let inner = StreamOpener::new(&keys, name.as_deref(), &header).map_err(Error)?;
-    Ok(PyStreamOpener { inner })
+    Ok(PyStreamOpener {
+        inner,
+        ahead: Mutex::new((None, Vec::new())),
+    })
 }
