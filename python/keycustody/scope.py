@@ -393,6 +393,7 @@ class Scope:
 
         Raises:
             NotFoundError: any name has no record (the error counts how many).
+            IntegrityError: a stored record was altered or misplaced.
             StorageError: the database failed.
         """
         wanted = list(dict.fromkeys(names))
@@ -410,10 +411,11 @@ class Scope:
                 if opening is not None:
                     out.update(opening.result())
                     opening = None
-                if pool is None or stop >= len(wanted):
+                if pool is not None and stop < len(wanted):
+                    with contextlib.suppress(RuntimeError):  # shut down: the vault is closing
+                        opening = pool.submit(open_group)
+                if opening is None:
                     out.update(open_group())
-                else:
-                    opening = pool.submit(open_group)
         return out
 
     def _read_group(

@@ -132,8 +132,9 @@ class Vault:
         self.max_record_bytes = max_record_bytes
         self.id = self._vault_id()
         self._records = RecordStatements(engine.dialect)
-        # Stream reads fetch their next window on these threads while they decrypt; not
-        # where every checkout is one shared connection (an in-memory database).
+        # Stream reads fetch their next window on these threads while they decrypt, and
+        # get_many opens a group of records while it reads the next; not where every
+        # checkout is one shared connection (an in-memory database).
         self._prefetch: ThreadPoolExecutor | None = None
         if not shares_one_connection(engine):
             self._prefetch = ThreadPoolExecutor(4, thread_name_prefix="keycustody-prefetch")
