@@ -1659,6 +1659,38 @@ def _raw_stream_seconds(op: str, nbytes: int) -> float:
     return time.perf_counter() - start
 
 
+def _read_blobs_seconds(conn: sqlite3.Connection, rowids: Sequence[int], nbytes: int) -> float:
+    """Seconds sqlite3 alone takes to read the ``body`` blobs (``nbytes`` in all) of these
+    ``segments`` rows, in order and in one read transaction, as the vault reads a stream's
+    segments (blob reads, no SELECT of the bodies)."""
+    start = time.perf_counter()
+    total = 0
+    conn.execute("BEGIN")
+    try:
+        for rowid in rowids:
+            with conn.blobopen("segments", "body", rowid, readonly=True) as blob:
+                total += len(blob.read())
+    finally:
+        conn.execute("ROLLBACK")
+    seconds = time.perf_counter() - start
+    if total != nbytes:
+        raise AssertionError(f"read {total} bytes of blobs, not {nbytes}")
+    return seconds
+
+
+def _segment_rowids(directory: str, scope: Any, name: str) -> tuple[sqlite3.Connection, list[int]]:
+    """A sqlite3 connection (the vault's pragmas) to the bench vault's database, and the
+    rowids of the segments of stream record ``name``, in order."""
+    from keycustody.storage.engine import SQLITE_PRAGMAS
+
+    record_id = next(i.record_id for i in scope.list(prefix=name) if i.name == name)
+    conn = sqlite3.connect(Path(directory) / "bench.db", isolation_level=None)
+    for pragma in SQLITE_PRAGMAS:
+        conn.execute(pragma)
+    query = "SELECT rowid FROM segments WHERE record_id = ? ORDER BY seq"
+    return conn, [r for (r,) in conn.execute(query, (bytes.fromhex(record_id),))]
+
+
 def _read_stream_seconds(scope: Any, name: str, buffer: bytearray, nbytes: int) -> float:
     """Seconds open_stream of ``name`` takes to read to the end into ``buffer``."""
     start = time.perf_counter()
@@ -1680,7 +1712,9 @@ def _child_stream(
 
     The put runs once, then the baseline. The open reads the stream ``reads`` times, each
     read followed by the baseline's, and keeps the medians of both; its ``peak_rss`` is the
-    child's peak through the first read.
+    child's peak through the first read. From SQLite, each read is also followed by sqlite3
+    alone reading the same segments' blobs (``extra["floor_seconds"]``, the median): the
+    bound of the read, measured beside it.
     """
     vault, scope, open_calls = _reopen_bench_vault(directory, blobs=blobs)
     # A name of its own per store: a put over the other phase's stream would also time the
@@ -1688,6 +1722,7 @@ def _child_stream(
     name = STREAM_NAME + BLOBS_SUFFIX if blobs else STREAM_NAME
     nbytes = mib * MiB
     raw_bytes = max(1, min(raw_mib, mib)) * MiB
+    extra = {"kms_calls_vault_open": float(open_calls)}
     try:
         if op == "put":
             source = PatternReader(nbytes)
@@ -1700,16 +1735,24 @@ def _child_stream(
             peak = own_peak_rss()
         else:
             buffer = bytearray(MiB)
+            floor = None if blobs else _segment_rowids(directory, scope, name)
             base = rss_bytes()
             times: list[float] = []
             raws: list[float] = []
+            floors: list[float] = []
             for i in range(max(1, reads)):
                 times.append(_read_stream_seconds(scope, name, buffer, nbytes))
                 if i == 0:  # before the baseline's memory (which its allocator keeps) counts
                     peak = own_peak_rss()
+                if floor is not None:
+                    sealed = nbytes + _TAG_LEN * len(floor[1])
+                    floors.append(_read_blobs_seconds(*floor, sealed))
                 raws.append(_raw_stream_seconds("open", raw_bytes))
             seconds = statistics.median(times)
             raw_seconds = statistics.median(raws)
+            if floor is not None:
+                floor[0].close()
+                extra["floor_seconds"] = statistics.median(floors)
         calls = int(vault.kms_calls) - open_calls
     finally:
         vault.close()
@@ -1726,7 +1769,7 @@ def _child_stream(
         PYCA_RAW,
         raw_seconds,
         raw_bytes,
-        {"kms_calls_vault_open": float(open_calls)},
+        extra,
     ).to_dict()
 
 
@@ -1844,24 +1887,16 @@ def _child_stream_floor(directory: str, mib: int, reads: int = 1) -> list[dict[s
         put_peak = own_peak_rss()
         reset_peak_rss()
         open_base = rss_bytes()
-        times: list[float] = []
-        for _ in range(max(1, reads)):
-            start = time.perf_counter()
-            total = 0
-            for seq in range(mib):  # seq is the rowid
-                with conn.blobopen("segments", "body", seq, readonly=True) as blob:
-                    total += len(blob.read())
-            times.append(time.perf_counter() - start)
-            if total != mib * MiB:
-                raise AssertionError(f"read {total} bytes back, not {mib * MiB}")
+        rowids = range(mib)  # seq is the rowid
+        times = [_read_blobs_seconds(conn, rowids, mib * MiB) for _ in range(max(1, reads))]
         open_seconds = statistics.median(times)
         open_peak = window_peak_rss()
     finally:
         conn.close()
     name = f"stream-{SQLITE_PLAIN}"
     return [
-        Phase(f"put_{name}", put_seconds, total, mib, put_peak, base).to_dict(),
-        Phase(f"open_{name}", open_seconds, total, mib, open_peak, open_base).to_dict(),
+        Phase(f"put_{name}", put_seconds, mib * MiB, mib, put_peak, base).to_dict(),
+        Phase(f"open_{name}", open_seconds, mib * MiB, mib, open_peak, open_base).to_dict(),
     ]
 
 
@@ -2172,8 +2207,9 @@ def _stream_targets(report: Report) -> list[Target]:
 def _stream_bound(
     report: Report, name: str, suffix: str, p: Phase | None, disk: float | None
 ) -> tuple[float | None, str]:
-    """The stream phase's bound: sqlite3 alone storing the same bytes (SQLite), or the disk's
-    fsynced write rate (put into a local blob store)."""
+    """The stream phase's bound: sqlite3 alone reading the same segments in the same child
+    (open from SQLite) or storing the same bytes (put into SQLite), or the disk's fsynced
+    write rate (put into a local blob store)."""
     raw = None if p is None else p.baseline_bytes_per_s
     if not raw:
         return None, ""
@@ -2181,6 +2217,13 @@ def _stream_bound(
         if name == "put_stream" and disk:
             return disk / raw, f"bound {disk / raw:.2f}x: disk {disk / 1e6:,.0f} MB/s with fsync"
         return None, ""
+    if p is not None and (beside := p.extra.get("floor_seconds")):
+        rate = p.nbytes / beside
+        bound = rate / raw
+        return (
+            bound,
+            f"bound {bound:.2f}x: sqlite3 alone reading the same blobs, {rate / 1e6:,.0f} MB/s",
+        )
     floor = report.phase(f"{name.split('_')[0]}_stream-{SQLITE_PLAIN}")
     if floor is None:
         return None, ""

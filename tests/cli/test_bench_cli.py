@@ -162,6 +162,9 @@ def test_quick_json_phases_bounds_targets(quick_json: dict[str, Any]) -> None:
         assert p["peak_rss_bytes"] >= p["base_rss_bytes"]
     assert phases["put_stream"]["bytes"] == 32 * kb.MiB
     assert _positive(phases["open_stream"]["ratio"])
+    # sqlite3 alone read the same segments beside the vault's reads: the read's bound.
+    assert _positive(phases["open_stream"]["extra"]["floor_seconds"])
+    assert "floor_seconds" not in phases["open_stream-local-blobs"]["extra"]
     assert phases["ingest"]["items"] == 10_000
     assert phases["ingest-sqlite3-vault-rows"]["items"] == 10_000
     assert phases["ingest-sqlite3-vault-rows"]["bytes"] == phases["ingest"]["bytes"]
@@ -265,6 +268,19 @@ def _report() -> kb.Report:
                 0.5,
                 2**30,
             ),
+            kb.Phase(
+                "open_stream",
+                1.0,
+                2**30,
+                1024,
+                80 * kb.MiB,
+                60 * kb.MiB,
+                1,
+                kb.PYCA_RAW,
+                0.5,
+                2**30,
+                {"floor_seconds": 0.5},
+            ),
             kb.Phase("ingest", 30.0, 7 * 10**9, 400_000, 2**31, 60 * kb.MiB, 1),
         ],
     )
@@ -286,7 +302,10 @@ def test_targets_pass_fail_and_bounds() -> None:
     assert targets["get_many_4KiB"].passed is None
     assert targets["put_stream_rss"].passed is True
     assert targets["put_stream_speed"].passed is False  # a quarter of the raw speed
-    assert targets["open_stream_rss"].passed is None
+    assert targets["open_stream_rss"].passed is True
+    opened = targets["open_stream_speed"]  # half the raw speed; sqlite3 alone, all of it
+    assert opened.passed is True and opened.value == pytest.approx(0.5)
+    assert opened.bound == pytest.approx(1.0) and "the same blobs" in opened.note
     assert targets["ingest_seconds"].passed is True
     assert targets["ingest_rss"].passed is False  # 2 GiB
     assert targets["kms_calls"].passed is True
