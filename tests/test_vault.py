@@ -196,6 +196,33 @@ def test_get_many_checks_every_group_of_a_long_call(acme: kc.Scope, raw: RawDB) 
     assert acme.get_many(reversed(names)) == dict(items)
 
 
+def test_get_many_opens_its_groups_itself_when_the_vaults_threads_are_busy(
+    vault: kc.Vault, acme: kc.Scope
+) -> None:
+    """With every background thread of the vault busy (other readers' stream fetches), a
+    long get_many opens its queued groups itself instead of waiting for a thread."""
+    from keycustody.storage.repository import IN_LIST_CHUNK
+
+    pool = vault._prefetch
+    assert pool is not None
+    items = [(f"f{i}", os.urandom(100)) for i in range(2 * IN_LIST_CHUNK + 1)]
+    acme.put_many(items)
+    release = threading.Event()
+    busy = [pool.submit(release.wait, 60) for _ in range(pool._max_workers)]
+    got: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: got.update(acme.get_many([n for n, _ in items])))
+    try:
+        reader.start()
+        reader.join(30)
+        assert not reader.is_alive(), "get_many waited for the vault's busy threads"
+        assert got == dict(items)
+    finally:
+        release.set()
+        for waiting in busy:
+            waiting.result()
+        reader.join()
+
+
 def test_flipping_lookup_columns_never_returns_data(acme: kc.Scope, raw: RawDB) -> None:
     """The blind index and scope id are lookup keys: a flip hides the record (NotFound) and
     list() reports the inconsistency; no path returns wrong data."""

@@ -402,18 +402,20 @@ class Scope:
         # The vault's background threads (None for an in-memory database): a call of one
         # group opens it inline, as does the last group of any call.
         pool = self._vault._prefetch if len(wanted) > IN_LIST_CHUNK else None
-        opening: Future[dict[str, bytes]] | None = None
+        opening: tuple[Future[dict[str, bytes]], Callable[[], dict[str, bytes]]] | None = None
         with self._vault._read() as s:
             _, key = self._active_key(s)
             for start in range(0, len(wanted), IN_LIST_CHUNK):
                 stop = start + IN_LIST_CHUNK
                 open_group = self._read_group(s, key, wanted[start:stop], raw[start:stop], out)
                 if opening is not None:
-                    out.update(opening.result())
+                    # Still queued behind other work (stream fetches): opened here instead.
+                    future, previous = opening
+                    out.update(previous() if future.cancel() else future.result())
                     opening = None
                 if pool is not None and stop < len(wanted):
                     with contextlib.suppress(RuntimeError):  # shut down: the vault is closing
-                        opening = pool.submit(open_group)
+                        opening = pool.submit(open_group), open_group
                 if opening is None:
                     out.update(open_group())
         return out
