@@ -526,7 +526,8 @@ class Scope:
 
         Only the segments a read touches are decrypted. Sequential reads of segments in the
         database or a network blob store fetch up to eight more ahead, on a background
-        thread (at most 15 sealed MiB per reader).
+        thread (at most 15 sealed MiB per reader); those of a local blob store read the next
+        segment's ciphertext on the other core while they decrypt.
 
         Raises:
             NotFoundError: no such record.
