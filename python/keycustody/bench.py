@@ -1723,6 +1723,7 @@ def _child_stream(
     nbytes = mib * MiB
     raw_bytes = max(1, min(raw_mib, mib)) * MiB
     extra = {"kms_calls_vault_open": float(open_calls)}
+    floor: tuple[sqlite3.Connection, list[int]] | None = None
     try:
         if op == "put":
             source = PatternReader(nbytes)
@@ -1750,11 +1751,12 @@ def _child_stream(
                 raws.append(_raw_stream_seconds("open", raw_bytes))
             seconds = statistics.median(times)
             raw_seconds = statistics.median(raws)
-            if floor is not None:
-                floor[0].close()
+            if floors:
                 extra["floor_seconds"] = statistics.median(floors)
         calls = int(vault.kms_calls) - open_calls
     finally:
+        if floor is not None:
+            floor[0].close()
         vault.close()
     if op == "put":
         raw_seconds = _raw_stream_seconds("seal", raw_bytes)
