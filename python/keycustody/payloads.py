@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from keycustody._core import SEGMENT_LEN, TAG_LEN, StreamOpener
+from keycustody._core import TAG_LEN, StreamOpener
 from keycustody.errors import (
     BlobMissingError,
     ConfigError,
@@ -55,7 +55,13 @@ from keycustody.storage.blobs import BlobStore, BlobWriter, LocalBlobStore
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow
 from keycustody.storage.repository import IN_LIST_CHUNK, RECORD_COLUMNS, RecordStatements
-from keycustody.streams import SEALED_SEGMENT_LEN, FetchedSegments, SegmentSource, segment_count
+from keycustody.streams import (
+    SEALED_SEGMENT_LEN,
+    FetchedSegments,
+    SegmentSource,
+    plain_len,
+    segment_count,
+)
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 """Payloads larger than this many bytes go to the blob store (when one is configured)."""
@@ -271,14 +277,9 @@ class Payloads:
         if isinstance(store, LocalBlobStore):
             return _FileSegments(store, record_id, key, row.size)
         size: int = row.size
-        count = segment_count(size)
-        last_len = size - (count - 1) * SEGMENT_LEN + TAG_LEN
 
         def fetch_range(first: int, n: int) -> bytes:
-            end = first + n  # one past the final segment read
-            length = (n - 1) * SEALED_SEGMENT_LEN + (
-                last_len if end == count else SEALED_SEGMENT_LEN
-            )
+            length = plain_len(size, first, n) + n * TAG_LEN
             return self._get(store, record_id, key, first * SEALED_SEGMENT_LEN, length)
 
         return FetchedSegments(fetch_range, size, prefetch)
@@ -420,8 +421,8 @@ class _FileSegments:
         self._record_id = record_id
         self._key = key
         self._path = store.path_of(key)
+        self._size = size
         self._count = segment_count(size)
-        self._last_len = size - (self._count - 1) * SEGMENT_LEN + TAG_LEN
         self._next = 0  # the segment after the last one opened
 
     def open_into(
@@ -431,7 +432,7 @@ class _FileSegments:
         following = first + segment_count(sum(len(out) for out in outs))
         ahead = 0
         if following == first + 1 and first == self._next and following < self._count:
-            ahead = self._last_len if following == self._count - 1 else SEALED_SEGMENT_LEN
+            ahead = plain_len(self._size, following, 1) + TAG_LEN
         self._next = following
         try:
             opener.read_segments_into(self._path, first, last, outs, ahead)

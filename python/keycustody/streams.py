@@ -50,6 +50,12 @@ def segment_count(size: int) -> int:
     return max(1, -(-size // SEGMENT_LEN))
 
 
+def plain_len(size: int, first: int, n: int) -> int:
+    """Payload bytes in segments ``first`` to ``first + n - 1`` of a stream of ``size`` bytes
+    (the final one may be short); sealed, each segment has TAG_LEN bytes more."""
+    return min(n * SEGMENT_LEN, size - first * SEGMENT_LEN)
+
+
 class SegmentSource(Protocol):
     """Where a stream record's sealed segments are read from, and how they open."""
 
@@ -338,7 +344,7 @@ class StreamReader(io.BufferedIOBase):
 
     def _plain_len(self, seq: int, n: int) -> int:
         """Payload bytes in segments ``seq`` to ``seq + n - 1`` (the final one may be short)."""
-        return min(n * SEGMENT_LEN, self._size - seq * SEGMENT_LEN)
+        return plain_len(self._size, seq, n)
 
     def _open_segments(self, seq: int, n: int, outs: list[memoryview]) -> None:
         if self._check_open is not None:
