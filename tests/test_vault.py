@@ -24,6 +24,7 @@ from dbadmin import RawDB
 from forensics import checkpoint, database_files, hits
 from keycustody import _core
 from keycustody.kms.local import LocalKMS
+from keycustody.storage.repository import IN_LIST_CHUNK
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 
 MIB = 1024 * 1024
@@ -177,8 +178,6 @@ def test_get_many_checks_every_group_of_a_long_call(acme: kc.Scope, raw: RawDB) 
     """get_many looks names up IN_LIST_CHUNK at a time and opens a group on a worker thread
     while it reads the next: a tampered record in the first, a middle or the last group fails
     the call, as does a missing name in any of them."""
-    from keycustody.storage.repository import IN_LIST_CHUNK
-
     count = 2 * IN_LIST_CHUNK + 100
     items = [(f"src/f{i}.py", os.urandom(64 + i % 500)) for i in range(count)]
     infos = acme.put_many(items)
@@ -201,8 +200,6 @@ def test_get_many_opens_its_groups_itself_when_the_vaults_threads_are_busy(
 ) -> None:
     """With every background thread of the vault busy (other readers' stream fetches), a
     long get_many opens its queued groups itself instead of waiting for a thread."""
-    from keycustody.storage.repository import IN_LIST_CHUNK
-
     pool = vault._prefetch
     assert pool is not None
     items = [(f"f{i}", os.urandom(100)) for i in range(2 * IN_LIST_CHUNK + 1)]
