@@ -4,7 +4,9 @@ HTTP, and a vault that keeps the ciphertext of large payloads in them."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import itertools
 import os
 import random
 import sqlite3
@@ -24,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 import keycustody as kc
 from keycustody._core import SEGMENT_LEN, TAG_LEN
+from keycustody.durable import WRITEBACK_CHUNK
 from keycustody.errors import BlobMissingError
 from keycustody.payloads import DEFAULT_THRESHOLD, blob_key
 from keycustody.storage.blobs import (
@@ -192,6 +195,53 @@ def test_local_layout_and_permissions(local_store: LocalBlobStore) -> None:
     # Files not laid out as the store writes them are not listed (never swept).
     (local_store.root / scope / "stray").write_bytes(b"x")
     assert _keys(local_store) == {f"{scope}/{record}"}
+
+
+def test_a_large_local_write_starts_its_writeback_before_the_fsync(
+    local_store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each WRITEBACK_CHUNK written starts its own writeback, in order, before the commit's
+    fsync. A spy records the calls and makes them for real (the kernel's writeback itself
+    cannot be observed from here: nothing in /proc says which pages of a file are dirty)."""
+    calls: list[tuple[int, int, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((fd, offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    chunk = SEGMENT_LEN + TAG_LEN
+    data = _payload(20 * chunk + 5)
+    writer = local_store.writer("ab12/ef56")
+    for start in range(0, len(data), chunk):
+        writer.write(data[start : start + chunk])
+    spans = [(offset, length) for _, offset, length, _ in calls]
+    assert {(fd, advice) for fd, _, _, advice in calls} == {
+        (writer._fd, os.POSIX_FADV_DONTNEED)  # type: ignore[attr-defined]
+    }
+    assert spans[0][0] == 0 and len(spans) == 2  # 8 MiB, 8 MiB, then the rest for the fsync
+    assert all(length >= WRITEBACK_CHUNK for _, length in spans)
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
+    writer.commit()
+    assert local_store.get("ab12/ef56") == data
+
+
+def test_a_local_write_does_not_depend_on_its_early_writeback(
+    local_store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting writeback early is only an optimisation: where the call fails (an injected
+    error) or is missing (not Linux), the object is written and committed all the same."""
+
+    def failing(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(errno.EINVAL, "injected")
+
+    data = _payload(3 * WRITEBACK_CHUNK)
+    monkeypatch.setattr(os, "posix_fadvise", failing)
+    local_store.put("ab12/aa01", [data[:WRITEBACK_CHUNK], data[WRITEBACK_CHUNK:]])
+    monkeypatch.delattr(os, "posix_fadvise")
+    local_store.put("ab12/aa02", [data[:WRITEBACK_CHUNK], data[WRITEBACK_CHUNK:]])
+    assert local_store.get("ab12/aa01") == local_store.get("ab12/aa02") == data
 
 
 def test_local_removes_stale_temporary_files(local_store: LocalBlobStore) -> None:

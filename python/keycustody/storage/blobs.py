@@ -38,7 +38,7 @@ from typing_extensions import Buffer
 
 from keycustody import awssdk
 from keycustody._core import SEGMENT_LEN, TAG_LEN
-from keycustody.durable import fsync_dir
+from keycustody.durable import Writeback, fsync_dir
 from keycustody.errors import BlobMissingError, ConfigError, InvalidInputError, StorageError
 
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
@@ -163,16 +163,19 @@ class _LocalWriter:
         self._fd: int | None = os.open(
             self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
         )
+        self._writeback = Writeback(self._fd)
 
     def write(self, data: Buffer) -> None:
         if self._fd is None:
             raise StorageError("the blob writer is already closed")
         view = memoryview(data).cast("B")
+        n = len(view)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise StorageError(f"cannot write blob {self._key}: {exc.strerror}") from exc
+        self._writeback.wrote(n)
 
     def commit(self) -> None:
         if self._fd is None:
