@@ -197,6 +197,7 @@ def test_local_layout_and_permissions(local_store: LocalBlobStore) -> None:
     assert _keys(local_store) == {f"{scope}/{record}"}
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
 def test_a_large_local_write_starts_its_writeback_before_the_fsync(
     local_store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
