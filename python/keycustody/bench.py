@@ -208,6 +208,21 @@ def open_sqlite_baseline(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
+def _vault_sqlite3(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A sqlite3 connection to ``path`` with the vault's own pragmas (page size, WAL,
+    ``synchronous=FULL``, ...), in autocommit mode: what the floors run their SQL on."""
+    from keycustody.storage.engine import SQLITE_PRAGMAS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def pyca_sqlite_put(
     conn: sqlite3.Connection, kek: AESGCM, items: Sequence[tuple[str, bytes]]
 ) -> None:
@@ -1021,16 +1036,12 @@ class VaultRowsFloor:
     random bytes in place of ciphertext, built before the clock starts."""
 
     def __init__(self, root: Path) -> None:
-        from keycustody.storage.engine import SQLITE_PRAGMAS
-
         opened = open_bench_vault(root)
         if opened is None:
             raise ConfigError("this build has no keycustody.Vault")
         self._vault, scope = opened
         self._scope_id: bytes = scope._ref.id  # type: ignore[attr-defined]
-        self._conn = sqlite3.connect(root / "bench.db", isolation_level=None)
-        for pragma in SQLITE_PRAGMAS:
-            self._conn.execute(pragma)
+        self._conn = _vault_sqlite3(root / "bench.db")
         # The vault's own statements, as compiled for its engine (rows in RECORD_COLUMNS order).
         statements = self._vault._records
         if statements._new_records is None or statements._new_records._order is not None:
@@ -1686,12 +1697,8 @@ def _read_blobs_seconds(conn: sqlite3.Connection, rowids: Sequence[int], nbytes:
 def _segment_rowids(directory: str, scope: Any, name: str) -> tuple[sqlite3.Connection, list[int]]:
     """A sqlite3 connection (the vault's pragmas) to the bench vault's database, and the
     rowids of the segments of stream record ``name``, in order."""
-    from keycustody.storage.engine import SQLITE_PRAGMAS
-
     record_id = next(i.record_id for i in scope.list(prefix=name) if i.name == name)
-    conn = sqlite3.connect(Path(directory) / "bench.db", isolation_level=None)
-    for pragma in SQLITE_PRAGMAS:
-        conn.execute(pragma)
+    conn = _vault_sqlite3(Path(directory) / "bench.db")
     query = "SELECT rowid FROM segments WHERE record_id = ? ORDER BY seq"
     return conn, [r for (r,) in conn.execute(query, (bytes.fromhex(record_id),))]
 
@@ -1840,13 +1847,9 @@ def _child_ingest_floor(
     directory: str, files: int, seed: int, commit_every: int
 ) -> dict[str, Any]:
     """The same files inserted unencrypted with sqlite3 and the vault's pragmas: the floor."""
-    from keycustody.storage.engine import SQLITE_PRAGMAS
-
     sizes = stdlib_py_sizes()
-    conn = sqlite3.connect(Path(directory) / "floor.db", isolation_level=None)
+    conn = _vault_sqlite3(Path(directory) / "floor.db")
     try:
-        for pragma in SQLITE_PRAGMAS:
-            conn.execute(pragma)
         conn.execute("CREATE TABLE records (name TEXT PRIMARY KEY, blob BLOB NOT NULL)")
         counter = [0]
         items = _progress_items(
@@ -1875,14 +1878,10 @@ def _child_stream_floor(directory: str, mib: int, reads: int = 1) -> list[dict[s
     Unencrypted, the vault's pragmas, the simplest code: the floor of put_stream/open_stream.
     Reads are blob reads, as open_stream's: a SELECT of the bodies copies each twice.
     """
-    from keycustody.storage.engine import SQLITE_PRAGMAS
-
     pool = random_pool(4 * MiB)
     chunks = [pool[i * MiB : (i + 1) * MiB] for i in range(4)]
-    conn = sqlite3.connect(Path(directory) / "stream-floor.db", isolation_level=None)
+    conn = _vault_sqlite3(Path(directory) / "stream-floor.db")
     try:
-        for pragma in SQLITE_PRAGMAS:
-            conn.execute(pragma)
         conn.execute("CREATE TABLE segments (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         base = rss_bytes()
         start = time.perf_counter()
