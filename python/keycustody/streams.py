@@ -340,11 +340,7 @@ class StreamReader(io.BufferedIOBase):
         if self._buffer is None:
             self._buffer = bytearray(min(READ_AHEAD * SEGMENT_LEN, self._size))
         self._window = None
-        return memoryview(self._buffer)[: self._plain_len(seq, n)]
-
-    def _plain_len(self, seq: int, n: int) -> int:
-        """Payload bytes in segments ``seq`` to ``seq + n - 1`` (the final one may be short)."""
-        return plain_len(self._size, seq, n)
+        return memoryview(self._buffer)[: plain_len(self._size, seq, n)]
 
     def _open_segments(self, seq: int, n: int, outs: list[memoryview]) -> None:
         if self._check_open is not None:
@@ -362,11 +358,11 @@ class StreamReader(io.BufferedIOBase):
         the window in the same call, so that both cores work (the next read copies it);
         unless the source fetches ahead, which already keeps the other core busy."""
         n = min(len(view) // SEGMENT_LEN, READ_AHEAD, self._count - seq)
-        if n == 0 and len(view) >= self._plain_len(seq, 1):
+        if n == 0 and len(view) >= plain_len(self._size, seq, 1):
             n = 1  # the final, shorter segment fits
         if n == 0:
             return 0
-        length = self._plain_len(seq, n)
+        length = plain_len(self._size, seq, n)
         sequential = n == 1 and seq == self._next and seq + 1 < self._count
         if sequential and not self._source.fetches_ahead:
             ahead = self._window_buffer(seq + 1, 1)
