@@ -94,6 +94,27 @@ def test_rotation_rewrap_and_reencrypt_keep_derivatives(acme: kc.Scope) -> None:
     assert acme.lineage("f3.py").derivatives == ["f3.py#emb"]
 
 
+def test_reencrypt_keeps_the_derivatives_of_every_source_in_a_batch(acme: kc.Scope) -> None:
+    """Re-encryption re-seals a whole batch's derivatives in one query and one write: sources
+    on either side of the 500-id IN-list chunks and of the batch boundary keep their own."""
+    acme.put_many((f"f{i}.py", f"source {i}".encode()) for i in range(1_200))
+    sources = (0, 499, 500, 999, 1_000, 1_199)
+    for i in sources:
+        acme.put_many(
+            [(f"f{i}.py#emb", f"emb {i}".encode()), (f"f{i}.py#sum", f"sum {i}".encode())],
+            derived_from=f"f{i}.py",
+        )
+    acme.mark_compromised(reason="test")
+    assert acme.reencrypt(batch_size=1_000).records_done == 1_200
+    for i in sources:
+        assert acme.get_many([f"f{i}.py#emb", f"f{i}.py#sum"]) == {
+            f"f{i}.py#emb": f"emb {i}".encode(),
+            f"f{i}.py#sum": f"sum {i}".encode(),
+        }
+        assert acme.lineage(f"f{i}.py").derivatives == [f"f{i}.py#emb", f"f{i}.py#sum"]
+    assert len(acme.list()) == 1_200 + 2 * len(sources)
+
+
 def test_derived_misuse(acme: kc.Scope) -> None:
     with pytest.raises(kc.NotFoundError):
         acme.put("x#emb", b"v", derived_from="missing.py")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from keycustody import _core
 from keycustody.errors import IntegrityError, NotFoundError, ShreddedError
 from keycustody.storage.models import RecordRow
-from keycustody.storage.repository import RecordStatements
+from keycustody.storage.repository import IN_LIST_CHUNK, RecordStatements
 from keycustody.types import RecordInfo
 from keycustody.validation import Data, check_items, encode_name, size_of
 
@@ -167,43 +167,61 @@ def rederive(
     payloads: Payloads,
     s: Session,
     scope_id: bytes,
-    old: tuple[bytes, dict[int, Any]],
-    new: tuple[bytes, dict[int, Any]],
-    source_name: bytes,
+    keys: tuple[dict[int, Any], dict[int, Any]],
+    sources: Sequence[tuple[bytes, bytes, bytes]],
 ) -> int:
-    """Re-seals the derivatives of a source record that got a new DEK (re-encryption) under
-    the new source, in the caller's transaction; returns how many. ``old`` and ``new`` are
-    ``(source header, keys)``."""
-    (old_header, old_keys), (new_header, new_keys) = old, new
-    rows = s.execute(
-        select(
-            RecordRow.record_id,
-            RecordRow.header,
-            RecordRow.name_ct,
-            RecordRow.body,
-            RecordRow.blob_key,
-        ).where(RecordRow.source_id == old_header[24:40])
-    ).all()
+    """Re-seals the derivatives of source records that got new DEKs (re-encryption) under the
+    new sources, in the caller's transaction; returns how many. ``keys`` are the old and new
+    scope keys, ``sources`` ``(old source header, new source header, source name)`` triples.
+    One query and one write for them all: a batch of sources may have no derivatives at all."""
+    old_keys, new_keys = keys
+    by_id: dict[bytes | None, tuple[bytes, bytes, bytes]] = {
+        old[24:40]: (old, new, name) for old, new, name in sources
+    }
+    ids = list(by_id)
+    rows: list[Any] = []
+    for start in range(0, len(ids), IN_LIST_CHUNK):
+        rows += s.execute(
+            select(
+                RecordRow.record_id,
+                RecordRow.source_id,
+                RecordRow.header,
+                RecordRow.name_ct,
+                RecordRow.body,
+                RecordRow.blob_key,
+            ).where(RecordRow.source_id.in_(ids[start : start + IN_LIST_CHUNK]))
+        ).all()
     if not rows:
         return 0
-    headers = [r.header for r in rows]
-    names = _core.open_derived(
-        scope_id, old_keys, old_header, None, headers, [r.name_ct for r in rows]
-    )
-    datas = _core.open_derived(
-        scope_id, old_keys, old_header, names, headers, [payloads.body(scope_id, r) for r in rows]
-    )
-    new_headers, name_cts, bodies = _core.seal_derived(
-        scope_id, new_keys, source_name, new_header, names, datas
-    )
-    old_ids = RecordRow.record_id.in_([r.record_id for r in rows])
-    payloads.dropping(s, old_ids)
-    s.execute(delete(RecordRow).where(old_ids))
     ts = writer.timestamp(datetime.now(UTC))
-    new_rows = [
-        (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40], None)
-        for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
-    ]
+    new_rows: list[tuple[Any, ...]] = []
+    for source_id, positions in _by_source(rows).items():
+        old_header, new_header, source_name = by_id[source_id]
+        group = [rows[i] for i in positions]
+        headers = [r.header for r in group]
+        names = _core.open_derived(
+            scope_id, old_keys, old_header, None, headers, [r.name_ct for r in group]
+        )
+        datas = _core.open_derived(
+            scope_id,
+            old_keys,
+            old_header,
+            names,
+            headers,
+            [payloads.body(scope_id, r) for r in group],
+        )
+        new_headers, name_cts, bodies = _core.seal_derived(
+            scope_id, new_keys, source_name, new_header, names, datas
+        )
+        new_rows += [
+            (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40], None)
+            for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
+        ]
+    old_ids = [r.record_id for r in rows]
+    for start in range(0, len(old_ids), IN_LIST_CHUNK):
+        chunk = RecordRow.record_id.in_(old_ids[start : start + IN_LIST_CHUNK])
+        payloads.dropping(s, chunk)
+        s.execute(delete(RecordRow).where(chunk))
     writer.replace(s.connection(), scope_id, payloads.place(s, new_rows))
     return len(rows)
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 import keycustody as kc
 from dbadmin import raw_db
@@ -497,6 +498,38 @@ def test_mark_compromised_then_reencrypt(
     again = acme.reencrypt()
     assert (again.records_by_version, again.records_done) == ({}, 0)
     assert snapshot(db_url) == after
+
+
+def _reencrypt_statements(vault: kc.Vault, kms: kc.LocalKMS, path: str, records: int) -> int:
+    """Re-encrypts a scope of ``records`` records (one batch, one of them with a derivative);
+    returns how many SQL statements that ran."""
+    scope = vault.scope(path, kek=kms.create_key(f"{path}-kek"), create=True)
+    scope.put_many((f"r{i}", b"x" * 64) for i in range(records))
+    scope.put("r0#emb", b"vector", derived_from="r0")
+    scope.mark_compromised(reason="test")
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(vault._engine, "before_cursor_execute", count)
+    try:
+        assert scope.reencrypt(batch_size=500).records_done == records
+    finally:
+        event.remove(vault._engine, "before_cursor_execute", count)
+    assert scope.get("r0#emb") == b"vector"
+    return statements
+
+
+def test_a_reencrypt_batch_runs_as_many_statements_for_10_records_as_for_500(
+    vault: kc.Vault, kms: kc.LocalKMS
+) -> None:
+    """Re-encryption writes a batch with a fixed number of statements. One derivative lookup
+    and one lineage row per record made it 12x slower than put_many (6.6 s for 10,000
+    records)."""
+    small = _reencrypt_statements(vault, kms, "small", 10)
+    assert _reencrypt_statements(vault, kms, "large", 500) == small
 
 
 def test_mark_compromised_of_an_older_version(acme: kc.Scope) -> None:

@@ -71,6 +71,7 @@ Progress = Callable[[int, int], None]
 
 DEFAULT_BATCH = 5000
 _RECORDS = cast(Table, RecordRow.__table__)
+_LINEAGE = cast(Table, LineageEventRow.__table__)
 
 
 def _now() -> datetime:
@@ -98,8 +99,7 @@ def fresh(session: Session, scope_id: bytes) -> ScopeRef:
     return ScopeRef.of(row)
 
 
-def lineage_event(
-    session: Session,
+def lineage_values(
     scope_id: bytes,
     event: str,
     *,
@@ -109,20 +109,31 @@ def lineage_event(
     count: int = 1,
     details: dict[str, Any] | None = None,
     at: datetime | None = None,
-) -> None:
-    """Adds a lineage event in the caller's transaction."""
-    session.add(
-        LineageEventRow(
-            scope_id=scope_id,
-            record_id=record_id,
-            at=at or _now(),
-            event=event,
-            from_version=from_version,
-            to_version=to_version,
-            count=count,
-            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
-        )
-    )
+) -> dict[str, Any]:
+    """The columns of one lineage event, for :func:`lineage_event` or :func:`lineage_events`."""
+    return {
+        "scope_id": scope_id,
+        "record_id": record_id,
+        "at": at or _now(),
+        "event": event,
+        "from_version": from_version,
+        "to_version": to_version,
+        "count": count,
+        "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def lineage_event(session: Session, scope_id: bytes, event: str, **columns: Any) -> None:
+    """Adds a lineage event in the caller's transaction (``columns`` as in
+    :func:`lineage_values`)."""
+    session.add(LineageEventRow(**lineage_values(scope_id, event, **columns)))
+
+
+def lineage_events(session: Session, events: list[dict[str, Any]]) -> None:
+    """Adds many lineage events (from :func:`lineage_values`) in one Core executemany: per-record
+    events of a batch job would otherwise cost one ORM object each."""
+    if events:
+        session.connection().execute(insert(_LINEAGE), events)
 
 
 def _set_key_state(session: Session, scope_id: bytes, version: int, new: str) -> None:
@@ -853,28 +864,29 @@ def _reencrypt_scope(
                 for h, n, b, d in zip(new_headers, new_names, new_bodies, plain, strict=True)
             ]
             writer.replace(s.connection(), ref.id, vault._payloads.place(s, new_rows))
-            active_keys = {ref.active_version: active}
-            for i, h in zip(whole, new_headers, strict=True):
-                derived.rederive(
-                    writer,
-                    vault._payloads,
-                    s,
-                    ref.id,
-                    (headers[i], keys),
-                    (h, active_keys),
-                    names[i],
-                )
-            for i, h in zip(whole, new_headers, strict=True):
-                lineage_event(
-                    s,
-                    ref.id,
-                    "reencrypted",
-                    record_id=h[24:40],
-                    from_version=rows[i].key_version,
-                    to_version=ref.active_version,
-                    at=now,
-                    details={"previous_record_id": rows[i].record_id.hex()},
-                )
+            derived.rederive(
+                writer,
+                vault._payloads,
+                s,
+                ref.id,
+                (keys, {ref.active_version: active}),
+                [(headers[i], h, names[i]) for i, h in zip(whole, new_headers, strict=True)],
+            )
+            lineage_events(
+                s,
+                [
+                    lineage_values(
+                        ref.id,
+                        "reencrypted",
+                        record_id=h[24:40],
+                        from_version=rows[i].key_version,
+                        to_version=ref.active_version,
+                        at=now,
+                        details={"previous_record_id": rows[i].record_id.hex()},
+                    )
+                    for i, h in zip(whole, new_headers, strict=True)
+                ],
+            )
             for i in streamed:
                 _reencrypt_stream(vault, s, ref, active, names[i], rows[i], openers[i], now, keys)
         done += len(rows)
@@ -954,9 +966,8 @@ def _reencrypt_stream(
         payloads,
         s,
         ref.id,
-        (row.header, old_keys),
-        (header, {ref.active_version: active}),
-        name,
+        (old_keys, {ref.active_version: active}),
+        [(row.header, header, name)],
     )
     s.execute(delete(RecordRow).where(RecordRow.record_id == row.record_id))
     lineage_event(
