@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs PostgreSQL from Debian packages if missing, initialises a throwaway cluster in a
-# temp dir, starts it on 127.0.0.1 and prints the URL the tests use (KEYCUSTODY_PG_URL).
+# temp dir (in memory if /dev/shm is there), starts it on 127.0.0.1 and prints the URL the
+# tests use (KEYCUSTODY_PG_URL).
 # Usage: eval "$(bash .ci/postgres-setup.sh start)"   ...   bash .ci/postgres-setup.sh stop DIR
 set -euo pipefail
 
@@ -21,7 +22,11 @@ start)
         apt-get install -y -qq postgresql >&2
         BIN=$(pg_bin)
     fi
-    DATA=$(mktemp -d /tmp/keycustody-pg.XXXXXX)
+    # In memory where there is a tmpfs: each test creates and drops a database (about 300
+    # files each), which took 0.1-0.4 s on this kind of machine's disk and 16 ms in tmpfs.
+    BASE=/tmp
+    if [ -d /dev/shm ] && [ -w /dev/shm ]; then BASE=/dev/shm; fi
+    DATA=$(mktemp -d "$BASE/keycustody-pg.XXXXXX")
     chown postgres:postgres "$DATA"
     # Trust auth on loopback only; fsync off: a CI cluster that is thrown away after the run.
     runuser -u postgres -- "$BIN/initdb" -D "$DATA/data" -U postgres --auth=trust \

@@ -102,8 +102,11 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
         conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"))
     yield _admin_url(name)
     # A connection the test left open is reported here (ResourceWarning, an error under
-    # filterwarnings=error), against this test, rather than at some later test's GC.
+    # filterwarnings=error), against this test, rather than at some later test's GC. What
+    # survives is frozen, so that the next test's collection walks only what that test made:
+    # walking the whole session's heap cost about 0.4 s per test.
     gc.collect()
+    gc.freeze()
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
