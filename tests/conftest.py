@@ -35,7 +35,7 @@ settings.load_profile("ci")
 
 PG_URL = os.environ.get("KEYCUSTODY_PG_URL")
 """A PostgreSQL server's URL (any database on it); the tests create their own databases."""
-PG_TEMPLATE = f"kc_template_{os.getpid()}"
+PG_TEMPLATE = f"kc_template_{os.getpid()}"  # one per process: each xdist worker has its own
 
 
 def pytest_configure(config: pytest.Config) -> None:
