@@ -13,6 +13,8 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Iterable
@@ -191,6 +193,48 @@ def test_no_destroyed_key_bytes_remain_in_any_database_file(
     assert scrub["journal_mode"] == "wal"
     assert scrub["checkpoint"] == "wal_checkpoint(TRUNCATE)"
     assert scrub["checkpoint_complete"] is True
+
+
+_DMS_PROBE = """
+import fcntl, sys
+with open(sys.argv[1], "r+b") as f:
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+    except OSError:
+        print("held")
+    else:
+        print("free")
+"""
+
+
+def _wal_index_lock(db_path: Path) -> str:
+    """ "held" while some process has the SQLite database open: no other process can then take
+    the lock SQLite's WAL index is reset under (byte 128 of the -shm file, ``UNIX_SHM_DMS`` in
+    SQLite's os_unix.c) for itself. Probed from a child process, so that this one's locks
+    stay as they are."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _DMS_PROBE, f"{db_path}-shm"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return probe.stdout.strip()
+
+
+def test_the_forensic_scan_keeps_the_sqlite_locks_of_this_process(
+    vault: kc.Vault, db_path: Path, data: Data
+) -> None:
+    """The scan reads the database files. Closing a descriptor of a file releases every POSIX
+    lock the process holds on it, SQLite's included: another process could then take the WAL
+    index for its own and reset it under this one's open connections (a worker of the
+    four-process test died of SIGBUS), or write under its readers. So the scan reads them from
+    a child process, and the vault's locks hold throughout."""
+    assert vault.scope("acme").get_many(list(data["acme"])) == data["acme"]
+    assert _wal_index_lock(db_path) == "held"
+    certificate = vault.shred(SHRED, reason="locks test")
+    assert certificate.document["verification"]["forensic_scan"]["performed"] is True
+    assert _wal_index_lock(db_path) == "held"
+    assert vault.scope("acme").get_many(list(data["acme"])) == data["acme"]
 
 
 # -- backups: readable until phase 2, then not even with the customer's KMS -------------

@@ -34,6 +34,8 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +52,7 @@ from keycustody.errors import (
     NotFoundError,
     ShreddedError,
 )
-from keycustody.keys import rotation
+from keycustody.keys import filescan, rotation
 from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope, tenant_keks
 from keycustody.keys.states import DESTROYED, SHREDDED
 from keycustody.kms import base as kms
@@ -244,36 +246,41 @@ def _scrub_postgres(vault: Vault) -> dict[str, Any]:
 
 
 def _scan(files: Iterable[Path], needles: list[bytes]) -> dict[str, Any]:
-    """Searches the files for each needle and each 16-byte half (WAL pages can split values),
-    streaming each file in overlapping chunks: memory stays constant whatever its size."""
-    parts = {part for n in needles for part in (n, n[:16], n[-16:])}
-    overlap = max((len(p) for p in parts), default=1) - 1
-    scanned = []
-    hits = 0
-    for path in files:
-        if not path.exists():
-            continue
-        digest = hashlib.sha256()
-        found: set[bytes] = set()
-        size = 0
-        tail = b""
-        with path.open("rb") as f:
-            while chunk := f.read(_SCAN_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                window = tail + chunk
-                found.update(part for part in parts if part not in found and part in window)
-                tail = window[-overlap:] if overlap else b""
-        hits += len(found)
-        scanned.append(
-            {"file": path.name, "bytes": size, "sha256": digest.hexdigest(), "hits": len(found)}
+    """Searches the files for each needle and each 16-byte half, in a child process
+    (:mod:`keycustody.keys.filescan` says why); a scan that cannot run says so instead."""
+    request = {
+        "files": [str(p) for p in files],
+        "needles": [n.hex() for n in needles],
+        "chunk": _SCAN_CHUNK,
+    }
+    result: dict[str, Any] = {
+        "performed": False,
+        "values_searched": 0,
+        "files": [],
+        "hits": 0,
+    }
+    try:
+        child = subprocess.run(  # noqa: S603 (this interpreter, a module of ours, JSON on stdin)
+            [sys.executable, "-I", "-S", filescan.__file__],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            check=False,
         )
+    except OSError as exc:
+        result["why"] = f"the scanner process could not start ({sys.executable}): {exc.strerror}"
+        return result
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or [""])[-1][:300]
+        result["why"] = f"the scanner process failed with exit code {child.returncode}: {last}"
+        return result
+    found = json.loads(child.stdout)
     return {
         "performed": True,
         "method": "byte search for every destroyed wrapped key, whole and 16-byte halves",
         "values_searched": len(needles),
-        "files": scanned,
-        "hits": hits,
+        "files": found["files"],
+        "hits": found["hits"],
     }
 
 
