@@ -4,6 +4,8 @@ varchar lengths), in one write transaction, and down again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,6 +175,27 @@ def test_migrations_have_a_single_head() -> None:
     config.set_main_option("script_location", str(schema.MIGRATIONS))
     script = ScriptDirectory.from_config(config)
     assert script.get_heads() == [HEAD]
+    assert schema.HEAD == HEAD  # what Vault.open compares a database's version with
+
+
+_OPEN = """
+import sys, keycustody as kc
+kc.Vault.open(sys.argv[1], kms=kc.LocalKMS(sys.argv[2])).close()
+print("alembic loaded" if "alembic" in sys.modules else "alembic not loaded")
+"""
+
+
+def test_a_database_at_head_opens_without_loading_alembic(tmp_path: Path) -> None:
+    """Alembic and the migration scripts load only where a migration may be due: in a new
+    process, the first open of a database migrates it, the next open of it does not."""
+    url, kms = f"sqlite:///{tmp_path / 'vault.db'}", str(tmp_path / "keys")
+
+    def open_in_a_new_process() -> str:
+        args = [sys.executable, "-c", _OPEN, url, kms]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert open_in_a_new_process() == "alembic loaded"
+    assert open_in_a_new_process() == "alembic not loaded"
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
@@ -282,14 +305,17 @@ def test_upgrade_runs_in_one_write_transaction(engine: Engine, backend: str) -> 
 
     schema.upgrade(engine)
 
-    assert ends == ["begin", "commit"]  # PostgreSQL's DDL is transactional: all or nothing
-    begins = [s for s in seen if s.startswith("BEGIN")]
+    # First a read (a database at HEAD already is left alone; this one is empty), then the
+    # migration in one write transaction: PostgreSQL's DDL is transactional, all or nothing.
+    assert ends == ["begin", "rollback", "begin", "commit"]
+    migration = seen[seen.index("SELECT version_num FROM alembic_version") + 1 :]
+    begins = [s for s in migration if s.startswith("BEGIN")]
     if backend == "sqlite":
         assert begins == ["BEGIN IMMEDIATE"]
-        assert seen[0] == "BEGIN IMMEDIATE"
+        assert migration[0] == "BEGIN IMMEDIATE"
     else:  # the vault's write lock, exclusive: no writer runs beside a migration
         assert begins == []
-        assert seen[0] == f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
+        assert migration[0] == f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
 
 
 def test_upgrade_on_memory_engine() -> None:
