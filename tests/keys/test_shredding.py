@@ -208,10 +208,10 @@ with open(sys.argv[1], "r+b") as f:
 
 
 def _wal_index_lock(db_path: Path) -> str:
-    """ "held" while some process has the SQLite database open: no other process can then take
-    the lock SQLite's WAL index is reset under (byte 128 of the -shm file, ``UNIX_SHM_DMS`` in
-    SQLite's os_unix.c) for itself. Probed from a child process, so that this one's locks
-    stay as they are."""
+    """Returns "held" while some process has the SQLite database open: no other process can
+    then take the lock SQLite's WAL index is reset under (byte 128 of the -shm file,
+    ``UNIX_SHM_DMS`` in SQLite's os_unix.c) for itself. Probed from a child process, so that
+    this one's locks stay as they are."""
     probe = subprocess.run(
         [sys.executable, "-c", _DMS_PROBE, f"{db_path}-shm"],
         capture_output=True,
