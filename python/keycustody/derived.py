@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keycustody import _core
@@ -219,9 +219,7 @@ def rederive(
         ]
     old_ids = [r.record_id for r in rows]
     for start in range(0, len(old_ids), IN_LIST_CHUNK):
-        chunk = RecordRow.record_id.in_(old_ids[start : start + IN_LIST_CHUNK])
-        payloads.dropping(s, chunk)
-        s.execute(delete(RecordRow).where(chunk))
+        payloads.delete_records(s, RecordRow.record_id.in_(old_ids[start : start + IN_LIST_CHUNK]))
     writer.replace(s.connection(), scope_id, payloads.place(s, new_rows))
     return len(rows)
 
@@ -231,6 +229,4 @@ def purge_orphans(s: Session, payloads: Payloads) -> int:
     blob store objects after the commit."""
     sources = select(RecordRow.record_id).scalar_subquery()
     orphaned = (RecordRow.source_id.is_not(None), RecordRow.source_id.not_in(sources))
-    payloads.dropping(s, *orphaned)
-    result = s.execute(delete(RecordRow).where(*orphaned))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return payloads.delete_records(s, *orphaned)

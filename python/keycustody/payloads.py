@@ -39,7 +39,7 @@ from itertools import islice
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, event, select
+from sqlalchemy import ColumnElement, delete, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from keycustody._core import TAG_LEN, StreamOpener
@@ -191,6 +191,13 @@ class Payloads:
             return
         query = select(RecordRow.blob_key).where(*where, RecordRow.blob_key.is_not(None))
         self.drop(s, s.scalars(query))
+
+    def delete_records(self, s: Session, *where: ColumnElement[bool]) -> int:
+        """Deletes the records matching ``where`` in this transaction, and their objects after
+        the commit (:meth:`dropping`); returns how many."""
+        self.dropping(s, *where)
+        result = s.execute(delete(RecordRow).where(*where))
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def drop(self, s: Session, keys: Iterable[str | None]) -> None:
         """Schedules these objects (of rows this transaction deletes; None: an inline row)

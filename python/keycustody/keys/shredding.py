@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from keycustody import derived
@@ -1356,8 +1356,7 @@ def purge(vault: Vault, *, batch_size: int = 5000) -> int:
             if not batch:
                 break
             # Their blob store objects go after the commit (see keycustody.payloads).
-            vault._payloads.dropping(s, RecordRow.record_id.in_(batch))
-            s.execute(delete(RecordRow).where(RecordRow.record_id.in_(batch)))
+            vault._payloads.delete_records(s, RecordRow.record_id.in_(batch))
             total += len(batch)
     with vault._write() as s, s.begin():
         orphans = derived.purge_orphans(s, vault._payloads)
