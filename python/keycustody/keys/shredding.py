@@ -245,6 +245,12 @@ def _scrub_postgres(vault: Vault) -> dict[str, Any]:
     return result
 
 
+def _not_scanned(why: str) -> dict[str, Any]:
+    """The certificate's ``forensic_scan`` of a scan that did not run: why, and nothing found
+    claimed."""
+    return {"performed": False, "why": why, "values_searched": 0, "files": [], "hits": 0}
+
+
 def _scan(files: Iterable[Path], needles: list[bytes]) -> dict[str, Any]:
     """Searches the files for each needle and each 16-byte half, in a child process
     (:mod:`keycustody.keys.filescan` says why); a scan that cannot run says so instead."""
@@ -252,12 +258,6 @@ def _scan(files: Iterable[Path], needles: list[bytes]) -> dict[str, Any]:
         "files": [str(p) for p in files],
         "needles": [n.hex() for n in needles],
         "chunk": _SCAN_CHUNK,
-    }
-    result: dict[str, Any] = {
-        "performed": False,
-        "values_searched": 0,
-        "files": [],
-        "hits": 0,
     }
     try:
         child = subprocess.run(  # noqa: S603 (this interpreter, a module of ours, JSON on stdin)
@@ -268,12 +268,14 @@ def _scan(files: Iterable[Path], needles: list[bytes]) -> dict[str, Any]:
             check=False,
         )
     except OSError as exc:
-        result["why"] = f"the scanner process could not start ({sys.executable}): {exc.strerror}"
-        return result
+        return _not_scanned(
+            f"the scanner process could not start ({sys.executable}): {exc.strerror}"
+        )
     if child.returncode != 0:
         last = (child.stderr.strip().splitlines() or [""])[-1][:300]
-        result["why"] = f"the scanner process failed with exit code {child.returncode}: {last}"
-        return result
+        return _not_scanned(
+            f"the scanner process failed with exit code {child.returncode}: {last}"
+        )
     found = json.loads(child.stdout)
     return {
         "performed": True,
@@ -397,26 +399,18 @@ def shred(
         vault._keys.changed(epoch)
     scrub = _scrub(vault)
     if vault._engine.dialect.name != "sqlite":
-        scan = {
-            "performed": False,
-            "why": "the database files live on the database server, out of this client's "
-            "reach; the server's operator can search its heap and WAL for the destroyed keys",
-            "values_searched": 0,
-            "files": [],
-            "hits": 0,
-        }
+        scan = _not_scanned(
+            "the database files live on the database server, out of this client's reach; the "
+            "server's operator can search its heap and WAL for the destroyed keys"
+        )
     elif needles or existing is None:
         scan = _scan(_database_files(vault), needles)
     else:
-        scan = {
-            "performed": False,
-            "why": "the keys were destroyed by an interrupted run of this shred; their wrapped "
-            "values were not kept (keeping them would defeat the erasure), so there was "
-            "nothing to search for",
-            "values_searched": 0,
-            "files": [],
-            "hits": 0,
-        }
+        scan = _not_scanned(
+            "the keys were destroyed by an interrupted run of this shred; their wrapped values "
+            "were not kept (keeping them would defeat the erasure), so there was nothing to "
+            "search for"
+        )
     sample = _verify_sample(vault, ref, scopes)
     kek_result = _destroy_keks(vault, tenant, ref, keks, kek_versions) if destroy_kek else None
     by_scope = {r.path: int(counts.get(r.id, 0)) for r in scopes}
