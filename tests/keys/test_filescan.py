@@ -35,7 +35,9 @@ def test_a_half_is_found_alone_and_missing_files_are_left_out(tmp_path: Path) ->
     assert result["hits"] == 1
 
 
-def test_the_shred_runs_the_scan_in_a_child_process(tmp_path: Path) -> None:
+def test_the_shreds_scan_reports_what_it_finds(tmp_path: Path) -> None:
+    """Through the child process; that the vault's own process keeps its locks is
+    test_shredding's `test_the_forensic_scan_keeps_the_sqlite_locks_of_this_process`."""
     (tmp_path / "ctx.db").write_bytes(b"page" + NEEDLE)
     result = shredding._scan([tmp_path / "ctx.db", tmp_path / "ctx.db-wal"], [NEEDLE])
     assert result["performed"] is True
