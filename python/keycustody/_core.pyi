@@ -19,6 +19,7 @@ __all__ = [
     "aes256gcm_open",
     "aes256gcm_seal",
     "begin_stream",
+    "check_rows",
     "header_key_versions",
     "open_blobs",
     "open_derived",
@@ -148,6 +149,16 @@ def rewrap_headers(
     headers: Sequence[Buffer],
 ) -> list[bytes]:
     """Rewraps records' DEKs under ``new_key``; payload ciphertexts stay valid."""
+
+def check_rows(rows: Sequence[object]) -> bytes:
+    """The suite byte of each stored row's header, checking that the row's lookup columns
+    (attributes ``record_id``, ``name_index`` and ``key_version``, None for 0) are the
+    header's own.
+
+    Raises:
+        IntegrityError: a row's columns do not match its header, or are not bytes and an
+            integer (``.index`` names its position).
+    """
 
 def header_key_versions(headers: Sequence[Buffer]) -> set[int]:
     """The scope key versions headers name (not authenticated on their own); a blob that

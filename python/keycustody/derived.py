@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 SUITE_DERIVED = 3
 
 
-def is_derived(header: bytes) -> bool:
-    """Whether a stored header is a derived record's (suite 3)."""
-    return header[3] == SUITE_DERIVED
-
-
 def _source_row(
     s: Session, scope: Scope, *, name_index: bytes | None = None, record_id: bytes | None = None
 ) -> Any:

@@ -36,6 +36,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
+from operator import attrgetter
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -251,6 +252,13 @@ class Payloads:
             return body
         store = self._located(scope_id, row.record_id, row.blob_key)
         return self._get(store, row.record_id, row.blob_key)
+
+    def bodies(self, scope_id: bytes, rows: Sequence[Any]) -> list[bytes]:
+        """:meth:`body` of each row; a batch of rows without blob references is read in
+        one pass, not one call per row."""
+        if any(map(attrgetter("blob_key"), rows)):
+            return [self.body(scope_id, r) for r in rows]
+        return [r.body for r in rows]
 
     def segment_reader(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from keycustody import _core, derived
+from keycustody.derived import SUITE_DERIVED
 from keycustody.errors import (
     ConcurrentRotationError,
     IntegrityError,
@@ -40,7 +41,7 @@ from keycustody.storage.engine import (
     public_methods_raise_storage_errors,
 )
 from keycustody.storage.models import RecordRow, ScopeKeyRow
-from keycustody.storage.repository import IN_LIST_CHUNK
+from keycustody.storage.repository import IN_LIST_CHUNK, FoundRecord
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_items, encode_name, size_of
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 BATCH_RECORDS = 1000
 BATCH_BYTES = 64 * 1024 * 1024
 _TAG_LEN = _core.TAG_LEN
-_SEPARATE_SUITES = (SUITE_SEGMENTED, derived.SUITE_DERIVED)
+_SEPARATE_SUITES = (SUITE_SEGMENTED, SUITE_DERIVED)
 """Suites get_many opens record by record (streams) or through their source (derived)."""
 _Batch = tuple[list[str], list[bytes], list[Data]]
 
@@ -75,16 +76,13 @@ class _StoredRow(Protocol):
     def blob_key(self) -> str | None: ...
 
 
-def _check_rows(rows: Sequence[_StoredRow]) -> None:
-    """The lookup columns of record rows must agree with their authenticated headers."""
-    for r in rows:
-        header = r.header
-        if (
-            len(header) != _core.HEADER_LEN
-            or header[24:72] != r.record_id + r.name_index
-            or int.from_bytes(header[20:24]) != (r.key_version or 0)
-        ):
-            raise IntegrityError("a stored record's columns do not match its header")
+def _check_rows(rows: Sequence[_StoredRow]) -> bytes:
+    """The suite of each row's header; the lookup columns of record rows must agree with
+    their authenticated headers."""
+    try:
+        return _core.check_rows(rows)
+    except IntegrityError:
+        raise IntegrityError("a stored record's columns do not match its header") from None
 
 
 def _key_versions(headers: Sequence[Data]) -> set[int]:
@@ -437,19 +435,11 @@ class Scope:
             if len(names) == 1:
                 raise NotFoundError(f"no record of that name in scope {self.path!r}")
             raise NotFoundError(f"{len(names) - len(rows)} of the requested records do not exist")
-        _check_rows(rows)
-        for r in rows:
-            if r.header[3] == SUITE_SEGMENTED:
-                i = index[r.name_index]
-                with self._open_stream_row(s, raw[i], r, in_session=True) as reader:
-                    out[names[i]] = reader.readall()
-        deriv = [r for r in rows if derived.is_derived(r.header)]
-        opened = derived.open_payloads(s, self, deriv, [raw[index[r.name_index]] for r in deriv])
-        for r, data in zip(deriv, opened, strict=True):
-            out[names[index[r.name_index]]] = data
-        rows = [r for r in rows if r.header[3] not in _SEPARATE_SUITES]
-        bodies = [self._vault._payloads.body(scope_id, r) for r in rows]
-        if any(r.size + _TAG_LEN != len(b) for r, b in zip(rows, bodies, strict=True)):
+        suites = _check_rows(rows)
+        if any(suite in suites for suite in _SEPARATE_SUITES):  # one pass per suite, in C
+            rows = self._read_separate(s, rows, suites, index, names, raw, out)
+        bodies = self._vault._payloads.bodies(scope_id, rows)
+        if [len(b) for b in bodies] != [r.size + _TAG_LEN for r in rows]:
             raise IntegrityError("a stored record's size does not match its body")
         order = [index[r.name_index] for r in rows]
         headers = [r.header for r in rows]
@@ -467,6 +457,32 @@ class Scope:
             return {names[i]: data for i, data in zip(order, plain, strict=True)}
 
         return open_group
+
+    def _read_separate(
+        self,
+        s: Session,
+        rows: list[FoundRecord],
+        suites: bytes,
+        index: dict[bytes, int],
+        names: list[str],
+        raw: list[bytes],
+        out: dict[str, bytes],
+    ) -> list[FoundRecord]:
+        """Reads the streams and derived records among ``rows`` into ``out``; the others
+        are returned, for one batch call to open."""
+        kept: list[FoundRecord] = []
+        deriv: list[FoundRecord] = []
+        for r, suite in zip(rows, suites, strict=True):
+            if suite == SUITE_SEGMENTED:
+                i = index[r.name_index]
+                with self._open_stream_row(s, raw[i], r, in_session=True) as reader:
+                    out[names[i]] = reader.readall()
+            else:
+                (deriv if suite == SUITE_DERIVED else kept).append(r)
+        opened = derived.open_payloads(s, self, deriv, [raw[index[r.name_index]] for r in deriv])
+        for r, data in zip(deriv, opened, strict=True):
+            out[names[index[r.name_index]]] = data
+        return kept
 
     # -- streams ------------------------------------------------------------------------
 
@@ -706,8 +722,9 @@ class Scope:
                 ).where(RecordRow.scope_id == self._ref.id)
             )
             for batch in result.partitions(BATCH_RECORDS):
-                rows = [r for r in batch if not derived.is_derived(r.header)]
-                deriv = [r for r in batch if derived.is_derived(r.header)]
+                suites = _check_rows(batch)
+                rows = [r for r, kind in zip(batch, suites, strict=True) if kind != SUITE_DERIVED]
+                deriv = [r for r, kind in zip(batch, suites, strict=True) if kind == SUITE_DERIVED]
                 headers = [r.header for r in rows]
                 keys = self._keys_for(s, headers)
                 try:
@@ -720,7 +737,6 @@ class Scope:
                 for r, raw in zip([*rows, *deriv], names, strict=True):
                     if raw is None:
                         continue  # a derivative whose source is gone: unreadable for good
-                    _check_rows([r])
                     name = raw.decode("utf-8")
                     if name.startswith(prefix):
                         infos.append(

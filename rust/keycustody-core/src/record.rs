@@ -96,6 +96,25 @@ pub fn header_record_id(header: &[u8]) -> Result<[u8; RECORD_ID_LEN]> {
     Ok(header[RECORD_ID].try_into().expect("16 bytes"))
 }
 
+/// The suite of a stored header whose row columns match it: the record id, name index and scope
+/// key version (0 for none) a database row keeps beside its header are unauthenticated copies
+/// that queries select by, so they must equal the header's own.
+pub fn check_columns(
+    header: &[u8],
+    record_id: &[u8],
+    name_index: &[u8],
+    key_version: u32,
+) -> Result<u8> {
+    if header.len() != HEADER_LEN
+        || header[RECORD_ID] != *record_id
+        || header[NAME_INDEX] != *name_index
+        || header_key_version(header)? != key_version
+    {
+        return Err(CoreError::Integrity);
+    }
+    Ok(header[3])
+}
+
 /// The scope key a record is sealed under.
 pub struct SealKey<'a> {
     /// Active scope key.
@@ -571,6 +590,38 @@ mod tests {
         }
         for n in 0..blob.len() {
             assert!(open_blob(&keys, b"a.py", &blob[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn check_columns_accepts_only_the_headers_own_columns() {
+        let (key, scope_id) = setup();
+        let seal = SealKey {
+            key: &key,
+            scope_id,
+            version: 7,
+        };
+        let blob = seal_blob(&seal, b"a.py", b"x").unwrap();
+        let header = &blob[..HEADER_LEN];
+        let (id, index) = (&header[RECORD_ID], &header[NAME_INDEX]);
+        assert_eq!(
+            check_columns(header, id, index, 7),
+            Ok(SUITE_AES256GCM_HKDF_SHA256)
+        );
+        let mut other_id = id.to_vec();
+        other_id[0] ^= 1;
+        let mut other_index = index.to_vec();
+        other_index[31] ^= 1;
+        for (h, i, n, v) in [
+            (header, &other_id[..], index, 7),
+            (header, id, &other_index[..], 7),
+            (header, id, index, 6),
+            (header, id, index, 0),
+            (header, &id[..15], index, 7),
+            (&blob[..HEADER_LEN - 1], id, index, 7),
+            (&blob[..HEADER_LEN + 1], id, index, 7),
+        ] {
+            assert_eq!(check_columns(h, i, n, v), Err(CoreError::Integrity));
         }
     }
 

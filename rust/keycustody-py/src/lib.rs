@@ -22,8 +22,8 @@ mod _core {
     use super::keys::KeyHandle;
     #[pymodule_export]
     use super::records::{
-        header_key_versions, open_blobs, open_names, open_records, rewrap_headers, seal_blobs,
-        seal_records,
+        check_rows, header_key_versions, open_blobs, open_names, open_records, rewrap_headers,
+        seal_blobs, seal_records,
     };
     #[pymodule_export]
     use super::stream::{begin_stream, open_stream, PyStreamOpener, PyStreamSealer};

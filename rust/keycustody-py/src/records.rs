@@ -7,6 +7,7 @@ use keycustody_core::record::{
     self, OpenJob, OpenKeys, SealJob, SealKey, HEADER_LEN, SCOPE_ID_LEN,
 };
 use keycustody_core::{CoreError, SecretKey};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -416,6 +417,35 @@ pub fn rewrap_headers<'py>(
     result.map_err(|(i, e)| batch_error(py, i, e))?;
     drop(bufs);
     Ok(outs.into_vec())
+}
+
+/// The suite of each stored row's header, checking that the row's lookup columns (attributes
+/// `record_id`, `name_index`, `key_version`; None counts as 0) are the header's own. A column
+/// of the wrong type (a NULL header, a version out of range) fails the check like a mismatch.
+#[pyfunction]
+pub fn check_rows<'py>(
+    py: Python<'py>,
+    rows: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut suites = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let header = row.getattr(intern!(py, "header"))?;
+        let record_id = row.getattr(intern!(py, "record_id"))?;
+        let name_index = row.getattr(intern!(py, "name_index"))?;
+        let version = row.getattr(intern!(py, "key_version"))?;
+        let checked = (|| {
+            let version: Option<u32> = version.extract().ok()?;
+            record::check_columns(
+                &header.extract::<Input>().ok()?,
+                &record_id.extract::<Input>().ok()?,
+                &name_index.extract::<Input>().ok()?,
+                version.unwrap_or(0),
+            )
+            .ok()
+        })();
+        suites.push(checked.ok_or_else(|| batch_error(py, i, CoreError::Integrity))?);
+    }
+    Ok(PyBytes::new(py, &suites))
 }
 
 /// The scope key versions headers name (unauthenticated; used to pick keys before opening).
