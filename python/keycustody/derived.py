@@ -118,7 +118,7 @@ def open_payloads(
             header,
             [raw_names[i] for i in positions],
             [r.header for r in group],
-            [payloads.body(scope._ref.id, r) for r in group],
+            payloads.bodies(scope._ref.id, group),
         )
         for i, data in zip(positions, opened, strict=True):
             out[i] = data
@@ -203,7 +203,7 @@ def rederive(
             old_header,
             names,
             headers,
-            [payloads.body(scope_id, r) for r in group],
+            payloads.bodies(scope_id, group),
         )
         new_headers, name_cts, bodies = _core.seal_derived(
             scope_id, new_keys, source_name, new_header, names, datas

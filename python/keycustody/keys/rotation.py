@@ -825,7 +825,7 @@ def _reencrypt_scope(
                 keys,
                 [names[i] for i in whole],
                 [headers[i] for i in whole],
-                [vault._payloads.body(ref.id, rows[i]) for i in whole],
+                vault._payloads.bodies(ref.id, [rows[i] for i in whole]),
             )
             openers = {
                 i: _core.open_stream(ref.id, keys, names[i], rows[i].header) for i in streamed
