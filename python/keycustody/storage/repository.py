@@ -161,7 +161,9 @@ class RecordStatements:
             f"SELECT {', '.join(FoundRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
             "WHERE scope_id = "
             + (
-                "%(scope_id)s AND name_index = ANY(%(indexes)s)"
+                # %b: the array of indexes in binary; psycopg escapes a text one element by
+                # element, with a regular expression each.
+                "%(scope_id)b AND name_index = ANY(%(indexes)b)"
                 if self._postgres
                 else "? AND name_index IN ({})"
             )
