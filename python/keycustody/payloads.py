@@ -66,9 +66,6 @@ from keycustody.streams import (
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 """Payloads larger than this many bytes go to the blob store (when one is configured)."""
-DEFAULT_ORPHAN_GRACE = timedelta(hours=24)
-"""Unreferenced objects younger than this are left alone by the sweep: they may belong to a
-write whose transaction has not committed yet. It must exceed the longest write transaction."""
 READ_BUDGET = 64 * 1024 * 1024
 """Payload bytes a batch job (re-encryption) holds in memory at once, beyond one record."""
 

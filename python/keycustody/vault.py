@@ -51,10 +51,10 @@ from keycustody.keys.states import ACTIVE
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
-from keycustody.payloads import DEFAULT_ORPHAN_GRACE, DEFAULT_THRESHOLD, BlobSweep, Payloads
+from keycustody.payloads import DEFAULT_THRESHOLD, BlobSweep, Payloads
 from keycustody.scope import Scope
 from keycustody.storage import schema
-from keycustody.storage.blobs import BlobStore, open_blob_store
+from keycustody.storage.blobs import DEFAULT_ORPHAN_GRACE, BlobStore, open_blob_store
 from keycustody.storage.engine import (
     RECORD_WRITE,
     WRITE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -267,6 +268,44 @@ def test_console_script_reports_errors_on_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert b"Traceback" not in proc.stderr
     assert proc.stderr.decode().startswith("error: NotFoundError")
+
+
+_HELP_THEN_LIST_MODULES = """
+import sys
+from keycustody.cli import main
+try:
+    main()
+except SystemExit as exit:
+    assert exit.code in (0, 2), exit.code
+print(*sorted(sys.modules), sep="\\n", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["keys", "--help"], ["erasures", "ls", "--help"], ["rewrap"]]
+)
+def test_help_and_usage_errors_do_not_load_the_storage_layer(argv: list[str]) -> None:
+    """--help (and a missing option) print without importing SQLAlchemy or the vault, which
+    take a second or more to import: the CLI imports them where a command opens a vault."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_THEN_LIST_MODULES, *argv],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert b"Usage: " in proc.stdout + proc.stderr
+    loaded = proc.stderr.decode().splitlines()
+    assert "keycustody.cli.commands" in loaded
+    heavy = ("sqlalchemy", "alembic", "keycustody.vault", "keycustody.keys.shredding")
+    assert [m for m in loaded if m.startswith(heavy)] == []
+
+
+def test_rewrap_defaults_to_the_library_batch_size() -> None:
+    from keycustody.cli import keys
+    from keycustody.keys import rotation
+
+    default = inspect.signature(keys.rewrap).parameters["batch_size"].default
+    assert default == rotation.DEFAULT_BATCH
 
 
 @pytest.mark.parametrize(

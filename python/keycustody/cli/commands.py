@@ -16,20 +16,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from keycustody import __version__
 from keycustody._core import KeyHandle
 from keycustody.cli import evidence, keys
 from keycustody.cli.bench import bench as bench_command
-from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
 from keycustody.cli.ingest import IngestReport, ingest_tree
 from keycustody.cli.walk import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES, SkipLog, file_ids
 from keycustody.errors import (
@@ -49,9 +46,12 @@ from keycustody.kms import plugins
 from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
-from keycustody.report import write_report
 from keycustody.types import EncryptionContext, KeyId
-from keycustody.vault import Vault
+
+# The vault, SQLAlchemy, the report and the demo are imported by the commands that use them:
+# they take a second to import, and --help or a usage error needs none of them.
+if TYPE_CHECKING:
+    from keycustody.vault import Vault
 
 DEFAULT_HOME = Path(".keycustody")
 DEFAULT_DB = f"sqlite:///./{DEFAULT_HOME.as_posix()}/vault.db"
@@ -178,6 +178,9 @@ def handle_errors() -> Iterator[None]:
 
 def _sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///PATH`` URL, or None (other backends, in memory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -198,6 +201,8 @@ def open_vault(settings: Settings, *, must_exist: bool) -> Iterator[Vault]:
         settings: ``--db``, ``--kms-dir`` and ``--actor``.
         must_exist: Fail with NotFoundError rather than create a new SQLite database.
     """
+    from keycustody.vault import Vault
+
     path = _sqlite_file(settings.db)
     if path is not None:
         if must_exist and not path.exists():
@@ -658,6 +663,8 @@ def demo(
 
     Example: `keycustody demo`  or  `keycustody demo --source package --keep`
     """
+    from keycustody.cli.demo import DEMO_EXCLUDES, resolve_source, run_demo
+
     out, err = stdout(), stderr()
     with handle_errors():
         root = resolve_source(source)
@@ -937,6 +944,8 @@ def report_command(
 
     Example: `keycustody report --scope acme -o evidence/acme-2026-11`
     """
+    from keycustody.report import write_report
+
     settings = get_settings(ctx)
     with handle_errors():
         with open_vault(settings, must_exist=True) as vault:

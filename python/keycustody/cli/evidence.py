@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,8 +23,11 @@ from rich.table import Table
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
 from keycustody.errors import ConfigError, IntegrityError, InvalidInputError
-from keycustody.keys.shredding import CANCELLED, CONFIRMED, SCHEDULED, ErasureCertificate
-from keycustody.payloads import DEFAULT_ORPHAN_GRACE
+from keycustody.keys.states import CANCELLED, CONFIRMED, SCHEDULED
+from keycustody.storage.blobs import DEFAULT_ORPHAN_GRACE
+
+if TYPE_CHECKING:
+    from keycustody.keys.shredding import ErasureCertificate
 
 PANEL = "Erasure and evidence"
 """Help panel grouping these commands in ``keycustody --help``."""

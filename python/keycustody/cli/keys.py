@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,12 +25,14 @@ from rich.tree import Tree
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
 from keycustody.errors import ConfigError
-from keycustody.keys.lineage import RecordLineage
-from keycustody.keys.rotation import DEFAULT_BATCH, JobReport
-from keycustody.keys.rotation import Progress as ProgressCallback
 from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, PRE_ACTIVE
-from keycustody.scope import Scope
 from keycustody.types import KeyVersionInfo
+
+if TYPE_CHECKING:
+    from keycustody.keys.lineage import RecordLineage
+    from keycustody.keys.rotation import JobReport
+    from keycustody.keys.rotation import Progress as ProgressCallback
+    from keycustody.scope import Scope
 
 PANEL = "Key lifecycle"
 """Help panel grouping these commands in ``keycustody --help``."""
@@ -302,7 +304,7 @@ def rewrap(
     ctx: typer.Context,
     scope: ScopeOption,
     dry_run: DryRunOption = False,
-    batch_size: BatchSizeOption = DEFAULT_BATCH,
+    batch_size: BatchSizeOption = 5000,  # rotation.DEFAULT_BATCH, not imported for --help
     as_json: JobJsonOption = False,
 ) -> None:
     """Move every record of a scope to its ACTIVE key version, then destroy the old versions.
@@ -318,7 +320,7 @@ def rewrap(
         ctx,
         "rewrap",
         scope,
-        Scope.rewrap,
+        lambda target, **options: target.rewrap(**options),
         dry_run=dry_run,
         batch_size=batch_size,
         as_json=as_json,
@@ -344,7 +346,7 @@ def reencrypt(
         ctx,
         "reencrypt",
         scope,
-        Scope.reencrypt,
+        lambda target, **options: target.reencrypt(**options),
         dry_run=dry_run,
         batch_size=batch_size,
         as_json=as_json,

@@ -54,7 +54,14 @@ from keycustody.errors import (
 )
 from keycustody.keys import filescan, rotation
 from keycustody.keys.hierarchy import ScopeRef, bump_epoch, load_scope, tenant_keks
-from keycustody.keys.states import DESTROYED, SHREDDED
+from keycustody.keys.states import (
+    CANCELLED,
+    CONFIRMED,
+    DESTROYED,
+    PENDING,
+    SCHEDULED,
+    SHREDDED,
+)
 from keycustody.kms import base as kms
 from keycustody.kms.base import Destruction, KeyDestroyer
 from keycustody.kms.registry import key_prefix
@@ -76,12 +83,6 @@ if TYPE_CHECKING:
 
 CERTIFICATE_FORMAT = "keycustody-erasure-certificate/v1"
 _SCAN_CHUNK = 1 << 20
-PENDING = "pending"
-SCHEDULED = "scheduled"
-CONFIRMED = "confirmed"
-CANCELLED = "cancelled"
-"""Phase 2 statuses: pending -> scheduled (KMS waiting period) -> confirmed; a scheduled
-destruction that was cancelled in the KMS makes it ``cancelled`` (backups readable again)."""
 
 
 @runtime_checkable

@@ -2,7 +2,8 @@
 
 Scope key versions move PRE_ACTIVE -> ACTIVE -> DEACTIVATED -> DESTROYED, with COMPROMISED
 reachable from any live state; DESTROYED is terminal and keeps its metadata. Scopes are ACTIVE,
-SUSPENDED (revoked: nothing under them encrypts or decrypts) or SHREDDED.
+SUSPENDED (revoked: nothing under them encrypts or decrypts) or SHREDDED. An erasure's phase 2
+goes PENDING -> SCHEDULED -> CONFIRMED, or to CANCELLED.
 """
 
 from __future__ import annotations
@@ -49,3 +50,12 @@ def check_scope_transition(old: str, new: str) -> None:
     """Raises InvalidInputError unless a scope may go from ``old`` to ``new``."""
     if new not in SCOPE_TRANSITIONS.get(old, frozenset()):
         raise InvalidInputError(f"a scope cannot go from {old} to {new}")
+
+
+PENDING: Final = "pending"
+SCHEDULED: Final = "scheduled"
+CONFIRMED: Final = "confirmed"
+CANCELLED: Final = "cancelled"
+"""Phase 2 statuses of an erasure: pending -> scheduled (KMS waiting period) -> confirmed; a
+scheduled destruction that was cancelled in the KMS makes it ``cancelled`` (backups readable
+again)."""

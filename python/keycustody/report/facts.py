@@ -23,8 +23,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from keycustody.errors import KeyCustodyError
 from keycustody.keys import lineage
 from keycustody.keys.hierarchy import tenant_keks
-from keycustody.keys.shredding import CONFIRMED, SCHEDULED, verify_certificate
-from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, SHREDDED, SUSPENDED
+from keycustody.keys.shredding import verify_certificate
+from keycustody.keys.states import (
+    ACTIVE,
+    COMPROMISED,
+    CONFIRMED,
+    DEACTIVATED,
+    DESTROYED,
+    SCHEDULED,
+    SHREDDED,
+    SUSPENDED,
+)
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.pkcs11 import Pkcs11KMS
 from keycustody.kms.registry import key_prefix

@@ -29,7 +29,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -51,6 +51,9 @@ S3_MIN_PART = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * (SEGMENT_LEN + TAG_LEN)
 """8 sealed stream segments (8 MiB + 128 B): at least 8 MiB, and a multiple of the sealed
 segment size so that no stream segment straddles two parts."""
+DEFAULT_ORPHAN_GRACE = timedelta(hours=24)
+"""Unreferenced objects younger than this are left alone by the sweep: they may belong to a
+write whose transaction has not committed yet. It must exceed the longest write transaction."""
 
 
 def check_key(key: str) -> str:
