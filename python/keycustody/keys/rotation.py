@@ -960,7 +960,6 @@ def _reencrypt_stream(
         .where(RecordRow.record_id == record_id)
         .values(size=size, blob_key=sink.blob_key)
     )
-    payloads.drop(s, [row.blob_key])
     derived.rederive(
         writer,
         payloads,
@@ -969,7 +968,7 @@ def _reencrypt_stream(
         (old_keys, {ref.active_version: active}),
         [(row.header, header, name)],
     )
-    s.execute(delete(RecordRow).where(RecordRow.record_id == row.record_id))
+    payloads.delete_records(s, RecordRow.record_id == row.record_id)
     lineage_event(
         s,
         ref.id,
