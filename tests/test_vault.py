@@ -207,6 +207,21 @@ def test_get_and_list_refuse_a_row_whose_columns_are_not_its_headers(
             acme.get_many(["b.py", "a.py"])
 
 
+@pytest.mark.parametrize("value", ["x", 5, b"2026-11-28"])
+def test_list_refuses_a_created_at_that_is_not_a_time(
+    acme: kc.Scope, raw: RawDB, db_url: str, value: object
+) -> None:
+    """SQLite stores created_at as text and lets a row hold anything there: listing such a
+    row is an IntegrityError, not a ValueError from the date parser; the record still reads."""
+    if db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL refuses a value of another type for the column")
+    rid = bytes.fromhex(acme.put("a.py", b"x").record_id)
+    raw.execute("UPDATE records SET created_at = ? WHERE record_id = ?", (value, rid))
+    with pytest.raises(kc.IntegrityError, match="created_at is not a time"):
+        acme.list()
+    assert acme.get("a.py") == b"x"
+
+
 def test_get_many_checks_every_group_of_a_long_call(acme: kc.Scope, raw: RawDB) -> None:
     """get_many looks names up IN_LIST_CHUNK at a time and opens a group on a worker thread
     while it reads the next: a tampered record in the first, a middle or the last group fails

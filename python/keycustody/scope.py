@@ -61,7 +61,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _StoredRow(Protocol):
+class _CheckedRow(Protocol):
     @property
     def record_id(self) -> bytes: ...
     @property
@@ -70,13 +70,16 @@ class _StoredRow(Protocol):
     def key_version(self) -> int | None: ...
     @property
     def header(self) -> bytes: ...
+
+
+class _StoredRow(_CheckedRow, Protocol):
     @property
     def size(self) -> int: ...
     @property
     def blob_key(self) -> str | None: ...
 
 
-def _check_rows(rows: Sequence[_StoredRow]) -> bytes:
+def _check_rows(rows: Sequence[_CheckedRow]) -> bytes:
     """The suite of each row's header; the lookup columns of record rows must agree with
     their authenticated headers."""
     try:
@@ -709,19 +712,8 @@ class Scope:
         infos: list[RecordInfo] = []
         with self._vault._read() as s:
             self._vault._keys.check_usable(s, self._fresh(s))
-            result = s.execute(
-                select(
-                    RecordRow.record_id,
-                    RecordRow.name_index,
-                    RecordRow.header,
-                    RecordRow.name_ct,
-                    RecordRow.size,
-                    RecordRow.key_version,
-                    RecordRow.created_at,
-                    RecordRow.source_id,
-                ).where(RecordRow.scope_id == self._ref.id)
-            )
-            for batch in result.partitions(BATCH_RECORDS):
+            records = self._vault._records
+            for batch in records.list_records(s.connection(), self._ref.id, BATCH_RECORDS):
                 suites = _check_rows(batch)
                 rows = [r for r, kind in zip(batch, suites, strict=True) if kind != SUITE_DERIVED]
                 deriv = [r for r, kind in zip(batch, suites, strict=True) if kind == SUITE_DERIVED]

@@ -155,9 +155,10 @@ def driver_errors(dialect: Dialect, statement: str | None = None) -> Iterator[No
         ) from exc
 
 
-def driver_rows(driver: Any, dialect: Dialect, sql: str, params: Any) -> list[tuple[Any, ...]]:
-    """The rows of ``sql`` run on a driver connection, as the driver's tuples, without
-    SQLAlchemy's result objects (errors as with :func:`driver_errors`).
+@contextlib.contextmanager
+def driver_cursor(driver: Any, dialect: Dialect, sql: str, params: Any) -> Iterator[Any]:
+    """A cursor of a driver connection that has run ``sql``, closed on exit; errors raise as
+    with :func:`driver_errors`, also while its rows are fetched.
 
     psycopg gets its results in binary format: in text, each bytea value crosses the wire as
     hex, twice its size, and is decoded back (a 4 KiB get_many: 305 -> 175 ms; stream reads
@@ -170,9 +171,16 @@ def driver_rows(driver: Any, dialect: Dialect, sql: str, params: Any) -> list[tu
                 cursor.execute(sql, params, binary=True)
             else:
                 cursor.execute(sql, params)
-            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            yield cursor
         finally:
             cursor.close()
+
+
+def driver_rows(driver: Any, dialect: Dialect, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` run on a driver connection, as the driver's tuples, without
+    SQLAlchemy's result objects (see :func:`driver_cursor`)."""
+    with driver_cursor(driver, dialect, sql, params) as cursor:
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
     return rows
 
 

@@ -12,7 +12,7 @@ take turns and delete first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -31,7 +31,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
-from keycustody.storage.engine import driver_connection, driver_errors, driver_rows
+from keycustody.errors import IntegrityError
+from keycustody.storage.engine import (
+    driver_connection,
+    driver_cursor,
+    driver_errors,
+    driver_rows,
+)
 from keycustody.storage.models import RecordRow, SegmentRow
 
 RECORD_COLUMNS = (
@@ -104,6 +110,20 @@ class FoundRecord(NamedTuple):
     blob_key: str | None
 
 
+class ListedRecord(NamedTuple):
+    """A record row as :meth:`RecordStatements.list_records` reads it (a plain named tuple,
+    as :class:`FoundRecord`)."""
+
+    record_id: bytes
+    name_index: bytes
+    header: bytes
+    name_ct: bytes
+    size: int
+    key_version: int | None
+    created_at: datetime
+    source_id: bytes | None
+
+
 def name_in(column: Any, indexes: list[bytes], dialect: Dialect) -> Any:
     """``column IN indexes``; on PostgreSQL ``= ANY(array)``, one parameter however many
     names (an IN list of hundreds of parameters costs more to build than to run)."""
@@ -138,6 +158,10 @@ class RecordStatements:
         self._timestamp: Callable[[Any], Any] | None = created_at.dialect_impl(
             dialect
         ).bind_processor(dialect)
+        # SQLite stores it as text: the dialect's parser, as the ORM would use.
+        self._read_timestamp: Callable[[Any], Any] | None = created_at.dialect_impl(
+            dialect
+        ).result_processor(dialect, None)
         compiled = (
             delete(RecordRow)
             .where(
@@ -167,6 +191,11 @@ class RecordStatements:
                 if self._postgres
                 else "? AND name_index IN ({})"
             )
+        )
+
+        self._list_sql = (
+            f"SELECT {', '.join(ListedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
+            + ("WHERE scope_id = %(scope_id)b" if self._postgres else "WHERE scope_id = ?")
         )
 
     def read_segments(
@@ -232,6 +261,29 @@ class RecordStatements:
             sql = self._find_sql.format(",".join("?" * len(indexes)))
         driver = conn.connection.driver_connection
         return list(map(FoundRecord._make, driver_rows(driver, self._dialect, sql, params)))
+
+    def list_records(
+        self, conn: Connection, scope_id: bytes, batch: int
+    ) -> Iterator[list[ListedRecord]]:
+        """The records of ``scope_id``, ``batch`` rows at a time, in no particular order, on
+        the driver's cursor (listing 20,000 records through the ORM: 0.7 s, most of it
+        SQLAlchemy's row objects). Consume it inside ``conn``'s transaction.
+
+        Raises:
+            IntegrityError: a row's created_at is not a time (altered in the database).
+        """
+        params: Any = {"scope_id": scope_id} if self._postgres else (scope_id,)
+        parse = self._read_timestamp
+        driver = conn.connection.driver_connection
+        with driver_cursor(driver, self._dialect, self._list_sql, params) as cursor:
+            while rows := cursor.fetchmany(batch):
+                if parse is not None:
+                    try:
+                        rows = [(*r[:6], parse(r[6]), r[7]) for r in rows]
+                    except (TypeError, ValueError):
+                        message = "a stored record's created_at is not a time"
+                        raise IntegrityError(message) from None
+                yield list(map(ListedRecord._make, rows))
 
     def lock_names(self, conn: Connection, scope_id: bytes) -> None:
         """Makes this transaction the only one replacing or deleting records by name in the
