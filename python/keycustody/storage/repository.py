@@ -17,13 +17,10 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Dialect,
     Engine,
     Insert,
-    LargeBinary,
-    any_,
     bindparam,
     delete,
     insert,
@@ -124,14 +121,6 @@ class ListedRecord(NamedTuple):
     source_id: bytes | None
 
 
-def name_in(column: Any, indexes: list[bytes], dialect: Dialect) -> Any:
-    """``column IN indexes``; on PostgreSQL ``= ANY(array)``, one parameter however many
-    names (an IN list of hundreds of parameters costs more to build than to run)."""
-    if dialect.name == "postgresql":
-        return column == any_(bindparam("name_indexes", indexes, type_=ARRAY(LargeBinary)))
-    return column.in_(indexes)
-
-
 class RecordStatements:
     """Bulk statements on record and segment rows, compiled for one dialect."""
 
@@ -193,6 +182,11 @@ class RecordStatements:
             )
         )
 
+        # %b as in the lookup: the array in binary, one parameter however many names.
+        self._delete_any_sql = (
+            f"DELETE FROM {RecordRow.__tablename__} WHERE scope_id = %(scope_id)b"  # noqa: S608
+            " AND name_index = ANY(%(indexes)b)"
+        )
         self._list_sql = (
             f"SELECT {', '.join(ListedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
             + ("WHERE scope_id = %(scope_id)b" if self._postgres else "WHERE scope_id = ?")
@@ -326,15 +320,10 @@ class RecordStatements:
             return 0
         self.lock_names(conn, scope_id)
         if self._postgres:  # one statement with an array, not one per name
-            result = conn.execute(
-                delete(RecordRow).where(
-                    RecordRow.scope_id == scope_id,
-                    name_in(RecordRow.name_index, list(indexes), conn.dialect),
-                )
-            )
-            return int(result.rowcount)
+            params: Any = {"scope_id": scope_id, "indexes": list(indexes)}
+            return int(conn.exec_driver_sql(self._delete_any_sql, params).rowcount)
         rows = [{"scope_id": scope_id, "name_index": index} for index in indexes]
-        params: list[Any] = (
+        params = (
             rows
             if self._delete_order is None
             else [tuple(r[k] for k in self._delete_order) for r in rows]
