@@ -115,6 +115,7 @@ def test_ls_table_and_prefix(run: Run, tree: Path) -> None:
     assert "repo/src/pkg/util.py" in table.stdout
     assert "README.md" not in table.stdout
     assert "2 records" in table.stdout
+    assert "1 record," in run("ls", "--scope", "acme", "--prefix", "repo/src/app").stdout
 
 
 def test_small_batches_store_everything(run: Run, tree: Path) -> None:

@@ -131,7 +131,7 @@ def test_keys_table_and_json(run: Run, tenant: kc.Scope) -> None:
 
     table = run("keys", "--scope", "acme")
     _clean(table)
-    for text in ("DEACTIVATED", "ACTIVE", "kek:local:acme-kek#1", "1 scopes, 2 key versions"):
+    for text in ("DEACTIVATED", "ACTIVE", "kek:local:acme-kek#1", "1 scope, 2 key versions"):
         assert text in table.stdout
 
     missing = run("keys", "--scope", "nope")

@@ -875,7 +875,7 @@ def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_
     date = provider.describe_key(old)["deletion_date"].date().isoformat()
     assert date in done.stdout
     waiting = run("erasures", "complete")
-    assert "still wait for the KMS's waiting period" in waiting.stdout
+    assert "still waiting for the KMS's waiting period" in waiting.stdout
     with kc.Vault.open(db, kms=[LocalKMS(keys), provider]) as vault:
         (certificate,) = vault.certificates()
     certificate.save(tmp_path / "phase2.json")

@@ -47,6 +47,7 @@ from keycustody.kms.base import KmsProvider
 from keycustody.kms.local import LocalKMS
 from keycustody.kms.registry import ProviderRegistry
 from keycustody.types import EncryptionContext, KeyId
+from keycustody.wording import plural
 
 # The vault, SQLAlchemy, the report and the demo are imported by the commands that use them:
 # they take a second to import, and --help or a usage error needs none of them.
@@ -622,7 +623,7 @@ def list_records(
         table.add_column("record id", overflow="fold")
         for i in infos:
             table.add_row(printable(i.name), f"{i.size:,}", str(i.key_version), i.record_id)
-        table.caption = f"{len(infos):,} records, {_mb(sum(i.size for i in infos))}"
+        table.caption = f"{plural(len(infos), 'record')}, {_mb(sum(i.size for i in infos))}"
         stdout().print(table)
 
 

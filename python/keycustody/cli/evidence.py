@@ -25,6 +25,7 @@ from keycustody.cli import commands as base
 from keycustody.errors import ConfigError, IntegrityError, InvalidInputError
 from keycustody.keys.states import CANCELLED, CONFIRMED, SCHEDULED
 from keycustody.storage.blobs import DEFAULT_ORPHAN_GRACE
+from keycustody.wording import plural
 
 if TYPE_CHECKING:
     from keycustody.keys.shredding import ErasureCertificate
@@ -260,7 +261,7 @@ def erasures_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     table = _certificate_table("erasure certificates", certificates)
     pending = sum(1 for c in certificates if c.phase2_status != CONFIRMED)
-    table.caption = f"{len(certificates):,} certificates, {pending:,} awaiting phase 2"
+    table.caption = f"{plural(len(certificates), 'certificate')}, {pending:,} awaiting phase 2"
     base.stdout().print(table)
 
 
@@ -339,7 +340,8 @@ def erasures_complete(
     if waiting:
         out.print(
             _certificate_table(
-                f"{len(waiting):,} erasures still wait for the KMS's waiting period", waiting
+                f"{plural(len(waiting), 'erasure')} still waiting for the KMS's waiting period",
+                waiting,
             )
         )
 

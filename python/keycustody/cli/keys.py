@@ -27,6 +27,7 @@ from keycustody.cli import commands as base
 from keycustody.errors import ConfigError
 from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, PRE_ACTIVE
 from keycustody.types import KeyVersionInfo
+from keycustody.wording import plural
 
 if TYPE_CHECKING:
     from keycustody.keys.lineage import RecordLineage
@@ -152,8 +153,8 @@ def keys_command(
                 _since(v),
             )
         table.caption = (
-            f"{len(paths):,} scopes, {len(versions):,} key versions, "
-            f"{sum(v.records for v in versions):,} records"
+            f"{plural(len(paths), 'scope')}, {plural(len(versions), 'key version')}, "
+            f"{plural(sum(v.records for v in versions), 'record')}"
         )
         base.stdout().print(table)
 
@@ -508,7 +509,7 @@ def _lineage_trees(lineage: RecordLineage) -> tuple[Tree, Tree]:
         node.add(
             f"KEK [bold]{escape(kek_id)}[/bold] version {escape(kek_version)}  (in the KMS)" + role
         )
-    count = f"{len(lineage):,} event" + ("" if len(lineage) == 1 else "s")
+    count = plural(len(lineage), "event")
     history = Tree(f"history ({count}, oldest first)")
     for e in lineage:
         text = f"{_short_time(e.at)}  [bold]{e.event}[/bold]"

@@ -583,5 +583,8 @@ def load_scope(session: Session, path: str) -> ScopeRef:
     """
     row = session.scalars(select(ScopeRow).where(ScopeRow.path == path)).one_or_none()
     if row is None:
-        raise NotFoundError(f"scope {path!r} does not exist (open it with create=True)")
+        raise NotFoundError(
+            f"scope {path!r} does not exist (created by vault.scope(path, create=True), or "
+            "by keycustody ingest DIR --scope PATH)"
+        )
     return ScopeRef.of(row)

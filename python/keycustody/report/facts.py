@@ -41,6 +41,7 @@ from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import ScopeKeyRow, ScopeKeyWrapRow, ScopeRow
 from keycustody.usage import ScopeUsage, _subject_scope
 from keycustody.validation import check_path
+from keycustody.wording import plural
 
 if TYPE_CHECKING:
     from keycustody.vault import Vault
@@ -570,10 +571,6 @@ def _config(vault: Vault, certificates: list[CertificateFacts]) -> dict[str, Any
 # -- summary --------------------------------------------------------------------------------
 
 
-def _plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else many or word + 's'}"
-
-
 def _summary(
     scopes: list[ScopeFacts],
     tenants: list[TenantFacts],
@@ -602,8 +599,8 @@ def _summary(
         points.append(
             {
                 "level": OK,
-                "text": f"{_plural(protected, 'record')} in {_plural(len(live), 'live scope')} "
-                f"are protected by {_plural(len(keks), 'customer-held KEK')} "
+                "text": f"{plural(protected, 'record')} in {plural(len(live), 'live scope')} "
+                f"are protected by {plural(len(keks), 'customer-held KEK')} "
                 f"({', '.join(sorted(providers)) or 'none'})",
             }
         )
@@ -611,7 +608,7 @@ def _summary(
         points.append(
             {
                 "level": OK,
-                "text": f"the audit trail verifies: {_plural(audit['events_checked'], 'event')}"
+                "text": f"the audit trail verifies: {plural(audit['events_checked'], 'event')}"
                 f", head {audit['head_seq']}:{audit['head_hash'][:16]}…",
             }
         )
@@ -631,7 +628,7 @@ def _summary(
         points.append(
             {
                 "level": BAD,
-                "text": f"{_plural(compromised, 'record')} under a COMPROMISED key version "
+                "text": f"{plural(compromised, 'record')} under a COMPROMISED key version "
                 "await re-encryption",
             }
         )
@@ -641,7 +638,7 @@ def _summary(
         points.append(
             {
                 "level": BAD if tampered else WARN,
-                "text": f"{_plural(len(failovers), 'key unwrap')} failed over to another "
+                "text": f"{plural(len(failovers), 'key unwrap')} failed over to another "
                 "KEK of the tenant (a KEK was unavailable"
                 + (
                     f"; {len(tampered):,} because a stored wrap did NOT authenticate: "
@@ -657,7 +654,7 @@ def _summary(
         points.append(
             {
                 "level": WARN,
-                "text": f"{_plural(len(suspended), 'scope is', 'scopes are')} suspended "
+                "text": f"{plural(len(suspended), 'scope is', 'scopes are')} suspended "
                 f"({', '.join(s['path'] for s in suspended)}): nothing below "
                 f"{'it' if len(suspended) == 1 else 'them'} encrypts or decrypts",
             }
@@ -669,14 +666,14 @@ def _summary(
         points.append(
             {
                 "level": OK,
-                "text": f"{_plural(deactivated, 'record')} still under DEACTIVATED key versions "
+                "text": f"{plural(deactivated, 'record')} still under DEACTIVATED key versions "
                 "(decrypt only; a rewrap moves them to the active version)",
             }
         )
     erasures = ""
     if certificates:
         pending = len(certificates) - phases[CONFIRMED] - phases[SCHEDULED]
-        parts = [f"{_plural(phases[CONFIRMED], 'erasure')} completed"]
+        parts = [f"{plural(phases[CONFIRMED], 'erasure')} completed"]
         if phases[SCHEDULED]:
             parts.append(f"{phases[SCHEDULED]:,} pending the KMS waiting period")
         if pending:
@@ -688,7 +685,7 @@ def _summary(
             points.append(
                 {
                     "level": OK,
-                    "text": f"{_plural(shredded, 'record')} in shredded scopes can never be "
+                    "text": f"{plural(shredded, 'record')} in shredded scopes can never be "
                     "decrypted again",
                 }
             )
@@ -697,7 +694,7 @@ def _summary(
             points.append(
                 {
                     "level": BAD,
-                    "text": f"{_plural(len(unverified), 'certificate')} do not verify against "
+                    "text": f"{plural(len(unverified), 'certificate')} do not verify against "
                     f"the audit trail: {', '.join(unverified)}",
                 }
             )
@@ -706,7 +703,7 @@ def _summary(
             points.append(
                 {
                     "level": BAD,
-                    "text": f"forensic scans found {_plural(hits, 'destroyed key value')} "
+                    "text": f"forensic scans found {plural(hits, 'destroyed key value')} "
                     "still in the database files",
                 }
             )
@@ -719,7 +716,7 @@ def _summary(
     if worst == OK and any(p["level"] == WARN for p in points):
         worst = WARN
     headline = (
-        f"All {_plural(protected, 'live record')} are protected by customer-held keys"
+        f"All {plural(protected, 'live record')} are protected by customer-held keys"
         if not unprotected
         else f"{unprotected:,} of {total:,} records are not protected by a tenant KEK"
     )
