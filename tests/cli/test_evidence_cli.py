@@ -253,10 +253,11 @@ def test_erasures_ls_and_complete(run: Run, vault: kc.Vault, tenant: kc.Scope) -
     table = run("erasures", "ls")
     _clean(table)
     assert certificate.id in table.stdout and "1 awaiting phase 2" in table.stdout
+    assert "1 certificate," in table.stdout
 
     done = run("erasures", "complete")
     _clean(done)
-    assert "phase 2 completed for 1 erasures" in done.stdout
+    assert "phase 2 completed for 1 erasure" in done.stdout and "erasures" not in done.stdout
     assert "local:acme-kek version 1 destroyed" in done.stdout
     (listed,) = _json(run("erasures", "ls", "--json"))
     assert listed["phase2"] == "confirmed" and listed["phase2_confirmed_at"]

@@ -882,7 +882,7 @@ def test_cli_erasures_complete_with_new_kek_shows_the_schedule_and_certificates_
     for name in ("phase1.json", "phase2.json"):
         assert "certificate verified" in run("cert", "verify", str(tmp_path / name)).stdout
     kms_proxy.advance(timedelta(days=8))
-    assert "phase 2 completed for 1 erasures" in run("erasures", "complete").stdout
+    assert "phase 2 completed for 1 erasure" in run("erasures", "complete").stdout
 
 
 def test_a_rerun_after_a_failed_schedule_needs_no_new_kek_again(

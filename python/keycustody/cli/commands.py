@@ -362,7 +362,9 @@ def print_skips(console: Console, log: SkipLog, *, verbose: bool) -> None:
     """Reports every skipped entry (by reason, with examples) and the excluded ones."""
     if log.skipped:
         console.print(
-            f"[yellow]skipped {len(log.skipped):,} entries (not stored):[/yellow]", soft_wrap=True
+            f"[yellow]skipped {plural(len(log.skipped), 'entry', 'entries')}"
+            " (not stored):[/yellow]",
+            soft_wrap=True,
         )
         for reason, count in log.reasons().most_common():
             console.print(f"  {count:>7,}  {printable(reason)}", soft_wrap=True)
@@ -377,7 +379,7 @@ def print_skips(console: Console, log: SkipLog, *, verbose: bool) -> None:
             console.print(f"  … and {more:,} more (use --verbose to list them all)")
     if log.excluded:
         console.print(
-            f"excluded {len(log.excluded):,} entries on purpose by name pattern"
+            f"excluded {plural(len(log.excluded), 'entry', 'entries')} on purpose by name pattern"
             + ("" if verbose else " (--verbose lists them)"),
             soft_wrap=True,
         )
@@ -498,7 +500,8 @@ def ingest(
         except KeyCustodyError:
             if report.files:
                 err.print(
-                    f"{report.files:,} files ({_mb(report.nbytes)}) were stored before the error",
+                    f"{plural(report.files, 'file')} ({_mb(report.nbytes)}) were stored before "
+                    "the error",
                     soft_wrap=True,
                 )
             print_skips(err, report.log, verbose=verbose)
@@ -511,7 +514,7 @@ def ingest(
         )
     print_skips(err, report.log, verbose=verbose)
     if strict and report.log.skipped:
-        fail(f"{len(report.log.skipped):,} entries were skipped (--strict)", 1)
+        fail(f"{plural(len(report.log.skipped), 'entry', 'entries')} skipped (--strict)", 1)
 
 
 def looks_binary(data: bytes) -> bool:

@@ -202,8 +202,8 @@ def shred(
             protected = vault.protected_by(target.path)
             extra = " and destroy its tenant's KEK in the KMS" if destroy_kek else ""
             typer.confirm(
-                f"Shred scope {target.path!r}{extra}? {len(protected.by_scope):,} scopes and "
-                f"{protected.records:,} records become unreadable forever",
+                f"Shred scope {target.path!r}{extra}? {plural(len(protected.by_scope), 'scope')} "
+                f"and {plural(protected.records, 'record')} become unreadable forever",
                 abort=True,
             )
         certificate = vault.shred(
@@ -325,9 +325,9 @@ def erasures_complete(
         return
     if done:
         title = (
-            f"phase 2 completed for {len(done):,} erasures"
+            f"phase 2 completed for {plural(len(done), 'erasure')}"
             if all(c.phase2_status == CONFIRMED for c in done)
-            else f"phase 2 updated for {len(done):,} erasures: "
+            else f"phase 2 updated for {plural(len(done), 'erasure')}: "
             + ", ".join(
                 f"{sum(1 for c in done if c.phase2_status == s):,} {s}"
                 for s in (SCHEDULED, CONFIRMED, CANCELLED)
@@ -367,7 +367,8 @@ def erasures_cancel(
                 abort=True,
             )
         done = vault.cancel_erasure(certificate_id, reason=reason)
-    base.stdout().print(_certificate_table(f"phase 2 cancelled for {len(done):,} erasures", done))
+    title = f"phase 2 cancelled for {plural(len(done), 'erasure')}"
+    base.stdout().print(_certificate_table(title, done))
 
 
 # -- purge -------------------------------------------------------------------------------
@@ -411,7 +412,7 @@ def purge(
             else None
         )
     out = base.stdout()
-    out.print(f"purged {removed:,} records of shredded scopes")
+    out.print(f"purged {plural(removed, 'record')} of shredded scopes")
     if sweep is not None:
         out.print(
             f"removed {sweep.orphans_removed:,} orphaned blobs and "
@@ -519,7 +520,7 @@ def audit_verify(
             _echo_json(report.to_dict())
         elif report.ok:
             base.stdout().print(
-                f"[green]audit trail verified[/green]: {report.events_checked:,} events; "
+                f"[green]audit trail verified[/green]: {plural(report.events_checked, 'event')}; "
                 f"head {report.head_seq}:{report.head_hash}",
                 soft_wrap=True,
             )

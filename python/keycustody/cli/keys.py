@@ -256,7 +256,7 @@ def _print_job(console: Console, verb: str, report: JobReport) -> None:
     if report.dry_run:
         base.summary(
             console,
-            f"dry run: {verb} in scope [bold]{scope}[/bold] would move {total:,} records "
+            f"dry run: {verb} in scope [bold]{scope}[/bold] would move {plural(total, 'record')} "
             f"to key version {report.active_version}",
             [("records by version", by_version or "none"), ("changed", "nothing (--dry-run)")],
         )
