@@ -474,12 +474,17 @@ def test_key_handle_rotated_keeps_name_index() -> None:
         assert len(k1.name_index(name)) == 32
     assert k1.name_index(b"a") != k1.name_index(b"b")
     assert _core.KeyHandle.generate().name_index(b"a") != k1.name_index(b"a")
+    names = [b"", b"a", bytearray(b"dir/file.txt"), memoryview(b"b")]
+    assert k1.name_indexes(names) == [k1.name_index(n) for n in names]
+    assert k1.name_indexes([]) == []
 
 
 def test_kek_has_no_name_index_and_cannot_rotate() -> None:
     kek = _core.KeyHandle.generate(32)
     with pytest.raises(InvalidInputError):
         kek.name_index(b"n")
+    with pytest.raises(InvalidInputError):
+        kek.name_indexes([b"n"])
     with pytest.raises(InvalidInputError):
         kek.rotated()
     with pytest.raises(InvalidInputError):

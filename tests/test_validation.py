@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keycustody.errors import InvalidInputError
-from keycustody.validation import MAX_NAME_BYTES, check_data, check_items, encode_name
+from keycustody.validation import (
+    MAX_NAME_BYTES,
+    check_data,
+    check_items,
+    encode_name,
+    encode_names,
+)
 
 LIMIT = 64
 
@@ -57,6 +64,20 @@ def test_check_items_agrees_with_item_by_item_checks(batch: list[Any]) -> None:
             check_items(batch, LIMIT)
         return
     assert check_items(batch, LIMIT) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(names, max_size=6))
+def test_encode_names_agrees_with_encode_name(batch: list[Any]) -> None:
+    """The batch path takes and refuses exactly what the name-by-name check does, with its
+    message (the first invalid name's)."""
+    try:
+        expected = [encode_name(n) for n in batch]
+    except InvalidInputError as exc:
+        with pytest.raises(InvalidInputError, match=re.escape(str(exc))):
+            encode_names(batch)
+        return
+    assert encode_names(batch) == expected
 
 
 @settings(max_examples=100, deadline=None)

@@ -68,6 +68,9 @@ class KeyHandle:
     def name_index(self, name: Buffer) -> bytes:
         """HMAC-SHA-256 blind index of ``name`` under the name-index half."""
 
+    def name_indexes(self, names: Sequence[Buffer]) -> list[bytes]:
+        """:meth:`name_index` of each name, in order, in one call."""
+
     def mac(self, msg: Buffer) -> bytes:
         """HMAC-SHA-256 of ``msg`` under the whole key (seals audit events)."""
 

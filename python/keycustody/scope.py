@@ -44,7 +44,7 @@ from keycustody.storage.models import RecordRow, ScopeKeyRow
 from keycustody.storage.repository import IN_LIST_CHUNK, FoundRecord
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
-from keycustody.validation import Data, check_items, encode_name, size_of
+from keycustody.validation import Data, check_items, encode_name, encode_names, size_of
 
 if TYPE_CHECKING:
     from keycustody.vault import Vault
@@ -398,7 +398,7 @@ class Scope:
             StorageError: the database failed.
         """
         wanted = list(dict.fromkeys(names))
-        raw = [encode_name(n) for n in wanted]
+        raw = encode_names(wanted)
         out: dict[str, bytes] = {}
         # The vault's background threads (None for an in-memory database): a call of one
         # group opens it inline, as does the last group of any call.
@@ -432,7 +432,7 @@ class Scope:
         """Reads the records of ``names`` (at most IN_LIST_CHUNK); streams and derived
         records go into ``out`` now, and the function returned opens the others."""
         scope_id = self._ref.id
-        index = {key.name_index(r): i for i, r in enumerate(raw)}
+        index = dict(zip(key.name_indexes(raw), range(len(raw)), strict=True))
         rows = self._vault._records.find_by_names(s.connection(), scope_id, list(index))
         if len(rows) != len(names):
             if len(names) == 1:

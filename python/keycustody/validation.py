@@ -35,6 +35,26 @@ def encode_name(name: object) -> bytes:
     return raw
 
 
+def _encode_strs(names: Sequence[Any]) -> list[bytes] | None:
+    """UTF-8 of each name when all pass :func:`encode_name`'s checks, else None; checked a
+    batch at a time with C-level builtins. Raises TypeError or UnicodeEncodeError for some
+    invalid names: the caller then checks one by one for the precise error."""
+    if "\x00" in "".join(names):  # TypeError unless every name is a str
+        return None
+    raw = [name.encode() for name in names]  # lone surrogates raise
+    lengths = set(map(len, raw))
+    return raw if 0 not in lengths and max(lengths, default=0) <= MAX_NAME_BYTES else None
+
+
+def encode_names(names: Sequence[Any]) -> list[bytes]:
+    """:func:`encode_name` of each name; a batch of valid names costs one pass in C."""
+    try:
+        raw = _encode_strs(names)
+    except (TypeError, UnicodeEncodeError):
+        raw = None
+    return [encode_name(name) for name in names] if raw is None else raw
+
+
 def check_data(data: object, max_bytes: int) -> Data:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidInputError(
@@ -61,15 +81,9 @@ def check_items(items: Sequence[Any], max_bytes: int) -> tuple[list[str], list[b
     try:
         if set(map(type, items)) == {tuple} and set(map(len, items)) == {2}:
             names, datas = zip(*items, strict=True)
-            joined = "".join(names)  # TypeError unless every name is a str
-            if "\x00" not in joined and set(map(type, datas)) <= {bytes, bytearray}:
-                raw = [name.encode() for name in names]  # lone surrogates raise
-                lengths = set(map(len, raw))
-                if (
-                    0 not in lengths
-                    and max(lengths) <= MAX_NAME_BYTES
-                    and max(map(len, datas)) <= max_bytes
-                ):
+            if set(map(type, datas)) <= {bytes, bytearray} and max(map(len, datas)) <= max_bytes:
+                raw = _encode_strs(names)
+                if raw is not None:
                     return list(names), raw, list(datas)
     except (TypeError, UnicodeEncodeError):
         pass
