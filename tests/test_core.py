@@ -474,7 +474,7 @@ def test_key_handle_rotated_keeps_name_index() -> None:
         assert len(k1.name_index(name)) == 32
     assert k1.name_index(b"a") != k1.name_index(b"b")
     assert _core.KeyHandle.generate().name_index(b"a") != k1.name_index(b"a")
-    names = [b"", b"a", bytearray(b"dir/file.txt"), memoryview(b"b")]
+    names: list[Buffer] = [b"", b"a", bytearray(b"dir/file.txt"), memoryview(b"b")]
     assert k1.name_indexes(names) == [k1.name_index(n) for n in names]
     assert k1.name_indexes([]) == []
 

@@ -136,6 +136,35 @@ def test_the_write_message_keeps_its_count(filled: kc.Scope, raw: RawDB) -> None
     assert_clean(info.value, [], "records")
 
 
+def test_a_batch_refused_midway_stores_none_of_it(acme: kc.Scope, raw: RawDB) -> None:
+    """A put_many batch goes in as one statement (a binary COPY on PostgreSQL): when the
+    database refuses a row in its middle, none of the batch is stored, the message quotes
+    none of the row's values (PostgreSQL's DETAIL lists them all), and writes work again
+    once the database takes them."""
+    acme.put("kept.txt", b"k")
+    postgres = raw.backend == "postgresql"
+    if postgres:
+        raw.execute("ALTER TABLE records ADD CONSTRAINT small_only CHECK (size < 100)")
+    else:
+        raw.execute(
+            "CREATE TRIGGER small_only BEFORE INSERT ON records WHEN NEW.size >= 100 "
+            "BEGIN SELECT RAISE(ABORT, 'small_only'); END"
+        )
+    items = [("a.txt", b"a" * 10), ("big.txt", b"b" * 200), ("c.txt", b"c" * 10)]
+    with pytest.raises(kc.StorageError, match="small_only") as info:
+        acme.put_many(items)
+    message = str(info.value)
+    assert message.startswith("storing records failed after 0 were committed: ")
+    for dump in ("DETAIL", "Failing row", "\\x", "[parameters"):
+        assert dump not in message, message
+    assert [r.name for r in acme.list()] == ["kept.txt"]
+    raw.execute(
+        "ALTER TABLE records DROP CONSTRAINT small_only" if postgres else "DROP TRIGGER small_only"
+    )
+    acme.put_many(items)
+    assert acme.get_many([n for n, _ in items]) == dict(items)
+
+
 def test_db_message_leaves_out_the_values_of_a_violated_key(vault: kc.Vault) -> None:
     """SQLAlchemy's text hides the parameters (hide_parameters), but PostgreSQL's DETAIL, in
     the driver's own text, quotes the duplicate key's value (on records: the record id);

@@ -64,10 +64,19 @@ scope id's first four bytes; the two-key space never meets the one-key locks of 
 
 
 class _Insert:
-    """An INSERT compiled for one dialect, executed with tuples in a fixed column order."""
+    """An INSERT compiled for one dialect, executed with tuples in a fixed column order.
 
-    def __init__(self, dialect: Dialect, statement: Insert, columns: Sequence[str]) -> None:
+    With ``copy``, on PostgreSQL the rows go in by binary ``COPY`` instead: executemany sends
+    one INSERT per row (pipelined), and the server's per-statement work made put_many of
+    4,096 records of 4 KiB 30% slower than a COPY of the same rows (for stream segments, a few
+    1 MiB rows at a time, COPY was 10% slower).
+    """
+
+    def __init__(
+        self, dialect: Dialect, statement: Insert, columns: Sequence[str], *, copy: bool = False
+    ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(columns))
+        self._dialect = dialect
         self._sql = str(compiled)
         self._columns = tuple(columns)
         self._order: list[int] | None = None
@@ -75,11 +84,24 @@ class _Insert:
             order = [self._columns.index(name) for name in compiled.positiontup or []]
             self._order = None if order == list(range(len(order))) else order
         self._positional = compiled.positional
+        self._copy_sql: str | None = None
+        self._copy_types: list[str] = []
+        if copy and dialect.name == "postgresql":
+            table = statement.table
+            names = ", ".join(columns)
+            self._copy_sql = f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)"
+            # psycopg's type names (bytea, integer, ...): binary COPY needs each column's.
+            self._copy_types = [
+                table.c[name].type.compile(dialect=dialect).split("(")[0].lower()
+                for name in columns
+            ]
 
     def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
         """Inserts ``rows``; returns how many were inserted."""
         if not rows:
             return 0
+        if self._copy_sql is not None:
+            return self._copy(conn, self._copy_sql, rows)
         params: list[Any]
         if not self._positional:
             params = [dict(zip(self._columns, r, strict=True)) for r in rows]
@@ -88,6 +110,21 @@ class _Insert:
         else:
             params = list(rows)
         return int(conn.exec_driver_sql(self._sql, params).rowcount)
+
+    def _copy(self, conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """PostgreSQL: ``rows`` by binary COPY ``sql``, in ``conn``'s transaction; all or
+        none."""
+        with driver_errors(self._dialect, sql):
+            driver: Any = conn.connection.driver_connection
+            cursor = driver.cursor()
+            try:
+                with cursor.copy(sql) as copy:
+                    copy.set_types(self._copy_types)
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cursor.close()
+        return len(rows)
 
 
 class FoundRecord(NamedTuple):
@@ -127,7 +164,7 @@ class RecordStatements:
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._postgres = dialect.name == "postgresql"
-        self._records = _Insert(dialect, insert(RecordRow), RECORD_COLUMNS)
+        self._records = _Insert(dialect, insert(RecordRow), RECORD_COLUMNS, copy=True)
         # SQLite: inserts the rows whose names are new and skips the others (replace()).
         self._new_records = (
             None
