@@ -328,6 +328,22 @@ def test_lineage_tree_and_json(
     _clean(run("lineage", "missing.py", "--scope", "acme"), 3)
 
 
+def test_ls_prints_one_line_per_record_with_names_escaped(run: Run, tenant: kc.Scope) -> None:
+    """Plain columns, name last: a name with control characters is shown escaped, markup in
+    it is shown as it is, and the summary counts what was listed."""
+    evil = "evil\x1b[2J\x07name[bold].py"
+    info = tenant.put(evil, b"xyz")
+    result = run("ls", "--scope", "acme", "--prefix", "evil")
+    _clean(result)
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    header, line, summary = result.stdout.splitlines()
+    assert header.split() == ["size", "version", "record", "id", "name"]
+    assert line.split() == ["3", "1", info.record_id, "evil\\x1b[2J\\x07name[bold].py"]
+    assert summary == "1 record, 0.0 MB in scope acme"
+    everything = run("ls", "--scope", "acme").stdout.splitlines()
+    assert len(everything) == len(tenant.list()) + 2
+
+
 def test_lineage_escapes_terminal_control_characters(run: Run, tenant: kc.Scope) -> None:
     evil = "evil\x1b[2J\x07name[bold].py"
     tenant.put(evil, b"x")

@@ -115,12 +115,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def printable(text: str) -> str:
-    """``text`` safe to show on a terminal: control characters as ``\\xNN``, markup escaped.
+def terminal_safe(text: str) -> str:
+    """``text`` with its control characters as ``\\xNN``: record and file names are data, and
+    an escape sequence in one must not drive the terminal."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
-    Record and file names are data: an escape sequence in one must not drive the terminal.
-    """
-    return escape(_UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+def printable(text: str) -> str:
+    """:func:`terminal_safe`, with rich markup escaped too (for text printed through rich)."""
+    return escape(terminal_safe(text))
 
 
 def stdout() -> Console:
@@ -619,15 +622,20 @@ def list_records(
             ]
             typer.echo(json.dumps(rows, indent=1, ensure_ascii=False))
             return
-        table = Table(title=f"scope {escape(scope)}", show_lines=False)
-        table.add_column("name", overflow="fold")
-        table.add_column("size", justify="right")
-        table.add_column("key version", justify="right")
-        table.add_column("record id", overflow="fold")
-        for i in infos:
-            table.add_row(printable(i.name), f"{i.size:,}", str(i.key_version), i.record_id)
-        table.caption = f"{plural(len(infos), 'record')}, {_mb(sum(i.size for i in infos))}"
-        stdout().print(table)
+        # Plain columns, name last so that long names need no folding: a rich Table took 50 s
+        # for 50,000 records; these lines take milliseconds.
+        sizes = [f"{i.size:,}" for i in infos]
+        width = max(len("size"), *map(len, sizes)) if sizes else len("size")
+        lines = [f"{'size':>{width}}  version  {'record id':<32}  name"]
+        lines += [
+            f"{size:>{width}}  {i.key_version:>7}  {i.record_id}  {terminal_safe(i.name)}"
+            for size, i in zip(sizes, infos, strict=True)
+        ]
+        lines.append(
+            f"{plural(len(infos), 'record')}, {_mb(sum(i.size for i in infos))} in scope "
+            f"{terminal_safe(scope)}"
+        )
+        typer.echo("\n".join(lines))
 
 
 @app.command()
