@@ -65,6 +65,7 @@ from keycustody.storage.engine import (
 )
 from keycustody.storage.models import ScopeKeyRow, ScopeRow, TenantKekRow, VaultMeta
 from keycustody.storage.repository import RecordStatements
+from keycustody.types import KeyVersionInfo
 from keycustody.usage import ScopeUsage
 from keycustody.validation import MAX_RECORD_BYTES, check_path
 
@@ -463,6 +464,12 @@ class Vault:
         """Paths of every scope, sorted."""
         with self._read() as s:
             return sorted(s.scalars(select(ScopeRow.path)))
+
+    def key_versions(self) -> dict[str, list[KeyVersionInfo]]:
+        """Every scope's key versions (as :meth:`Scope.keys` lists them), by scope path in
+        sorted order; three queries whatever the number of scopes and records."""
+        found = lineage.all_key_versions(self)
+        return {path: found[path] for path in sorted(found)}
 
     # -- key lifecycle ------------------------------------------------------------------
 

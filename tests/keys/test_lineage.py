@@ -191,6 +191,28 @@ def test_protected_by_counts_every_key_version_of_a_child(vault: kc.Vault, acme:
     assert vault.protected_by("acme#1").records == 2
 
 
+def test_vault_key_versions_are_every_scopes_keys(
+    vault: kc.Vault, acme: kc.Scope, kms: kc.LocalKMS
+) -> None:
+    """``vault.key_versions()`` (three queries) lists what each scope's ``keys()`` does, in
+    scope path order: states, wrappers (several KEKs too), record counts, parents."""
+    acme.put_many([("a.py", b"a"), ("b.py", b"b")])
+    acme.rotate_key()
+    acme.put("c.py", b"c")
+    vault.add_kek("acme", kms.create_key("acme-dr"))
+    child = vault.scope("acme/api", create=True)
+    child.put("one.py", b"1")
+    child.rotate_key()
+    vault.scope("globex", kek=kms.create_key("globex-kek"), create=True).mark_compromised(
+        reason="test"
+    )
+    found = vault.key_versions()
+    assert list(found) == vault.scopes() == ["acme", "acme/api", "globex"]
+    assert found == {path: vault.scope(path).keys() for path in vault.scopes()}
+    assert [v.records for v in found["acme"]] == [2, 1]
+    assert found["acme"][0].also_wrapped_by
+
+
 def test_child_record_lineage_shows_the_parent_rewrapping_its_key(vault: kc.Vault) -> None:
     """A child record's key path changes when an ancestor is rotated and rewrapped: the
     record's lineage says so, naming the ancestor, and its chain shows the new versions."""

@@ -129,10 +129,11 @@ def keys_command(
     settings = base.get_settings(ctx)
     with base.handle_errors():
         with base.open_vault(settings, must_exist=True) as vault:
-            paths = [vault.scope(scope).path] if scope is not None else vault.scopes()
-            versions: list[KeyVersionInfo] = []
-            for path in paths:
-                versions.extend(vault.scope(path).keys())
+            if scope is not None:
+                paths, versions = [vault.scope(scope).path], vault.scope(scope).keys()
+            else:
+                by_scope = vault.key_versions()
+                paths, versions = list(by_scope), [v for vs in by_scope.values() for v in vs]
         if as_json:
             _echo_json([v.to_dict() for v in versions])
             return
