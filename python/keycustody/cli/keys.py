@@ -130,7 +130,8 @@ def keys_command(
     with base.handle_errors():
         with base.open_vault(settings, must_exist=True) as vault:
             if scope is not None:
-                paths, versions = [vault.scope(scope).path], vault.scope(scope).keys()
+                target = vault.scope(scope)
+                paths, versions = [target.path], target.keys()
             else:
                 by_scope = vault.key_versions()
                 paths, versions = list(by_scope), [v for vs in by_scope.values() for v in vs]

@@ -219,7 +219,8 @@ class RecordStatements:
             )
         )
 
-        # %b as in the lookup: the array in binary, one parameter however many names.
+        # PostgreSQL's delete_names; %b as in the lookup: the array in binary, one parameter
+        # however many names.
         self._delete_any_sql = (
             f"DELETE FROM {RecordRow.__tablename__} WHERE scope_id = %(scope_id)b"  # noqa: S608
             " AND name_index = ANY(%(indexes)b)"
