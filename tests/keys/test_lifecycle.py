@@ -532,6 +532,34 @@ def test_a_reencrypt_batch_runs_as_many_statements_for_10_records_as_for_500(
     assert _reencrypt_statements(vault, kms, "large", 500) == small
 
 
+def test_reencrypt_stops_when_a_record_changes_under_it(
+    acme: kc.Scope, db_url: str, kms: kc.LocalKMS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is read, re-sealed, then written in a transaction of its own; a record that
+    another writer replaced in between is not deleted blindly: the job stops with
+    ConcurrentRotationError, writes nothing of that batch, and a rerun finishes."""
+    acme.put_many([("a.py", b"a"), ("b.py", b"b")])
+    acme.mark_compromised(reason="test")
+    seal = _core.seal_records
+    replaced: list[bool] = []
+
+    def seal_then_replace(*args: Any) -> Any:
+        sealed = seal(*args)
+        if not replaced:  # the job's batch is sealed: another process replaces a.py now
+            replaced.append(True)
+            with kc.Vault.open(db_url, kms=kms) as other:
+                other.scope("acme").put("a.py", b"new a")
+        return sealed
+
+    monkeypatch.setattr(_core, "seal_records", seal_then_replace)
+    with pytest.raises(ConcurrentRotationError, match="changed during re-encryption"):
+        acme.reencrypt()
+    monkeypatch.undo()
+    assert [(k.version, k.records) for k in versions_of(acme)] == [(1, 1), (2, 1)]
+    assert acme.reencrypt().records_done == 1
+    assert acme.get_many(["a.py", "b.py"]) == {"a.py": b"new a", "b.py": b"b"}
+
+
 def test_mark_compromised_of_an_older_version(acme: kc.Scope) -> None:
     acme.put("old.py", b"old")
     acme.rotate_key()

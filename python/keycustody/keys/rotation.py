@@ -60,6 +60,7 @@ from keycustody.storage.models import (
     ScopeRow,
     TenantKekRow,
 )
+from keycustody.storage.repository import copy_rows
 from keycustody.streams import SEGMENT_LEN, segment_count
 from keycustody.types import KeyId, WrappedKey
 
@@ -130,10 +131,17 @@ def lineage_event(session: Session, scope_id: bytes, event: str, **columns: Any)
 
 
 def lineage_events(session: Session, events: list[dict[str, Any]]) -> None:
-    """Adds many lineage events (from :func:`lineage_values`) in one Core executemany: per-record
-    events of a batch job would otherwise cost one ORM object each."""
-    if events:
-        session.connection().execute(insert(_LINEAGE), events)
+    """Adds many lineage events (from :func:`lineage_values`) in one Core executemany, on
+    PostgreSQL in one COPY: per-record events of a batch job would otherwise cost one ORM
+    object each (or one INSERT each)."""
+    if not events:
+        return
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        columns = tuple(events[0])
+        copy_rows(conn, _LINEAGE, columns, [tuple(e[c] for c in columns) for e in events])
+    else:
+        conn.execute(insert(_LINEAGE), events)
 
 
 def _set_key_state(session: Session, scope_id: bytes, version: int, new: str) -> None:
@@ -836,13 +844,9 @@ def _reencrypt_scope(
         now = _now()
         ts = writer.timestamp(now)
         with vault._write() as s, s.begin():
-            old_ids = [rows[i].record_id for i in whole]
-            gone = s.execute(
-                delete(RecordRow).where(
-                    RecordRow.record_id.in_(old_ids),
-                    RecordRow.header.in_([headers[i] for i in whole]),
-                )
-            ).rowcount  # type: ignore[attr-defined]
+            gone = writer.delete_unchanged(
+                s.connection(), [rows[i].record_id for i in whole], [headers[i] for i in whole]
+            )
             if gone != len(whole):
                 raise ConcurrentRotationError("records changed during re-encryption; rerun it")
             vault._payloads.drop(s, [rows[i].blob_key for i in whole])

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
     Dialect,
     Engine,
     Insert,
+    Table,
     bindparam,
     delete,
     insert,
@@ -63,20 +64,56 @@ SCOPE_LOCK_SPACE = 0x6B63
 scope id's first four bytes; the two-key space never meets the one-key locks of engine.py)."""
 
 
+_COPY_STATEMENTS: dict[tuple[Table, tuple[str, ...]], tuple[str, list[str]]] = {}
+
+
+def _copy_statement(
+    table: Table, columns: tuple[str, ...], dialect: Dialect
+) -> tuple[str, list[str]]:
+    """The binary COPY into ``table``'s ``columns`` and psycopg's name of each column's type
+    (bytea, integer, ...), which binary COPY needs; made once per table and columns."""
+    found = _COPY_STATEMENTS.get((table, columns))
+    if found is None:
+        types = [table.c[c].type.compile(dialect=dialect).split("(")[0].lower() for c in columns]
+        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        found = _COPY_STATEMENTS[(table, columns)] = (sql, types)
+    return found
+
+
+def copy_rows(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """PostgreSQL: inserts ``rows`` (tuples in ``columns`` order, values as the driver takes
+    them) by one binary COPY, in ``conn``'s transaction; all or none. Returns their number.
+
+    executemany sends one INSERT per row (pipelined); the server's per-statement work made
+    put_many of 4,096 records of 4 KiB 30% slower than a COPY of the same rows.
+    """
+    sql, types = _copy_statement(table, columns, conn.dialect)
+    with driver_errors(conn.dialect, sql):
+        driver: Any = conn.connection.driver_connection
+        cursor = driver.cursor()
+        try:
+            with cursor.copy(sql) as copy:
+                copy.set_types(types)
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+    return len(rows)
+
+
 class _Insert:
     """An INSERT compiled for one dialect, executed with tuples in a fixed column order.
 
-    With ``copy``, on PostgreSQL the rows go in by binary ``COPY`` instead: executemany sends
-    one INSERT per row (pipelined), and the server's per-statement work made put_many of
-    4,096 records of 4 KiB 30% slower than a COPY of the same rows (for stream segments, a few
-    1 MiB rows at a time, COPY was 10% slower).
+    With ``copy``, on PostgreSQL the rows go in by :func:`copy_rows` instead (for stream
+    segments, a few 1 MiB rows at a time, COPY was 10% slower than INSERT).
     """
 
     def __init__(
         self, dialect: Dialect, statement: Insert, columns: Sequence[str], *, copy: bool = False
     ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(columns))
-        self._dialect = dialect
         self._sql = str(compiled)
         self._columns = tuple(columns)
         self._order: list[int] | None = None
@@ -84,24 +121,16 @@ class _Insert:
             order = [self._columns.index(name) for name in compiled.positiontup or []]
             self._order = None if order == list(range(len(order))) else order
         self._positional = compiled.positional
-        self._copy_sql: str | None = None
-        self._copy_types: list[str] = []
-        if copy and dialect.name == "postgresql":
-            table = statement.table
-            names = ", ".join(columns)
-            self._copy_sql = f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)"
-            # psycopg's type names (bytea, integer, ...): binary COPY needs each column's.
-            self._copy_types = [
-                table.c[name].type.compile(dialect=dialect).split("(")[0].lower()
-                for name in columns
-            ]
+        self._copy_into = (
+            cast(Table, statement.table) if copy and dialect.name == "postgresql" else None
+        )
 
     def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
         """Inserts ``rows``; returns how many were inserted."""
         if not rows:
             return 0
-        if self._copy_sql is not None:
-            return self._copy(conn, self._copy_sql, rows)
+        if self._copy_into is not None:
+            return copy_rows(conn, self._copy_into, self._columns, rows)
         params: list[Any]
         if not self._positional:
             params = [dict(zip(self._columns, r, strict=True)) for r in rows]
@@ -110,21 +139,6 @@ class _Insert:
         else:
             params = list(rows)
         return int(conn.exec_driver_sql(self._sql, params).rowcount)
-
-    def _copy(self, conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        """PostgreSQL: ``rows`` by binary COPY ``sql``, in ``conn``'s transaction; all or
-        none."""
-        with driver_errors(self._dialect, sql):
-            driver: Any = conn.connection.driver_connection
-            cursor = driver.cursor()
-            try:
-                with cursor.copy(sql) as copy:
-                    copy.set_types(self._copy_types)
-                    for row in rows:
-                        copy.write_row(row)
-            finally:
-                cursor.close()
-        return len(rows)
 
 
 class FoundRecord(NamedTuple):
@@ -224,6 +238,10 @@ class RecordStatements:
         self._delete_any_sql = (
             f"DELETE FROM {RecordRow.__tablename__} WHERE scope_id = %(scope_id)b"  # noqa: S608
             " AND name_index = ANY(%(indexes)b)"
+        )
+        self._delete_unchanged_sql = (
+            f"DELETE FROM {RecordRow.__tablename__} WHERE record_id = ANY(%(ids)b)"  # noqa: S608
+            " AND header = ANY(%(headers)b)"
         )
         self._list_sql = (
             f"SELECT {', '.join(ListedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
@@ -367,6 +385,21 @@ class RecordStatements:
             else [tuple(r[k] for k in self._delete_order) for r in rows]
         )
         result = conn.exec_driver_sql(self._delete_sql, params)
+        return int(result.rowcount)
+
+    def delete_unchanged(
+        self, conn: Connection, record_ids: Sequence[bytes], headers: Sequence[bytes]
+    ) -> int:
+        """Deletes the records with these ids whose headers are still these (a job that read
+        them finds out, by the count returned, whether another writer got there first)."""
+        if self._postgres:  # two arrays in binary, not an IN list of a parameter per value
+            params = {"ids": list(record_ids), "headers": list(headers)}
+            return int(conn.exec_driver_sql(self._delete_unchanged_sql, params).rowcount)
+        result = conn.execute(
+            delete(RecordRow).where(
+                RecordRow.record_id.in_(record_ids), RecordRow.header.in_(headers)
+            )
+        )
         return int(result.rowcount)
 
     def add_segments(self, conn: Connection, rows: Sequence[tuple[bytes, int, bytes]]) -> None:
