@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keycustody import _core, derived
@@ -71,7 +71,6 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of a long job."""
 
 DEFAULT_BATCH = 5000
-_RECORDS = cast(Table, RecordRow.__table__)
 _LINEAGE = cast(Table, LineageEventRow.__table__)
 
 
@@ -664,20 +663,12 @@ def rewrap(
                 ref.id, keys, new_key, ref.active_version, [r.header for r in rows]
             )
             # Compare-and-swap on the old header (SQLite, where rows are not locked: a record
-            # replaced or deleted meanwhile is left alone). One executemany for the batch.
-            result = s.connection().execute(
-                update(_RECORDS)
-                .where(
-                    _RECORDS.c.record_id == bindparam("rid"),
-                    _RECORDS.c.header == bindparam("old"),
-                )
-                .values(header=bindparam("new"), key_version=ref.active_version),
-                [
-                    {"rid": r.record_id, "old": r.header, "new": h}
-                    for r, h in zip(rows, headers, strict=True)
-                ],
+            # replaced or deleted meanwhile is left alone).
+            moved = vault._records.swap_headers(
+                s.connection(),
+                ref.active_version,
+                [(r.record_id, r.header, h) for r, h in zip(rows, headers, strict=True)],
             )
-            moved = int(result.rowcount)
             by_version: dict[int, int] = {}
             for r in rows:
                 by_version[r.key_version] = by_version.get(r.key_version, 0) + 1

@@ -243,6 +243,15 @@ class RecordStatements:
             f"DELETE FROM {RecordRow.__tablename__} WHERE record_id = ANY(%(ids)b)"  # noqa: S608
             " AND header = ANY(%(headers)b)"
         )
+        self._swap_headers_sql = (
+            f"UPDATE {RecordRow.__tablename__} SET header = v.new, key_version = %(version)s"  # noqa: S608
+            " FROM unnest(%(rids)b::bytea[], %(olds)b::bytea[], %(news)b::bytea[])"
+            f" AS v(rid, old, new) WHERE {RecordRow.__tablename__}.record_id = v.rid"
+            f" AND {RecordRow.__tablename__}.header = v.old"
+            if self._postgres
+            else f"UPDATE {RecordRow.__tablename__} SET header = ?, key_version = ?"  # noqa: S608
+            " WHERE record_id = ? AND header = ?"
+        )
         self._list_sql = (
             f"SELECT {', '.join(ListedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
             + ("WHERE scope_id = %(scope_id)b" if self._postgres else "WHERE scope_id = ?")
@@ -401,6 +410,21 @@ class RecordStatements:
             )
         )
         return int(result.rowcount)
+
+    def swap_headers(
+        self, conn: Connection, version: int, changes: Sequence[tuple[bytes, bytes, bytes]]
+    ) -> int:
+        """For each ``(record_id, old, new)``: the record's header becomes ``new`` and its key
+        version ``version``, if its header is still ``old`` (compare and swap: a record
+        replaced or deleted meanwhile is left alone). Returns how many changed."""
+        if not changes:
+            return 0
+        if self._postgres:  # one statement over three arrays, not one UPDATE per record
+            rids, olds, news = (list(column) for column in zip(*changes, strict=True))
+            params: Any = {"version": version, "rids": rids, "olds": olds, "news": news}
+            return int(conn.exec_driver_sql(self._swap_headers_sql, params).rowcount)
+        params = [(new, version, rid, old) for rid, old, new in changes]
+        return int(conn.exec_driver_sql(self._swap_headers_sql, params).rowcount)
 
     def add_segments(self, conn: Connection, rows: Sequence[tuple[bytes, int, bytes]]) -> None:
         """Inserts ``(record_id, seq, body)`` segment rows."""
