@@ -173,19 +173,7 @@ def rederive(
     by_id: dict[bytes | None, tuple[bytes, bytes, bytes]] = {
         old[24:40]: (old, new, name) for old, new, name in sources
     }
-    ids = list(by_id)
-    rows: list[Any] = []
-    for start in range(0, len(ids), IN_LIST_CHUNK):
-        rows += s.execute(
-            select(
-                RecordRow.record_id,
-                RecordRow.source_id,
-                RecordRow.header,
-                RecordRow.name_ct,
-                RecordRow.body,
-                RecordRow.blob_key,
-            ).where(RecordRow.source_id.in_(ids[start : start + IN_LIST_CHUNK]))
-        ).all()
+    rows = writer.find_derived(s.connection(), [old[24:40] for old, _, _ in sources])
     if not rows:
         return 0
     ts = writer.timestamp(datetime.now(UTC))

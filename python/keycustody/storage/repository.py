@@ -158,6 +158,17 @@ class FoundRecord(NamedTuple):
     blob_key: str | None
 
 
+class DerivedRecord(NamedTuple):
+    """A derived record found by its source (:meth:`RecordStatements.find_derived`)."""
+
+    record_id: bytes
+    source_id: bytes
+    header: bytes
+    name_ct: bytes
+    body: bytes
+    blob_key: str | None
+
+
 class ListedRecord(NamedTuple):
     """A record row as :meth:`RecordStatements.list_records` reads it (a plain named tuple,
     as :class:`FoundRecord`)."""
@@ -252,6 +263,10 @@ class RecordStatements:
             else f"UPDATE {RecordRow.__tablename__} SET header = ?, key_version = ?"  # noqa: S608
             " WHERE record_id = ? AND header = ?"
         )
+        self._derived_sql = (
+            f"SELECT {', '.join(DerivedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
+            + ("WHERE source_id = ANY(%(ids)b)" if self._postgres else "WHERE source_id IN ({})")
+        )
         self._list_sql = (
             f"SELECT {', '.join(ListedRecord._fields)} FROM {RecordRow.__tablename__} "  # noqa: S608
             + ("WHERE scope_id = %(scope_id)b" if self._postgres else "WHERE scope_id = ?")
@@ -320,6 +335,22 @@ class RecordStatements:
             sql = self._find_sql.format(",".join("?" * len(indexes)))
         driver = conn.connection.driver_connection
         return list(map(FoundRecord._make, driver_rows(driver, self._dialect, sql, params)))
+
+    def find_derived(self, conn: Connection, source_ids: Sequence[bytes]) -> list[DerivedRecord]:
+        """The records derived from any of these source records, in no particular order: on
+        the driver's cursor, on PostgreSQL with the ids as one binary array (an IN list of
+        500 parameters cost 20 ms a statement to build and parse, the lookup itself 0.4)."""
+        driver = conn.connection.driver_connection
+        if self._postgres:
+            params: Any = {"ids": list(source_ids)}
+            rows = driver_rows(driver, self._dialect, self._derived_sql, params)
+        else:
+            rows = []
+            for start in range(0, len(source_ids), IN_LIST_CHUNK):
+                chunk = source_ids[start : start + IN_LIST_CHUNK]
+                sql = self._derived_sql.format(",".join("?" * len(chunk)))
+                rows += driver_rows(driver, self._dialect, sql, tuple(chunk))
+        return list(map(DerivedRecord._make, rows))
 
     def list_records(
         self, conn: Connection, scope_id: bytes, batch: int
