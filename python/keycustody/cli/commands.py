@@ -625,7 +625,7 @@ def list_records(
         # Plain columns, name last so that long names need no folding: a rich Table took 50 s
         # for 50,000 records; these lines take milliseconds.
         sizes = [f"{i.size:,}" for i in infos]
-        width = max(len("size"), *map(len, sizes)) if sizes else len("size")
+        width = max([len("size"), *map(len, sizes)])
         lines = [f"{'size':>{width}}  version  {'record id':<32}  name"]
         lines += [
             f"{size:>{width}}  {i.key_version:>7}  {i.record_id}  {terminal_safe(i.name)}"
