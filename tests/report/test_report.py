@@ -26,13 +26,14 @@ from custody_vault import (
     encodings,
     stored_secrets,
 )
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 import keycustody as kc
 from keycustody.errors import OutputError
 from keycustody.report import JSON_NAME, REPORT_FORMAT, ReportPaths, gather, write_report
 from keycustody.report.facts import TIMELINE_KINDS, TimelineEvent, storage_settings
 from keycustody.report.html import KIND_STYLES, render, timeline_svg
+from keycustody.storage.models import ScopeRow
 
 TENANTS = ["acme", "globex", "initech"]
 KINDS_MADE = {
@@ -529,6 +530,21 @@ def test_secure_delete_off_is_red(vault: kc.Vault, kms: kc.LocalKMS, tmp_path: P
     assert off["summary"]["status"] == "red"
     assert any("secure_delete is OFF" in p["text"] for p in off["summary"]["points"])
     render(off, json_sha256="0" * 64)  # renders whatever the status
+
+
+def test_records_without_a_tenant_kek_are_red(vault: kc.Vault, kms: kc.LocalKMS) -> None:
+    """A tenant whose KEK was removed from the database (only an edit of the database can do
+    it) turns the report red, with its records counted in the right number."""
+    acme = vault.scope("acme", kek=kms.create_key("acme-kek"), create=True)
+    acme.put("a", b"a")
+    with vault._engine.begin() as conn:
+        conn.execute(update(ScopeRow).where(ScopeRow.path == "acme").values(kek_id=None))
+    summary = gather(vault)["summary"]
+    assert summary["status"] == "red"
+    assert "1 record has no tenant KEK" in [p["text"] for p in summary["points"]]
+    acme.put("b", b"b")
+    points = [p["text"] for p in gather(vault)["summary"]["points"]]
+    assert "2 records have no tenant KEK" in points
 
 
 def test_write_report_needs_no_cli(vault: kc.Vault, kms: kc.LocalKMS, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ from keycustody.storage.models import (
     TenantKekRow,
 )
 from keycustody.storage.repository import copy_rows
-from keycustody.streams import SEGMENT_LEN, segment_count
+from keycustody.streams import SEGMENT_LEN, SUITE_SEGMENTED, segment_count
 from keycustody.types import KeyId, WrappedKey
 
 if TYPE_CHECKING:
@@ -817,8 +817,8 @@ def _reencrypt_scope(
             active = hierarchy.key(s, ref, ref.active_version)
             headers = [r.header for r in rows]
             names = _core.open_names(ref.id, keys, headers, [r.name_ct for r in rows])
-            whole = [i for i, r in enumerate(rows) if r.header[3] != 2]
-            streamed = [i for i, r in enumerate(rows) if r.header[3] == 2]
+            whole = [i for i, r in enumerate(rows) if r.header[3] != SUITE_SEGMENTED]
+            streamed = [i for i, r in enumerate(rows) if r.header[3] == SUITE_SEGMENTED]
             plain = _core.open_records(
                 ref.id,
                 keys,

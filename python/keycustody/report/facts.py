@@ -594,7 +594,10 @@ def _summary(
     providers = {k["provider"] for t in tenants for k in t["keks"]}
     unprotected = sum(s["records"] for s in live) - protected
     if unprotected:
-        points.append({"level": BAD, "text": f"{unprotected:,} records have no tenant KEK"})
+        verb = "has" if unprotected == 1 else "have"
+        points.append(
+            {"level": BAD, "text": f"{plural(unprotected, 'record')} {verb} no tenant KEK"}
+        )
     else:
         points.append(
             {
