@@ -139,6 +139,62 @@ def test_keys_table_and_json(run: Run, tenant: kc.Scope) -> None:
     assert "NotFoundError" in missing.stderr
 
 
+def test_keys_prints_one_line_per_version_in_plain_columns(run: Run, tenant: kc.Scope) -> None:
+    """Plain columns (a rich table took 12 s for 10,000 scopes) with the same facts as
+    --json, KEK last, no colour codes when the output is not a terminal, and a summary that
+    counts what was listed."""
+    tenant.rotate_key()
+    expected = _json(run("keys", "--json"))
+    result = run("keys")
+    _clean(result)
+    assert "\x1b" not in result.stdout
+    header, *lines, summary = result.stdout.splitlines()
+    assert header.split() == [
+        "scope",
+        "version",
+        "state",
+        "records",
+        "since",
+        "(UTC)",
+        "wrapped",
+        "by",
+    ]
+    assert [(*line.split()[:4], line.split()[-1]) for line in lines] == [
+        (r["scope"], str(r["version"]), r["state"], f"{r['records']:,}", r["wrapped_by"])
+        for r in expected
+    ]
+    assert {line.rindex(" ") + 1 for line in lines} == {header.index("wrapped by")}
+    assert summary == "3 scopes, 4 key versions, 41 records"
+
+
+def test_usage_prints_counts_per_scope(run: Run, tenant: kc.Scope) -> None:
+    """The same counts as --json, right-aligned under their headings, and their totals."""
+    expected = _json(run("usage", "--json"))
+    result = run("usage")
+    _clean(result)
+    header, *lines, summary = result.stdout.splitlines()
+    assert header.split() == [
+        "scope",
+        "records",
+        "bytes",
+        "writes",
+        "key",
+        "ops",
+        "KMS",
+        "calls",
+        "denied",
+    ]
+    counts = ("records", "bytes", "writes", "key_operations", "kms_calls", "denied")
+    assert [line.split() for line in lines] == [
+        [u["scope"], *(f"{u[c]:,}" for c in counts)] for u in expected
+    ]
+    assert {len(line) for line in lines} == {len(header)}
+    assert summary == (
+        f"{len(expected)} scopes, {sum(u['records'] for u in expected)} records, "
+        f"{sum(u['bytes'] for u in expected):,} bytes"
+    )
+
+
 # -- rotate ------------------------------------------------------------------------------
 
 

@@ -19,11 +19,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.tree import Tree
 
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
+from keycustody.cli.columns import Cell, columns
 from keycustody.errors import ConfigError
 from keycustody.keys.states import ACTIVE, COMPROMISED, DEACTIVATED, DESTROYED, PRE_ACTIVE
 from keycustody.types import KeyVersionInfo
@@ -38,13 +38,14 @@ if TYPE_CHECKING:
 PANEL = "Key lifecycle"
 """Help panel grouping these commands in ``keycustody --help``."""
 
-_STATE_STYLE = {
-    ACTIVE: "green",
-    DEACTIVATED: "yellow",
-    COMPROMISED: "bold red",
-    DESTROYED: "dim",
-    PRE_ACTIVE: "cyan",
+_STATE_STYLE: dict[str, dict[str, Any]] = {
+    ACTIVE: {"fg": "green"},
+    DEACTIVATED: {"fg": "yellow"},
+    COMPROMISED: {"fg": "red", "bold": True},
+    DESTROYED: {"dim": True},
+    PRE_ACTIVE: {"fg": "cyan"},
 }
+"""Each state's colour, as ``click.style`` arguments (``_state`` spells them for rich)."""
 
 ScopeOption = Annotated[
     str, typer.Option("--scope", "-s", help="Scope path, e.g. acme or acme/repos/api.")
@@ -75,8 +76,13 @@ def _short_time(ts: datetime | None) -> str:
 
 
 def _state(state: str) -> str:
-    style = _STATE_STYLE.get(state, "")
+    """``state`` in rich markup, in its colour."""
+    style = " ".join(k if v is True else v for k, v in _STATE_STYLE.get(state, {}).items())
     return f"[{style}]{state}[/{style}]" if style else state
+
+
+def _state_cell(state: str) -> Cell:
+    return state, typer.style(state, **_STATE_STYLE.get(state, {}))
 
 
 def _echo_json(value: object) -> None:
@@ -138,27 +144,27 @@ def keys_command(
         if as_json:
             _echo_json([v.to_dict() for v in versions])
             return
-        table = Table(title="scope key versions")
-        table.add_column("scope", overflow="fold")
-        table.add_column("version", justify="right")
-        table.add_column("state", no_wrap=True)
-        table.add_column("wrapped by", overflow="fold")
-        table.add_column("records", justify="right")
-        table.add_column("since (UTC)")
+        rows: list[list[Cell]] = []
         for v in versions:
-            table.add_row(
-                escape(v.scope),
-                str(v.version),
-                _state(v.state),
-                escape("\n".join([v.wrapped_by, *v.also_wrapped_by])),
-                f"{v.records:,}",
-                _since(v),
+            rows.append(
+                [
+                    v.scope,
+                    str(v.version),
+                    _state_cell(v.state),
+                    f"{v.records:,}",
+                    _since(v),
+                    base.terminal_safe(v.wrapped_by),
+                ]
             )
-        table.caption = (
+            rows += [["", "", "", "", "", base.terminal_safe(also)] for also in v.also_wrapped_by]
+        lines = columns(
+            ["scope", "version", "state", "records", "since (UTC)", "wrapped by"], rows, (1, 3)
+        )
+        lines.append(
             f"{plural(len(paths), 'scope')}, {plural(len(versions), 'key version')}, "
             f"{plural(sum(v.records for v in versions), 'record')}"
         )
-        base.stdout().print(table)
+        typer.echo("\n".join(lines))
 
 
 # -- rotate ------------------------------------------------------------------------------
@@ -585,20 +591,20 @@ def usage(
         if as_json:
             _echo_json([dataclasses.asdict(r) for r in rows])
             return
-        table = Table(title="usage per scope")
-        for column in ("scope", "records", "bytes", "writes", "key ops", "KMS calls", "denied"):
-            table.add_column(column, justify="left" if column == "scope" else "right")
-        for r in rows:
-            table.add_row(
-                escape(r.scope),
-                f"{r.records:,}",
-                f"{r.bytes:,}",
-                f"{r.writes:,}",
-                f"{r.key_operations:,}",
-                f"{r.kms_calls:,}",
-                f"{r.denied:,}",
-            )
-        base.stdout().print(table)
+        header = ["scope", "records", "bytes", "writes", "key ops", "KMS calls", "denied"]
+        counts = [
+            (r.records, r.bytes, r.writes, r.key_operations, r.kms_calls, r.denied) for r in rows
+        ]
+        cells = [
+            [base.terminal_safe(r.scope), *(f"{n:,}" for n in c)]
+            for r, c in zip(rows, counts, strict=True)
+        ]
+        lines = columns(header, cells, range(1, len(header)))
+        lines.append(
+            f"{plural(len(rows), 'scope')}, {plural(sum(r.records for r in rows), 'record')}, "
+            f"{plural(sum(r.bytes for r in rows), 'byte')}"
+        )
+        typer.echo("\n".join(lines))
 
 
 # -- registration ------------------------------------------------------------------------
