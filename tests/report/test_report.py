@@ -32,7 +32,7 @@ import keycustody as kc
 from keycustody.errors import OutputError
 from keycustody.report import JSON_NAME, REPORT_FORMAT, ReportPaths, gather, write_report
 from keycustody.report.facts import TIMELINE_KINDS, TimelineEvent, storage_settings
-from keycustody.report.html import KIND_STYLES, render, timeline_svg
+from keycustody.report.html import _LANE_H, KIND_STYLES, render, timeline_svg
 from keycustody.storage.models import ScopeRow
 
 TENANTS = ["acme", "globex", "initech"]
@@ -314,6 +314,25 @@ def test_timeline_lanes_per_tenant_when_there_are_many_scopes() -> None:
     assert few.count('class="lane-label"') == 5
     assert "2026-01-0" in few  # a months-long span is labelled with dates
     assert timeline_svg([], []).startswith('<p class="empty">')
+
+
+@pytest.mark.parametrize("children", [0, 50], ids=["lane per scope", "lane per tenant"])
+def test_timeline_shades_each_lanes_own_suspensions_and_shreds(children: int) -> None:
+    """t0 suspended then resumed, t1 shredded, t2 suspended to the end; a child scope's
+    suspension shades nothing in a tenant's lane (its tenant was not suspended)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    kinds = [("t0", "suspended"), ("t1", "created"), ("t0", "resumed"), ("t1", "shredded")]
+    kinds += [("t2", "suspended")] + [(f"t0/c{i}", "created") for i in range(children)]
+    if children:
+        kinds.append(("t0/c0", "suspended"))
+    events = [_event(i, s, k, start + timedelta(hours=i)) for i, (s, k) in enumerate(kinds)]
+    svg = timeline_svg(events, [])
+    bands = re.findall(r'<rect class="(band-\w+)" x="[\d.]+" y="([\d.]+)"', svg)
+    lanes = re.findall(r'class="lane-label" x="[\d.]+" y="([\d.]+)"[^>]*><title>([^<]*)<', svg)
+    lane_at = {round(float(y) - _LANE_H / 2 - 4): name for y, name in lanes}
+    shaded = sorted((lane_at[round(float(y) - 4)], cls) for cls, y in bands)
+    expected = [("t0", "band-suspended"), ("t1", "band-shredded"), ("t2", "band-suspended")]
+    assert shaded == expected
 
 
 # -- filtering, names and secrets -----------------------------------------------------------

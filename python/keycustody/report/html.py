@@ -292,13 +292,14 @@ def _lane_of(event: TimelineEvent, by_tenant: bool) -> str:
 
 
 def _bands(
-    events: list[TimelineEvent], xs: list[float], lane: str, by_tenant: bool, right: float
+    placed: list[tuple[TimelineEvent, float]], by_tenant: bool, right: float
 ) -> list[tuple[float, float, str]]:
-    """Intervals a lane spent suspended or shredded: (x from, x to, css class)."""
+    """Intervals a lane spent suspended or shredded, from its events and their x positions:
+    (x from, x to, css class)."""
     bands: list[tuple[float, float, str]] = []
     suspended_at: float | None = None
-    for ev, x in zip(events, xs, strict=True):
-        if _lane_of(ev, by_tenant) != lane or (by_tenant and "/" in ev["scope"]):
+    for ev, x in placed:
+        if by_tenant and "/" in ev["scope"]:
             continue
         if ev["kind"] == "suspended" and suspended_at is None:
             suspended_at = x
@@ -335,7 +336,9 @@ def timeline_svg(events: list[TimelineEvent], scopes: list[ScopeFacts]) -> str:
     events = sorted(events, key=lambda ev: (ev["at"], ev["seq"]))
     scope_lanes = sorted({ev["scope"] for ev in events})
     by_tenant = len(scope_lanes) > _MAX_LANES
-    lanes = sorted({_lane_of(ev, by_tenant) for ev in events})
+    lane_of = [_lane_of(ev, by_tenant) for ev in events]
+    lanes = sorted(set(lane_of))
+    row = {lane: i for i, lane in enumerate(lanes)}
     depth = {s["path"]: s["depth"] for s in scopes}
     kinds = [k for k in KIND_STYLES if any(ev["kind"] == k for ev in events)]
 
@@ -346,6 +349,9 @@ def timeline_svg(events: list[TimelineEvent], scopes: list[ScopeFacts]) -> str:
     height = top + len(lanes) * _LANE_H + 54
     times = [(_parse(ev["at"]) or datetime.now(UTC)).timestamp() for ev in events]
     xs = _positions(times, left, right - left)
+    placed: dict[str, list[tuple[TimelineEvent, float]]] = {}
+    for lane, ev, x in zip(lane_of, events, xs, strict=True):
+        placed.setdefault(lane, []).append((ev, x))
 
     out = [
         f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" '
@@ -385,7 +391,7 @@ def timeline_svg(events: list[TimelineEvent], scopes: list[ScopeFacts]) -> str:
             f'<rect x="0" y="{y0}" width="{_W}" height="{_LANE_H}" fill="{shade}"/>'
             f'<line x1="{left}" y1="{cy}" x2="{right}" y2="{cy}" stroke="#d0d7de"/>'
         )
-        for x1, x2, cls in _bands(events, xs, lane, by_tenant, right):
+        for x1, x2, cls in _bands(placed[lane], by_tenant, right):
             fill = ' fill="url(#hatch)"' if cls == "band-shredded" else ""
             out.append(
                 f'<rect class="{cls}" x="{x1:.1f}" y="{y0 + 4}" width="{max(x2 - x1, 2):.1f}" '
@@ -414,9 +420,9 @@ def timeline_svg(events: list[TimelineEvent], scopes: list[ScopeFacts]) -> str:
         f'<text x="{left}" y="{axis_y + 40}" font-size="11" fill="#57606a">time (UTC), '
         f"{e(first)} to {e(last)}; events are kept at least a marker apart, in order</text>"
     )
-    for ev, x in zip(events, xs, strict=True):
+    for lane, ev, x in zip(lane_of, events, xs, strict=True):
         style = KIND_STYLES[ev["kind"]]
-        cy = top + lanes.index(_lane_of(ev, by_tenant)) * _LANE_H + _LANE_H / 2
+        cy = top + row[lane] * _LANE_H + _LANE_H / 2
         out.append(
             f'<g class="ev ev-{ev["kind"]}" data-seq="{ev["seq"]}">'
             f"<title>{e(_event_title(ev))}</title>{_marker(style.shape, x, cy, style.color)}</g>"
