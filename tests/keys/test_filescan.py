@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keycustody.keys import filescan, shredding
 
@@ -57,3 +60,33 @@ def test_a_scan_that_cannot_run_says_so(tmp_path: Path, monkeypatch: pytest.Monk
     missing = shredding._scan([tmp_path / "ctx.db"], [NEEDLE])
     assert missing["performed"] is False
     assert "could not start" in missing["why"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(1, 40),
+    chunk=st.sampled_from([7, 64, 1000, 1 << 20]),
+    lengths=st.lists(st.integers(16, 80), min_size=1, max_size=4),
+)
+def test_the_prefilter_finds_what_the_plain_search_finds(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, count: int, chunk: int, lengths: list[int]
+) -> None:
+    """Many needles (a shred of thousands of scopes) go through the word prefilter: the same
+    hits as searching the whole window for each, with needles whole, halved, straddling
+    chunk boundaries, at every alignment, and absent."""
+    rng = random.Random(seed)
+    needles = [rng.randbytes(lengths[i % len(lengths)]) for i in range(count)]
+    data = bytearray(rng.randbytes(rng.randrange(0, 3000)))
+    for needle in needles:
+        if rng.random() < 0.6:
+            piece = rng.choice([needle, needle[:16], needle[-16:], needle[1:17]])
+            at = rng.randrange(0, len(data) + 1)
+            data[at:at] = piece
+    path = tmp_path_factory.mktemp("scan") / "db"
+    path.write_bytes(data)
+    plain = filescan.scan([str(path)], needles, chunk)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(filescan, "PREFILTER_PARTS", 0)
+        assert filescan._words({n for n in needles}) is not None
+        assert filescan.scan([str(path)], needles, chunk) == plain

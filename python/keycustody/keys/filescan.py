@@ -19,6 +19,39 @@ import sys
 from pathlib import Path
 from typing import Any
 
+PREFILTER_PARTS = 64
+"""Above this many byte strings, each window is first reduced to the few strings that can be
+in it (:func:`_words`): searching a window once per string cost 83 s for the 30,000 strings
+of a tenant with 10,000 scopes."""
+
+
+def _words(parts: set[bytes]) -> dict[int, list[bytes]] | None:
+    """Each 8-byte word of each part's first 16 bytes, at offsets 0 to 7, as an integer, and
+    the parts it starts; None for a search of few parts, which needs no prefilter.
+
+    An occurrence of a part of 16 bytes or more in a window covers a whole 8-byte word at an
+    offset of the window that is a multiple of 8, and that word is one of these.
+    """
+    if len(parts) <= PREFILTER_PARTS or min(map(len, parts)) < 16:
+        return None
+    words: dict[int, list[bytes]] = {}
+    for part in parts:
+        for offset in range(8):
+            word = int.from_bytes(part[offset : offset + 8], sys.byteorder)
+            words.setdefault(word, []).append(part)
+    return words
+
+
+def _candidates(
+    window: bytes, parts: set[bytes], words: dict[int, list[bytes]] | None
+) -> set[bytes]:
+    """The parts that can be in ``window``: those that start one of its aligned words."""
+    if words is None:
+        return parts
+    aligned = memoryview(window)[: len(window) // 8 * 8].cast("Q")
+    present = words.keys() & set(aligned)
+    return {part for word in present for part in words[word]}
+
 
 def scan(files: list[str], needles: list[bytes], chunk: int) -> dict[str, Any]:
     """Searches each file for each needle and each needle's first and last 16 bytes (WAL
@@ -29,6 +62,7 @@ def scan(files: list[str], needles: list[bytes], chunk: int) -> dict[str, Any]:
         file's hits count the distinct needles and pieces found in it.
     """
     parts = {part for n in needles for part in (n, n[:16], n[-16:])}
+    words = _words(parts)
     overlap = max((len(p) for p in parts), default=1) - 1
     scanned = []
     hits = 0
@@ -46,7 +80,11 @@ def scan(files: list[str], needles: list[bytes], chunk: int) -> dict[str, Any]:
                 digest.update(data)
                 size += len(data)
                 window = tail + data
-                found.update(part for part in parts if part not in found and part in window)
+                found.update(
+                    part
+                    for part in _candidates(window, parts, words)
+                    if part not in found and part in window
+                )
                 tail = window[-overlap:] if overlap else b""
         hits += len(found)
         scanned.append(
