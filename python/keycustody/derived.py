@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from keycustody import _core
 from keycustody.errors import IntegrityError, NotFoundError, ShreddedError
 from keycustody.storage.models import RecordRow
-from keycustody.storage.repository import IN_LIST_CHUNK, RecordStatements
+from keycustody.storage.repository import RecordStatements, in_chunks
 from keycustody.types import RecordInfo
 from keycustody.validation import Data, check_items, encode_name, size_of
 
@@ -200,9 +200,8 @@ def rederive(
             (h[24:40], scope_id, h[40:72], None, h, n, b, len(d), ts, 0, new_header[24:40], None)
             for h, n, b, d in zip(new_headers, name_cts, bodies, datas, strict=True)
         ]
-    old_ids = [r.record_id for r in rows]
-    for start in range(0, len(old_ids), IN_LIST_CHUNK):
-        payloads.delete_records(s, RecordRow.record_id.in_(old_ids[start : start + IN_LIST_CHUNK]))
+    for old_ids in in_chunks(r.record_id for r in rows):
+        payloads.delete_records(s, RecordRow.record_id.in_(old_ids))
     writer.replace(s.connection(), scope_id, payloads.place(s, new_rows))
     return len(rows)
 

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from operator import attrgetter
 from types import TracebackType
 from typing import Any, TypeVar
@@ -55,7 +54,7 @@ from keycustody.errors import (
 from keycustody.storage.blobs import BlobStore, BlobWriter, LocalBlobStore
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import RecordRow, ScopeRow
-from keycustody.storage.repository import IN_LIST_CHUNK, RECORD_COLUMNS, RecordStatements
+from keycustody.storage.repository import RECORD_COLUMNS, RecordStatements, in_chunks
 from keycustody.streams import (
     SEALED_SEGMENT_LEN,
     FetchedSegments,
@@ -83,12 +82,6 @@ T = TypeVar("T")
 def blob_key(scope_id: bytes, record_id: bytes) -> str:
     """The blob store key of a record: ``<scope id hex>/<record id hex>``."""
     return f"{scope_id.hex()}/{record_id.hex()}"
-
-
-def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, n)):
-        yield batch
 
 
 def bounded(rows: Sequence[T], size: Callable[[T], int], budget: int = READ_BUDGET) -> list[T]:
@@ -175,7 +168,7 @@ class Payloads:
         replaced or deleted in this transaction) for removal after the commit."""
         if self.store is None:
             return
-        for chunk in _batched(name_indexes, IN_LIST_CHUNK):
+        for chunk in in_chunks(name_indexes):
             self.dropping(s, RecordRow.scope_id == scope_id, RecordRow.name_index.in_(chunk))
 
     def dropping(self, s: Session, *where: ColumnElement[bool]) -> None:
@@ -319,7 +312,7 @@ class Payloads:
             incomplete += store.remove_incomplete(prefix, cutoff)
             # Listed before the rows are looked up: an object whose row commits after the
             # lookup belongs to a write in flight, and is younger than the grace period.
-            for batch in _batched(store.list(prefix), IN_LIST_CHUNK):
+            for batch in in_chunks(store.list(prefix)):
                 listed = {}
                 for info in batch:
                     m = _OUR_KEY.fullmatch(info.key)

@@ -933,3 +933,57 @@ def test_certificate_json_round_trip(vault: kc.Vault, tmp_path: Path, data: Data
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document == json.loads(certificate.to_json())
     assert vault.verify_certificate(document)[0]
+
+
+def test_a_key_version_made_during_a_shred_stops_it_unchanged(
+    vault: kc.Vault, kms: kc.LocalKMS, db_url: str, data: Data
+) -> None:
+    """A rotation in the subtree that commits between the shred's read and its write: the
+    shred writes nothing (its certificate would miss the new version) and a rerun lists it."""
+    chats = f"{SHRED}/chats"
+    before = key_rows(db_url, SUBTREE)
+    with kc.Vault.open(db_url, kms=kms) as other:
+        writes = vault._write
+
+        def rotate_first() -> Any:
+            if not rotated:
+                rotated.append(other.scope(chats).rotate_key())
+            return writes()
+
+        rotated: list[int] = []
+        vault._write = rotate_first  # type: ignore[method-assign]
+        with pytest.raises(kc.ConcurrentRotationError, match="rerun"):
+            vault.shred(SHRED, reason="GDPR #20")
+        del vault._write
+    after = key_rows(db_url, SUBTREE)
+    assert [r for r in after if r[0] != chats] == [r for r in before if r[0] != chats]
+    assert {(p, v, st) for p, v, st, _ in after if p == chats} == {
+        (chats, 1, "DEACTIVATED"),
+        (chats, 2, "ACTIVE"),
+    }
+    assert_reads(vault, data, SUBTREE)
+    certificate = vault.shred(SHRED, reason="GDPR #20")
+    destroyed = certificate.document["what"]["key_versions_destroyed"]
+    assert {(k["scope"], k["version"]) for k in destroyed} >= {(chats, 1), (chats, 2)}
+    assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_url, SUBTREE))
+
+
+def test_a_rotation_racing_a_shred_makes_no_live_key(
+    vault: kc.Vault, kms: kc.LocalKMS, db_url: str, data: Data
+) -> None:
+    """A shred that commits between a rotation's read and its write: the rotation fails and
+    leaves no ACTIVE key version in the shredded scope."""
+    with kc.Vault.open(db_url, kms=kms) as other:
+        target = other.scope(SHRED)
+        writes = other._write
+
+        def shred_first() -> Any:
+            if not shredded:
+                shredded.append(vault.shred(SHRED, reason="GDPR #21"))
+            return writes()
+
+        shredded: list[kc.ErasureCertificate] = []
+        other._write = shred_first  # type: ignore[method-assign]
+        with pytest.raises(kc.ConcurrentRotationError, match="shredded"):
+            target.rotate_key()
+    assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_url, SUBTREE))

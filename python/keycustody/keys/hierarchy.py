@@ -61,6 +61,7 @@ from keycustody.storage.models import (
     TenantKekRow,
     VaultMeta,
 )
+from keycustody.storage.repository import in_chunks
 from keycustody.types import EncryptionContext, KeyId, WrappedKey
 from keycustody.usage import KmsUsage
 
@@ -145,12 +146,27 @@ class VersionWrap:
 
 def tenant_keks(session: Session, scope_id: bytes, primary: str | None) -> list[str]:
     """A tenant's KEK ids in failover order: the primary, then the additional ones."""
-    others = session.scalars(
-        select(TenantKekRow.kek_id)
-        .where(TenantKekRow.scope_id == scope_id)
-        .order_by(TenantKekRow.position)
-    ).all()
-    return ([primary] if primary else []) + [k for k in others if k != primary]
+    return kek_lists(session, [(scope_id, primary)])[scope_id]
+
+
+def kek_lists(
+    session: Session, tenants: Sequence[tuple[bytes, str | None]]
+) -> dict[bytes, list[str]]:
+    """:func:`tenant_keks` of each ``(tenant id, primary KEK id)``, a chunk of tenants a
+    statement."""
+    others: dict[bytes, list[str]] = {}
+    for ids in in_chunks(scope_id for scope_id, _ in tenants):
+        for scope_id, kek_id in session.execute(
+            select(TenantKekRow.scope_id, TenantKekRow.kek_id)
+            .where(TenantKekRow.scope_id.in_(ids))
+            .order_by(TenantKekRow.scope_id, TenantKekRow.position)
+        ):
+            others.setdefault(scope_id, []).append(kek_id)
+    return {
+        scope_id: ([primary] if primary else [])
+        + [k for k in others.get(scope_id, []) if k != primary]
+        for scope_id, primary in tenants
+    }
 
 
 def extra_wraps(session: Session, scope_id: bytes, version: int) -> list[WrappedKey]:

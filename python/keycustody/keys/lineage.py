@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, cast, overload
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from keycustody.storage.models import (
     ScopeRow,
     TenantKekRow,
 )
+from keycustody.storage.repository import in_chunks
 from keycustody.types import KeyVersionInfo, utc
 
 if TYPE_CHECKING:
@@ -390,26 +391,31 @@ def all_key_versions(vault: Vault) -> dict[str, list[KeyVersionInfo]]:
 def _subtree(
     s: Session, roots: list[tuple[bytes, set[int] | None]]
 ) -> dict[bytes, set[int] | None]:
-    """Scope ids below the given (scope, versions) roots, with the versions that hang below."""
+    """Scope ids below the given (scope, versions) roots, with the versions that hang below
+    (None: every version); a level of the tree at a time, a chunk of parents a statement."""
     found: dict[bytes, set[int] | None] = {}
-    todo = list(roots)
-    while todo:
-        scope_id, versions = todo.pop()
-        if scope_id in found:
-            known = found[scope_id]
-            if known is None or versions is None:
-                found[scope_id] = None
-            else:
-                known |= versions
-        else:
-            found[scope_id] = None if versions is None else set(versions)
-        for child_id, child_version, parent_version in s.execute(
-            select(ScopeKeyRow.scope_id, ScopeKeyRow.version, ScopeKeyRow.parent_version)
-            .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
-            .where(ScopeRow.parent_id == scope_id)
-        ).all():
-            if versions is None or parent_version in versions:
-                todo.append((child_id, {child_version}))
+    level: dict[bytes, set[int] | None] = {}
+    for scope_id, versions in roots:
+        known = level.get(scope_id, set())
+        level[scope_id] = None if versions is None or known is None else known | versions
+    while level:
+        found.update(level)
+        below: dict[bytes, set[int]] = {}
+        for ids in in_chunks(level):
+            for child_id, child_version, parent_id, parent_version in s.execute(
+                select(
+                    ScopeKeyRow.scope_id,
+                    ScopeKeyRow.version,
+                    ScopeRow.parent_id,
+                    ScopeKeyRow.parent_version,
+                )
+                .join(ScopeRow, ScopeRow.id == ScopeKeyRow.scope_id)
+                .where(ScopeRow.parent_id.in_(ids))
+            ):
+                versions = level[cast(bytes, parent_id)]  # a child's parent_id is set
+                if versions is None or parent_version in versions:
+                    below.setdefault(child_id, set()).add(child_version)
+        level = dict(below)
     return found
 
 
@@ -450,19 +456,27 @@ def protected_by(vault: Vault, key: str) -> Protection:
             else:
                 roots = [(ref.id, None)]
         tree = _subtree(s, roots)
-        by_scope: dict[str, int] = {}
-        versions_out: list[str] = []
-        total = 0
-        for scope_id, versions in tree.items():
-            path_row = s.get(ScopeRow, scope_id)
-            path = path_row.path if path_row else scope_id.hex()
-            query = select(func.count()).where(RecordRow.scope_id == scope_id)
-            if versions is not None:
-                query = query.where(RecordRow.key_version.in_(sorted(versions)))
-                versions_out += [f"{path}#{v}" for v in sorted(versions)]
-            else:
-                versions_out.append(f"{path}#*")
-            n = int(s.scalar(query) or 0)
-            by_scope[path] = n
-            total += n
+        paths: dict[bytes, str] = {}
+        counts: dict[bytes, dict[int | None, int]] = {}
+        for ids in in_chunks(tree):
+            query = select(ScopeRow.id, ScopeRow.path).where(ScopeRow.id.in_(ids))
+            paths.update((scope_id, path) for scope_id, path in s.execute(query))
+            for scope_id, key_version, n in s.execute(
+                select(RecordRow.scope_id, RecordRow.key_version, func.count())
+                .where(RecordRow.scope_id.in_(ids))
+                .group_by(RecordRow.scope_id, RecordRow.key_version)
+            ):
+                counts.setdefault(scope_id, {})[key_version] = n
+    by_scope: dict[str, int] = {}
+    versions_out: list[str] = []
+    for scope_id, versions in tree.items():
+        path = paths.get(scope_id, scope_id.hex())
+        per_version = counts.get(scope_id, {})
+        if versions is None:
+            versions_out.append(f"{path}#*")
+            by_scope[path] = sum(per_version.values())
+        else:
+            versions_out += [f"{path}#{v}" for v in sorted(versions)]
+            by_scope[path] = sum(per_version.get(v, 0) for v in versions)
+    total = sum(by_scope.values())
     return Protection(key, total, dict(sorted(by_scope.items())), sorted(versions_out))

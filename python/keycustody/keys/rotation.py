@@ -192,11 +192,17 @@ def rotate_key(vault: Vault, scope: ScopeRef) -> int:
     with vault._write() as s, s.begin():
         swapped = s.execute(
             update(ScopeRow)
-            .where(ScopeRow.id == ref.id, ScopeRow.active_version == ref.active_version)
+            .where(
+                ScopeRow.id == ref.id,
+                ScopeRow.active_version == ref.active_version,
+                ScopeRow.state != SHREDDED,  # a shred that committed meanwhile
+            )
             .values(active_version=new_version, state_changed_at=now)
         )
         if swapped.rowcount != 1:  # type: ignore[attr-defined]
-            raise ConcurrentRotationError(f"scope {ref.path!r} was rotated concurrently; retry")
+            raise ConcurrentRotationError(
+                f"scope {ref.path!r} was rotated or shredded concurrently; retry"
+            )
         if parent is None and tenant_keks(s, ref.id, fresh(s, ref.id).kek_id) != keks:
             raise ConcurrentRotationError(
                 f"the KEKs of {ref.path!r} changed during the rotation; retry"

@@ -42,11 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from keycustody import derived
 from keycustody.errors import (
+    ConcurrentRotationError,
     ConfigError,
     InvalidInputError,
     NotFoundError,
@@ -74,6 +75,7 @@ from keycustody.storage.models import (
     ScopeRow,
     TenantKekRow,
 )
+from keycustody.storage.repository import in_chunks
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -169,15 +171,20 @@ class ErasureCertificate:
 
 
 def subtree(session: Session, root: ScopeRef) -> list[ScopeRow]:
-    """The scope and all its descendants, parents first."""
-    rows = [session.get(ScopeRow, root.id)]
+    """The scope and all its descendants, parents first: a level at a time (a scope per data
+    subject can give a tenant tens of thousands of children), each level by path."""
+    level = [row for row in [session.get(ScopeRow, root.id)] if row is not None]
     out: list[ScopeRow] = []
-    while rows:
-        row = rows.pop(0)
-        if row is None:
-            continue
-        out.append(row)
-        rows.extend(session.scalars(select(ScopeRow).where(ScopeRow.parent_id == row.id)))
+    while level:
+        out += level
+        level = sorted(
+            (
+                row
+                for ids in in_chunks(r.id for r in level)
+                for row in session.scalars(select(ScopeRow).where(ScopeRow.parent_id.in_(ids)))
+            ),
+            key=lambda row: row.path,
+        )
     return out
 
 
@@ -305,21 +312,27 @@ def shred(
             return existing  # idempotent: already shredded and certified
         scopes = subtree(s, ref)
         ids = [r.id for r in scopes]
-        keys = s.scalars(select(ScopeKeyRow).where(ScopeKeyRow.scope_id.in_(ids))).all()
+        path_of = {r.id: r.path for r in scopes}
+        keys = [
+            k
+            for chunk in in_chunks(ids)
+            for k in s.scalars(select(ScopeKeyRow).where(ScopeKeyRow.scope_id.in_(chunk)))
+        ]
         # The wraps of tenant key versions by the tenant's other KEKs die with them.
         extra: dict[tuple[bytes, int], list[ScopeKeyWrapRow]] = {}
-        for w in s.scalars(
-            select(ScopeKeyWrapRow)
-            .where(ScopeKeyWrapRow.scope_id.in_(ids))
-            .order_by(ScopeKeyWrapRow.kek_id)
-        ):
-            extra.setdefault((w.scope_id, w.version), []).append(w)
+        for chunk in in_chunks(ids):
+            for w in s.scalars(
+                select(ScopeKeyWrapRow)
+                .where(ScopeKeyWrapRow.scope_id.in_(chunk))
+                .order_by(ScopeKeyWrapRow.kek_id)
+            ):
+                extra.setdefault((w.scope_id, w.version), []).append(w)
         needles = [k.wrapped for k in keys if k.wrapped is not None] + [
             w.wrapped for ws in extra.values() for w in ws
         ]
         destroyed = [
             {
-                "scope": next(r.path for r in scopes if r.id == k.scope_id),
+                "scope": path_of[k.scope_id],
                 "version": k.version,
                 "state_before": k.state,
                 "wrapped_by": (
@@ -340,13 +353,15 @@ def shred(
             for k in keys
             if k.state != DESTROYED or existing is not None
         ]
-        counts = dict(
-            s.execute(
+        counts = {
+            scope_id: count
+            for chunk in in_chunks(ids)
+            for scope_id, count in s.execute(
                 select(RecordRow.scope_id, func.count())
-                .where(RecordRow.scope_id.in_(ids))
+                .where(RecordRow.scope_id.in_(chunk))
                 .group_by(RecordRow.scope_id)
-            ).all()
-        )
+            )
+        }
         tenant = scopes[0] if ref.parent_id is None else _tenant(s, ref)
         keks = tenant_keks(s, tenant.id, tenant.kek_id)
         kek_versions: dict[str, set[str]] = {}
@@ -368,15 +383,32 @@ def shred(
             return existing
     if existing is None:
         with vault._write() as s, s.begin():
-            for k in keys:
-                row = s.get(ScopeKeyRow, (k.scope_id, k.version))
-                if row is not None and row.state != DESTROYED:
-                    rotation._set_key_state(s, k.scope_id, k.version, DESTROYED)
-            s.execute(
-                update(ScopeRow)
-                .where(ScopeRow.id.in_(ids))
-                .values(state=SHREDDED, state_changed_at=now, erasure_certificate=certificate_id)
-            )
+            listed = {(k.scope_id, k.version) for k in keys}
+            for chunk in in_chunks(ids):
+                # The scope rows first: on PostgreSQL their locks hold off a rotation, which
+                # updates its scope's row, until this commits.
+                s.execute(
+                    update(ScopeRow)
+                    .where(ScopeRow.id.in_(chunk))
+                    .values(
+                        state=SHREDDED, state_changed_at=now, erasure_certificate=certificate_id
+                    )
+                )
+                live = ScopeKeyRow.scope_id.in_(chunk), ScopeKeyRow.state != DESTROYED
+                found = s.execute(select(ScopeKeyRow.scope_id, ScopeKeyRow.version).where(*live))
+                if not {(i, v) for i, v in found} <= listed:
+                    raise ConcurrentRotationError(
+                        "a key version was created in this subtree during the shred; "
+                        "nothing was changed: rerun it"
+                    )
+                # Every key version of a scope at once (an UPDATE per version took 19 s of
+                # a 30 s shred of 10,000 scopes); the metadata stays as evidence.
+                s.execute(
+                    update(ScopeKeyRow)
+                    .where(*live)
+                    .values(state=DESTROYED, state_changed_at=now, destroyed_at=now, wrapped=None)
+                )
+                s.execute(delete(ScopeKeyWrapRow).where(ScopeKeyWrapRow.scope_id.in_(chunk)))
             rotation.lineage_event(
                 s,
                 ref.id,
@@ -1337,21 +1369,22 @@ def purge(vault: Vault, *, batch_size: int = 5000) -> int:
     """Deletes the records (and segments, and blob store objects) of shredded scopes, and
     derived records whose source is gone; returns how many."""
     total = 0
-    with vault._read() as s:
-        ids = list(s.scalars(select(ScopeRow.id).where(ScopeRow.state == SHREDDED)))
-    while ids:
+    # A subquery: every scope ever shredded can be more than a statement's parameters.
+    shredded = select(ScopeRow.id).where(ScopeRow.state == SHREDDED)
+    while True:
         with vault._write() as s, s.begin():
             batch = list(
                 s.scalars(
                     select(RecordRow.record_id)
-                    .where(RecordRow.scope_id.in_(ids))
+                    .where(RecordRow.scope_id.in_(shredded))
                     .limit(batch_size)
                 )
             )
             if not batch:
                 break
             # Their blob store objects go after the commit (see keycustody.payloads).
-            vault._payloads.delete_records(s, RecordRow.record_id.in_(batch))
+            for chunk in in_chunks(batch):
+                vault._payloads.delete_records(s, RecordRow.record_id.in_(chunk))
             total += len(batch)
     with vault._write() as s, s.begin():
         orphans = derived.purge_orphans(s, vault._payloads)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keycustody.errors import KeyCustodyError
 from keycustody.keys import lineage
-from keycustody.keys.hierarchy import tenant_keks
+from keycustody.keys.hierarchy import kek_lists
 from keycustody.keys.shredding import verify_certificate
 from keycustody.keys.states import (
     ACTIVE,
@@ -39,6 +39,7 @@ from keycustody.kms.pkcs11 import Pkcs11KMS
 from keycustody.kms.registry import key_prefix
 from keycustody.storage.engine import raises_storage_errors
 from keycustody.storage.models import ScopeKeyRow, ScopeKeyWrapRow, ScopeRow
+from keycustody.storage.repository import in_chunks
 from keycustody.usage import ScopeUsage, _subject_scope
 from keycustody.validation import check_path
 from keycustody.wording import plural
@@ -299,40 +300,46 @@ def _vkey(item: tuple[str, Any]) -> tuple[int, str]:
 
 def _tenants(vault: Vault, rows: list[Any]) -> list[TenantFacts]:
     tenants = [r for r in rows if r.parent_id is None]
-    ids = [t.id for t in tenants]
+    in_use: dict[tuple[bytes, str], set[str]] = {}
     with vault._read() as s:
-        in_use: dict[tuple[bytes, str], set[str]] = {}
-        for scope_id, kek_id, version in [
-            *s.execute(
-                select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version)
-                .where(
-                    ScopeKeyRow.scope_id.in_(ids),
-                    ScopeKeyRow.state != DESTROYED,
-                    ScopeKeyRow.kek_version.is_not(None),
-                )
-                .distinct()
-            ).all(),
-            *s.execute(
-                select(
-                    ScopeKeyWrapRow.scope_id, ScopeKeyWrapRow.kek_id, ScopeKeyWrapRow.kek_version
-                )
-                .where(ScopeKeyWrapRow.scope_id.in_(ids))
-                .distinct()
-            ).all(),
-        ]:
-            in_use.setdefault((scope_id, str(kek_id)), set()).add(str(version))
-        lists = {t.id: tenant_keks(s, t.id, t.kek_id) for t in tenants}
+        for ids in in_chunks(t.id for t in tenants):
+            for scope_id, kek_id, version in [
+                *s.execute(
+                    select(ScopeKeyRow.scope_id, ScopeKeyRow.kek_id, ScopeKeyRow.kek_version)
+                    .where(
+                        ScopeKeyRow.scope_id.in_(ids),
+                        ScopeKeyRow.state != DESTROYED,
+                        ScopeKeyRow.kek_version.is_not(None),
+                    )
+                    .distinct()
+                ).all(),
+                *s.execute(
+                    select(
+                        ScopeKeyWrapRow.scope_id,
+                        ScopeKeyWrapRow.kek_id,
+                        ScopeKeyWrapRow.kek_version,
+                    )
+                    .where(ScopeKeyWrapRow.scope_id.in_(ids))
+                    .distinct()
+                ).all(),
+            ]:
+                in_use.setdefault((scope_id, str(kek_id)), set()).add(str(version))
+        lists = kek_lists(s, [(t.id, t.kek_id) for t in tenants])
+    # Once per KEK, not per tenant: tenants often share one, and a KMS answers each ask.
+    kek_ids = sorted({kek_id for keks in lists.values() for kek_id in keks})
+    locations = {kek_id: kek_location(vault, kek_id) for kek_id in kek_ids}
+    kms_states = {kek_id: _kms_state(vault, kek_id) for kek_id in kek_ids}
     out: list[TenantFacts] = []
     for t in tenants:
         keks: list[KekFacts] = [
             {
                 "id": kek_id,
                 "provider": key_prefix(kek_id),
-                "location": kek_location(vault, kek_id),
+                "location": locations[kek_id],
                 "versions_in_use": sorted(
                     in_use.get((t.id, kek_id), set()), key=lambda v: (len(v), v)
                 ),
-                "kms_state": _kms_state(vault, kek_id),
+                "kms_state": kms_states[kek_id],
             }
             for kek_id in lists[t.id]
         ]

@@ -12,9 +12,10 @@ take turns and delete first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from itertools import islice
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -58,6 +59,18 @@ IN_LIST_CHUNK = 500
 """Values per ``IN (...)`` list of one statement (record ids, blind indexes, blob keys):
 within the 999 parameters SQLite allowed per statement before 3.32, with room for the
 statement's others."""
+
+T = TypeVar("T")
+
+
+def in_chunks(values: Iterable[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most :data:`IN_LIST_CHUNK`, one per ``IN (...)`` list: a
+    statement takes at most 32,766 parameters on SQLite (999 before 3.32) and 65,535 on
+    PostgreSQL, and a tenant can have more scopes, or a batch more records, than that."""
+    iterator = iter(values)
+    while chunk := list(islice(iterator, IN_LIST_CHUNK)):
+        yield chunk
+
 
 SCOPE_LOCK_SPACE = 0x6B63
 """First key of the two-key PostgreSQL advisory locks on a scope's names (the second is the
@@ -346,8 +359,7 @@ class RecordStatements:
             rows = driver_rows(driver, self._dialect, self._derived_sql, params)
         else:
             rows = []
-            for start in range(0, len(source_ids), IN_LIST_CHUNK):
-                chunk = source_ids[start : start + IN_LIST_CHUNK]
+            for chunk in in_chunks(source_ids):
                 sql = self._derived_sql.format(",".join("?" * len(chunk)))
                 rows += driver_rows(driver, self._dialect, sql, tuple(chunk))
         return list(map(DerivedRecord._make, rows))
@@ -401,8 +413,7 @@ class RecordStatements:
         if self._new_records.run(conn, latest) == len(latest):
             return
         inserted: set[bytes] = set()
-        for start in range(0, len(latest), IN_LIST_CHUNK):
-            ids = [r[0] for r in latest[start : start + IN_LIST_CHUNK]]
+        for ids in in_chunks(r[0] for r in latest):
             found = conn.execute(select(RecordRow.record_id).where(RecordRow.record_id.in_(ids)))
             inserted.update(found.scalars())
         replacing = [r for r in latest if r[0] not in inserted]
