@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keycustody import _core, derived
@@ -547,17 +547,23 @@ def _rewrap_children(vault: Vault, ref: ScopeRef, old: set[int]) -> int:
             updates.append(
                 (row.scope_id, row.version, row.parent_version, active.wrap(child, new_aad))
             )
+    # One statement, run for every child (an ORM update built per child took 1 ms each).
+    swap = (
+        update(cast(Table, ScopeKeyRow.__table__))
+        .where(
+            ScopeKeyRow.scope_id == bindparam("child"),
+            ScopeKeyRow.version == bindparam("child_version"),
+            ScopeKeyRow.parent_version == bindparam("old_parent_version"),
+        )
+        .values(wrapped=bindparam("new_wrapped"), parent_version=ref.active_version)
+    )
+    params = [
+        {"child": c, "child_version": v, "old_parent_version": p, "new_wrapped": w}
+        for c, v, p, w in updates
+    ]
     with vault._write() as s, s.begin():
-        for scope_id, version, parent_version, wrapped in updates:
-            s.execute(
-                update(ScopeKeyRow)
-                .where(
-                    ScopeKeyRow.scope_id == scope_id,
-                    ScopeKeyRow.version == version,
-                    ScopeKeyRow.parent_version == parent_version,
-                )
-                .values(wrapped=wrapped, parent_version=ref.active_version)
-            )
+        if params:
+            s.connection().execute(swap, params)
         lineage_event(
             s, ref.id, "child_keys_rewrapped", to_version=ref.active_version, count=len(updates)
         )
