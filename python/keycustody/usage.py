@@ -72,8 +72,14 @@ class KmsUsage:
 def flush_kms_usage(vault: Vault) -> None:
     """Writes this process's KMS call counts to the audit trail (one event per scope)."""
     counts = vault._keys.kms_usage.take()
-    for scope, calls in sorted(counts.items()):
-        vault.audit.record("kms.usage", scope, outcome="ok", details={"kms_calls": calls})
+    if not counts:
+        return
+    # One transaction for them all: a commit each took 3.4 ms, 34 s at close for 10,000 scopes.
+    with vault._write() as s, s.begin():
+        for scope, calls in sorted(counts.items()):
+            vault.audit.append(
+                s, action="kms.usage", subject=scope, outcome="ok", details={"kms_calls": calls}
+            )
 
 
 def _subject_scope(subject: str) -> str:
