@@ -987,3 +987,30 @@ def test_a_rotation_racing_a_shred_makes_no_live_key(
         with pytest.raises(kc.ConcurrentRotationError, match="shredded"):
             target.rotate_key()
     assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_url, SUBTREE))
+
+
+def test_a_scope_made_in_the_subtree_during_a_shred_stops_it_unchanged(
+    vault: kc.Vault, kms: kc.LocalKMS, db_url: str, data: Data
+) -> None:
+    """A child scope created between the shred's read and its write would be left ACTIVE and
+    out of the certificate: the shred writes nothing, and a rerun shreds and lists it."""
+    late = f"{SHRED}/late"
+    before = key_rows(db_url, SUBTREE)
+    with kc.Vault.open(db_url, kms=kms) as other:
+        writes = vault._write
+
+        def create_first() -> Any:
+            if not made:
+                made.append(other.scope(late, create=True).put("x.txt", b"x"))
+            return writes()
+
+        made: list[kc.RecordInfo] = []
+        vault._write = create_first  # type: ignore[method-assign]
+        with pytest.raises(kc.ConcurrentRotationError, match="rerun"):
+            vault.shred(SHRED, reason="GDPR #22")
+        del vault._write
+    assert key_rows(db_url, SUBTREE) == before
+    assert vault.scope(late).get("x.txt") == b"x"
+    certificate = vault.shred(SHRED, reason="GDPR #22")
+    assert certificate.document["what"]["records_by_scope"][late] == 1
+    assert {p for p, _, st, _ in key_rows(db_url, [late]) if st == "DESTROYED"} == {late}

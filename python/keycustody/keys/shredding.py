@@ -409,6 +409,16 @@ def shred(
                     .values(state=DESTROYED, state_changed_at=now, destroyed_at=now, wrapped=None)
                 )
                 s.execute(delete(ScopeKeyWrapRow).where(ScopeKeyWrapRow.scope_id.in_(chunk)))
+            # Every scope read is SHREDDED now: a live child of one was created since.
+            for chunk in in_chunks(ids):
+                late = select(ScopeRow.id).where(
+                    ScopeRow.parent_id.in_(chunk), ScopeRow.state != SHREDDED
+                )
+                if s.execute(late.limit(1)).first() is not None:
+                    raise ConcurrentRotationError(
+                        "a scope was created in this subtree during the shred; "
+                        "nothing was changed: rerun it"
+                    )
             rotation.lineage_event(
                 s,
                 ref.id,
