@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keycustody import _core
 from keycustody.errors import InvalidInputError
 from keycustody.validation import (
     MAX_NAME_BYTES,
@@ -88,3 +89,23 @@ def test_valid_batches_pass_through_unchanged(batch: list[tuple[str, bytes]]) ->
     assert got_names == [n for n, _ in batch]
     assert raw == [n.encode() for n, _ in batch]
     assert all(a is b for a, (_, b) in zip(got_datas, batch, strict=True))
+
+
+KEY = _core.KeyHandle.generate()
+SCOPE_ID = bytes(range(16))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(items, max_size=6))
+def test_seal_items_takes_exactly_what_check_items_takes(batch: list[Any]) -> None:
+    """Scope.seal_many's one-pass Rust read of its pairs: it seals a batch only if
+    check_items accepts it (else None, and check_items names the bad item), and what it
+    seals opens to the data under each name."""
+    try:
+        _, raw, datas = check_items(batch, LIMIT)
+    except InvalidInputError:
+        assert _core.seal_items(KEY, SCOPE_ID, 1, batch, LIMIT) is None
+        return
+    blobs = _core.seal_items(KEY, SCOPE_ID, 1, batch, LIMIT)
+    assert blobs is not None
+    assert _core.open_blobs(SCOPE_ID, {1: KEY}, raw, blobs) == [bytes(d) for d in datas]

@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TypeVar, final
+from typing import Any, TypeVar, final
 
 from typing_extensions import Buffer
 
@@ -29,6 +29,7 @@ __all__ = [
     "rewrap_headers",
     "seal_blobs",
     "seal_derived",
+    "seal_items",
     "seal_records",
 ]
 
@@ -101,6 +102,17 @@ def seal_blobs(
     datas: Sequence[Buffer],
 ) -> list[bytes]:
     """Seals each ``(name, data)`` into a self-contained ``header || ciphertext || tag`` blob."""
+
+def seal_items(
+    key: KeyHandle,
+    scope_id: Buffer,
+    version: int,
+    items: list[Any],
+    max_bytes: int,
+) -> list[bytes] | None:
+    """:func:`seal_blobs` of ``(name, data)`` pairs, read and checked in the same call: None
+    unless every item is a pair of a non-empty ``str`` name (at most 4,096 bytes of UTF-8, no
+    NUL) and bytes, bytearray or memoryview data of at most ``max_bytes``."""
 
 def open_blobs(
     scope_id: Buffer,

@@ -198,14 +198,20 @@ class Scope:
     @_audit_failures("seal_many")
     def seal_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Encrypts records into blobs, in one Rust call per batch; same order as ``items``."""
-        names, datas = self._prepare(items)
+        pairs = items if isinstance(items, list) else list(items)
         self._rotate_if_due()
         ref = self._peek()
         version, key = ref.active_version, self._vault._keys.cached_key(ref, ref.active_version)
         if key is None:
             with self._vault._read() as s:
                 version, key = self._active_key(s)
-        return _core.seal_blobs(key, self._ref.id, version, names, datas)
+        limit = self._vault.max_record_bytes
+        # The pairs are checked in the same Rust call; None means one is invalid: say which.
+        sealed = _core.seal_items(key, self._ref.id, version, pairs, limit)
+        if sealed is None:
+            _, names, datas = check_items(pairs, limit)
+            sealed = _core.seal_blobs(key, self._ref.id, version, names, datas)
+        return sealed
 
     def open(self, name: str, blob: Data) -> bytes:
         """Decrypts a blob made by :meth:`seal` under the same name.

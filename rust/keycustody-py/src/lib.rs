@@ -6,6 +6,7 @@ mod buffers;
 mod derived;
 mod errors;
 mod gil;
+mod items;
 mod keys;
 mod records;
 mod stream;
@@ -18,6 +19,8 @@ mod _core {
     use super::aead::{aes256gcm_open, aes256gcm_seal};
     #[pymodule_export]
     use super::derived::{open_derived, seal_derived};
+    #[pymodule_export]
+    use super::items::seal_items;
     #[pymodule_export]
     use super::keys::KeyHandle;
     #[pymodule_export]

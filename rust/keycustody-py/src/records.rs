@@ -177,9 +177,22 @@ pub fn seal_blobs<'py>(
     names: Vec<Input>,
     datas: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let names: Vec<&[u8]> = names.iter().map(|n| &**n).collect();
+    seal_blobs_of(py, key, &scope_id, version, &names, &datas)
+}
+
+/// `seal_blobs` on names already borrowed as bytes.
+pub(crate) fn seal_blobs_of<'py>(
+    py: Python<'py>,
+    key: &KeyHandle,
+    scope_id: &[u8],
+    version: i64,
+    names: &[&[u8]],
+    datas: &[Input],
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let seal_key = SealKey {
         key: &key.key,
-        scope_id: self::scope_id(&scope_id)?,
+        scope_id: self::scope_id(scope_id)?,
         version: key_version(version)?,
     };
     same_len(names.len(), datas.len(), "names and datas differ in length")?;
@@ -187,7 +200,7 @@ pub fn seal_blobs<'py>(
     let total: usize = datas.iter().map(|d| d.len()).sum();
     let mut pending: Vec<PendingSeal<'_>> = names
         .iter()
-        .zip(&datas)
+        .zip(datas)
         .zip(blobs.uninit())
         .map(|((name, data), blob)| PendingSeal {
             name,
