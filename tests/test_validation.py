@@ -97,15 +97,26 @@ SCOPE_ID = bytes(range(16))
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(items, max_size=6))
-def test_seal_items_takes_exactly_what_check_items_takes(batch: list[Any]) -> None:
-    """Scope.seal_many's one-pass Rust read of its pairs: it seals a batch only if
-    check_items accepts it (else None, and check_items names the bad item), and what it
-    seals opens to the data under each name."""
+def test_seal_and_open_items_take_exactly_what_check_items_takes(batch: list[Any]) -> None:
+    """Scope.seal_many's and open_many's one-pass Rust read of their pairs: they seal or open
+    a batch only if check_items accepts it (else None, having asked for no key; check_items
+    then names the bad item), and open_items opens what seal_items sealed."""
+    asked: list[set[int]] = []
+
+    def keys_for(versions: set[int]) -> dict[int, _core.KeyHandle]:
+        asked.append(versions)
+        return {1: KEY}
+
     try:
-        _, raw, datas = check_items(batch, LIMIT)
+        names, raw, datas = check_items(batch, LIMIT)
     except InvalidInputError:
         assert _core.seal_items(KEY, SCOPE_ID, 1, batch, LIMIT) is None
+        assert _core.open_items(SCOPE_ID, keys_for, batch, LIMIT) is None
+        assert asked == []
         return
     blobs = _core.seal_items(KEY, SCOPE_ID, 1, batch, LIMIT)
     assert blobs is not None
     assert _core.open_blobs(SCOPE_ID, {1: KEY}, raw, blobs) == [bytes(d) for d in datas]
+    pairs = list(zip(names, blobs, strict=True))
+    assert _core.open_items(SCOPE_ID, keys_for, pairs, LIMIT + 256) == [bytes(d) for d in datas]
+    assert asked == [{1} if batch else set()]

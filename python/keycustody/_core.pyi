@@ -1,7 +1,7 @@
 """Stub of the Rust extension ``keycustody._core`` (AES-256-GCM records, keys held in Rust)."""
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, final
 
 from typing_extensions import Buffer
@@ -23,6 +23,7 @@ __all__ = [
     "header_key_versions",
     "open_blobs",
     "open_derived",
+    "open_items",
     "open_names",
     "open_records",
     "open_stream",
@@ -146,6 +147,20 @@ def open_records(
 
     Raises:
         IntegrityError: a record does not authenticate (``.index`` names its position).
+    """
+
+def open_items(
+    scope_id: Buffer,
+    keys_for: Callable[[set[int]], Mapping[int, KeyHandle]],
+    items: list[Any],
+    max_bytes: int,
+) -> list[bytes] | None:
+    """:func:`open_blobs` of ``(name, blob)`` pairs checked as :func:`seal_items` checks its
+    own (None unless each passes), with the handles of the key versions the headers name
+    from ``keys_for(versions)``.
+
+    Raises:
+        IntegrityError: a header is malformed, or a blob does not open under its name.
     """
 
 def open_names(

@@ -224,20 +224,23 @@ class Scope:
     @_audit_failures("open_many")
     def open_many(self, items: Iterable[tuple[str, Data]]) -> list[bytes]:
         """Decrypts blobs; same order as ``items``."""
-        names, blobs = self._prepare(items, max_bytes=self._vault.max_record_bytes + 256)
-        versions = _key_versions(blobs)
+        pairs = items if isinstance(items, list) else list(items)
+        limit = self._vault.max_record_bytes + 256
+        opened = _core.open_items(self._ref.id, self._cached_or_read_keys, pairs, limit)
+        if opened is None:  # a pair is invalid: say which
+            _, names, blobs = check_items(pairs, limit)
+            opened = _core.open_blobs(
+                self._ref.id, self._cached_or_read_keys(_key_versions(blobs)), names, blobs
+            )
+        return opened
+
+    def _cached_or_read_keys(self, versions: set[int]) -> dict[int, _core.KeyHandle]:
+        """The handles of these key versions of this scope, from the cache when it has them."""
         keys = self._vault._keys.cached_keys(self._peek(), versions)
         if keys is None:
             with self._vault._read() as s:
                 keys = self._vault._keys.keys(s, self._fresh(s), versions)
-        return _core.open_blobs(self._ref.id, keys, names, blobs)
-
-    def _prepare(
-        self, items: Iterable[tuple[str, Data]], max_bytes: int | None = None
-    ) -> tuple[list[bytes], list[Data]]:
-        limit = self._vault.max_record_bytes if max_bytes is None else max_bytes
-        _, raw, datas = check_items(items if isinstance(items, list) else list(items), limit)
-        return raw, datas
+        return keys
 
     # -- storage ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ mod _core {
     #[pymodule_export]
     use super::derived::{open_derived, seal_derived};
     #[pymodule_export]
-    use super::items::seal_items;
+    use super::items::{open_items, seal_items};
     #[pymodule_export]
     use super::keys::KeyHandle;
     #[pymodule_export]

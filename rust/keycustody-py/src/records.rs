@@ -242,11 +242,23 @@ pub fn open_blobs<'py>(
     names: Vec<Input>,
     blobs: Vec<Input>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let names: Vec<&[u8]> = names.iter().map(|n| &**n).collect();
+    open_blobs_of(py, &scope_id, keys, &names, &blobs)
+}
+
+/// `open_blobs` on names already borrowed as bytes.
+pub(crate) fn open_blobs_of<'py>(
+    py: Python<'py>,
+    scope_id: &[u8],
+    keys: &Bound<'py, PyDict>,
+    names: &[&[u8]],
+    blobs: &[Input],
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     same_len(names.len(), blobs.len(), "names and blobs differ in length")?;
     let table = key_table(keys)?;
     let pairs = borrow_keys(&table);
     let open_keys = OpenKeys {
-        scope_id: self::scope_id(&scope_id)?,
+        scope_id: self::scope_id(scope_id)?,
         keys: &pairs,
     };
     let mut lens = Vec::with_capacity(blobs.len());
@@ -260,7 +272,7 @@ pub fn open_blobs<'py>(
     let total: usize = blobs.iter().map(|b| b.len()).sum();
     let mut pending: Vec<PendingOpen<'_>> = names
         .iter()
-        .zip(&blobs)
+        .zip(blobs)
         .zip(outs.uninit())
         .map(|((name, blob), out)| {
             let (header, body) = blob.split_at(HEADER_LEN);
