@@ -899,9 +899,11 @@ def test_purge_removes_only_the_shredded_records_and_their_segments(
     before = {p: _records_of(db_url, p) for p in SURVIVORS}
     head = vault.audit.verify().head_seq
 
-    purged = vault.purge()
+    calls: list[tuple[int, int]] = []
+    purged = vault.purge(progress=lambda done, total: calls.append((done, total)))
 
     assert purged == COUNTS[SHRED] + 1 + COUNTS[f"{SHRED}/chats"]
+    assert calls == [(0, purged), (purged, purged)]  # counted first, then one batch
     assert all(_records_of(db_url, p) == 0 for p in SUBTREE)
     assert _segments_of(db_url, SHRED) == 0
     assert (
@@ -1014,3 +1016,14 @@ def test_a_scope_made_in_the_subtree_during_a_shred_stops_it_unchanged(
     certificate = vault.shred(SHRED, reason="GDPR #22")
     assert certificate.document["what"]["records_by_scope"][late] == 1
     assert {p for p, _, st, _ in key_rows(db_url, [late]) if st == "DESTROYED"} == {late}
+
+
+def test_purge_reports_progress_batch_by_batch(vault: kc.Vault, data: Data) -> None:
+    vault.shred(SHRED, reason="GDPR #23")
+    expected = COUNTS[SHRED] + COUNTS[f"{SHRED}/chats"]
+    calls: list[tuple[int, int]] = []
+    purged = shredding.purge(
+        vault, batch_size=25, progress=lambda done, total: calls.append((done, total))
+    )
+    assert purged == expected
+    assert calls == [(0, 90), (25, 90), (50, 90), (75, 90), (90, 90)] and expected == 90

@@ -405,7 +405,8 @@ def purge(
                 "decrypted any more; this only frees their space",
                 abort=True,
             )
-        removed = vault.purge(orphan_grace=None)
+        with base.progress_bar("purging shredded scopes") as progress:
+            removed = vault.purge(orphan_grace=None, progress=progress)
         sweep = (
             vault.sweep_blobs(grace=timedelta(seconds=orphan_grace))
             if vault.blob_store is not None

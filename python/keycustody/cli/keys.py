@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.tree import Tree
 
 # The module, not its names: commands.py may import this module while it is still loading.
@@ -32,7 +30,6 @@ from keycustody.wording import plural
 if TYPE_CHECKING:
     from keycustody.keys.lineage import RecordLineage
     from keycustody.keys.rotation import JobReport
-    from keycustody.keys.rotation import Progress as ProgressCallback
     from keycustody.scope import Scope
 
 PANEL = "Key lifecycle"
@@ -226,25 +223,6 @@ def rotate(
 # -- rewrap and reencrypt ----------------------------------------------------------------
 
 
-@contextmanager
-def _progress_bar(console: Console, label: str) -> Iterator[ProgressCallback]:
-    """A rich progress bar on ``console``, driven by a job's ``progress(done, total)``."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("records"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
 def _job_json(report: JobReport) -> dict[str, Any]:
     return {
         "scope": report.scope,
@@ -301,7 +279,7 @@ def _run_job(
                 report = job(target, batch_size=batch_size, dry_run=True)
             else:
                 label = f"{verb} {target.path}"
-                with _progress_bar(base.stderr(), escape(label)) as progress:
+                with base.progress_bar(escape(label)) as progress:
                     report = job(target, batch_size=batch_size, progress=progress)
         if as_json:
             _echo_json(_job_json(report))

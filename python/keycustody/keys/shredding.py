@@ -36,7 +36,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1375,12 +1375,19 @@ def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:
     return out
 
 
-def purge(vault: Vault, *, batch_size: int = 5000) -> int:
+def purge(
+    vault: Vault, *, batch_size: int = 5000, progress: Callable[[int, int], None] | None = None
+) -> int:
     """Deletes the records (and segments, and blob store objects) of shredded scopes, and
-    derived records whose source is gone; returns how many."""
+    derived records whose source is gone; returns how many. ``progress(done, total)`` is
+    called after each batch."""
     total = 0
     # A subquery: every scope ever shredded can be more than a statement's parameters.
     shredded = select(ScopeRow.id).where(ScopeRow.state == SHREDDED)
+    if progress is not None:
+        with vault._read() as s:
+            todo = int(s.scalar(select(func.count()).where(RecordRow.scope_id.in_(shredded))) or 0)
+        progress(0, todo)
     while True:
         with vault._write() as s, s.begin():
             batch = list(
@@ -1396,6 +1403,8 @@ def purge(vault: Vault, *, batch_size: int = 5000) -> int:
             for chunk in in_chunks(batch):
                 vault._payloads.delete_records(s, RecordRow.record_id.in_(chunk))
             total += len(batch)
+        if progress is not None:
+            progress(total, max(todo, total))
     with vault._write() as s, s.begin():
         orphans = derived.purge_orphans(s, vault._payloads)
         total += orphans
