@@ -7,6 +7,8 @@ holding a backup) would, and kill -9 hits a real child process.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -937,6 +939,25 @@ def test_certificate_json_round_trip(vault: kc.Vault, tmp_path: Path, data: Data
     assert vault.verify_certificate(document)[0]
 
 
+@contextlib.contextmanager
+def before_next_write(vault: kc.Vault, change: Callable[[], object]) -> Iterator[None]:
+    """Makes ``change`` (another process's, say) right before ``vault``'s next write
+    transaction, once: between a job's read and its write."""
+    writes = vault._write
+    done: list[object] = []
+
+    def change_then_write() -> Any:
+        if not done:
+            done.append(change())
+        return writes()
+
+    vault._write = change_then_write  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del vault._write
+
+
 def test_a_key_version_made_during_a_shred_stops_it_unchanged(
     vault: kc.Vault, kms: kc.LocalKMS, db_url: str, data: Data
 ) -> None:
@@ -945,18 +966,10 @@ def test_a_key_version_made_during_a_shred_stops_it_unchanged(
     chats = f"{SHRED}/chats"
     before = key_rows(db_url, SUBTREE)
     with kc.Vault.open(db_url, kms=kms) as other:
-        writes = vault._write
-
-        def rotate_first() -> Any:
-            if not rotated:
-                rotated.append(other.scope(chats).rotate_key())
-            return writes()
-
-        rotated: list[int] = []
-        vault._write = rotate_first  # type: ignore[method-assign]
-        with pytest.raises(kc.ConcurrentRotationError, match="rerun"):
+        rotate = other.scope(chats).rotate_key
+        refused = pytest.raises(kc.ConcurrentRotationError, match="key version was created")
+        with before_next_write(vault, rotate), refused:
             vault.shred(SHRED, reason="GDPR #20")
-        del vault._write
     after = key_rows(db_url, SUBTREE)
     assert [r for r in after if r[0] != chats] == [r for r in before if r[0] != chats]
     assert {(p, v, st) for p, v, st, _ in after if p == chats} == {
@@ -977,16 +990,9 @@ def test_a_rotation_racing_a_shred_makes_no_live_key(
     leaves no ACTIVE key version in the shredded scope."""
     with kc.Vault.open(db_url, kms=kms) as other:
         target = other.scope(SHRED)
-        writes = other._write
-
-        def shred_first() -> Any:
-            if not shredded:
-                shredded.append(vault.shred(SHRED, reason="GDPR #21"))
-            return writes()
-
-        shredded: list[kc.ErasureCertificate] = []
-        other._write = shred_first  # type: ignore[method-assign]
-        with pytest.raises(kc.ConcurrentRotationError, match="shredded"):
+        shred = functools.partial(vault.shred, SHRED, reason="GDPR #21")
+        refused = pytest.raises(kc.ConcurrentRotationError, match="shredded concurrently")
+        with before_next_write(other, shred), refused:
             target.rotate_key()
     assert all(st == "DESTROYED" and w is None for _, _, st, w in key_rows(db_url, SUBTREE))
 
@@ -999,22 +1005,14 @@ def test_a_scope_made_in_the_subtree_during_a_shred_stops_it_unchanged(
     late = f"{SHRED}/late"
     before = key_rows(db_url, SUBTREE)
     with kc.Vault.open(db_url, kms=kms) as other:
-        writes = vault._write
-
-        def create_first() -> Any:
-            if not made:
-                made.append(other.scope(late, create=True).put("x.txt", b"x"))
-            return writes()
-
-        made: list[kc.RecordInfo] = []
-        vault._write = create_first  # type: ignore[method-assign]
-        with pytest.raises(kc.ConcurrentRotationError, match="rerun"):
+        create = functools.partial(other.scope, late, create=True)
+        refused = pytest.raises(kc.ConcurrentRotationError, match="scope was created")
+        with before_next_write(vault, create), refused:
             vault.shred(SHRED, reason="GDPR #22")
-        del vault._write
     assert key_rows(db_url, SUBTREE) == before
-    assert vault.scope(late).get("x.txt") == b"x"
+    assert vault.scope(late).list() == []
     certificate = vault.shred(SHRED, reason="GDPR #22")
-    assert certificate.document["what"]["records_by_scope"][late] == 1
+    assert certificate.document["what"]["records_by_scope"][late] == 0
     assert {p for p, _, st, _ in key_rows(db_url, [late]) if st == "DESTROYED"} == {late}
 
 
