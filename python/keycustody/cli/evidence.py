@@ -22,6 +22,7 @@ from rich.table import Table
 
 # The module, not its names: commands.py may import this module while it is still loading.
 from keycustody.cli import commands as base
+from keycustody.cli.columns import Cell, columns
 from keycustody.errors import ConfigError, IntegrityError, InvalidInputError
 from keycustody.keys.states import CANCELLED, CONFIRMED, SCHEDULED
 from keycustody.storage.blobs import DEFAULT_ORPHAN_GRACE
@@ -224,27 +225,27 @@ erasures_app = typer.Typer(
 )
 
 
-def _certificate_table(title: str, certificates: list[ErasureCertificate]) -> Table:
-    table = Table(title=title)
-    table.add_column("certificate", overflow="fold")
-    table.add_column("scope", overflow="fold")
-    table.add_column("requested")
-    table.add_column("records", justify="right")
-    table.add_column("phase 2")
-    table.add_column("KMS destroys not before")
-    table.add_column("confirmed")
+def _certificate_lines(title: str, certificates: list[ErasureCertificate]) -> list[str]:
+    """A title, then a line per certificate in plain columns, scope last (a rich Table took
+    2.8 ms a row: 28 s for the 10,000 certificates of a year of erasure requests)."""
+    colour = {CONFIRMED: "green", CANCELLED: "red"}
+    rows: list[list[Cell]] = []
     for c in certificates:
         row = c.summary()
-        table.add_row(
-            escape(c.id),
-            escape(str(row["scope"])),
-            escape(str(row["requested"])),
-            f"{c.records_unreadable:,}",
-            _phase2(c.phase2_status),
-            escape(str(row["phase2_not_before_purge"] or "-")),
-            escape(str(row["phase2_confirmed_at"] or "-")),
+        status = c.phase2_status
+        rows.append(
+            [
+                c.id,
+                str(row["requested"]),
+                f"{c.records_unreadable:,}",
+                (status, typer.style(status, fg=colour.get(status, "yellow"))),
+                str(row["phase2_not_before_purge"] or "-"),
+                str(row["phase2_confirmed_at"] or "-"),
+                base.terminal_safe(str(row["scope"])),
+            ]
         )
-    return table
+    header = ["certificate", "requested", "records", "phase 2", "KMS destroys not before"]
+    return [title, *columns([*header, "confirmed", "scope"], rows, (2,))]
 
 
 @erasures_app.command("ls")
@@ -259,10 +260,10 @@ def erasures_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         _echo_json([c.summary() for c in certificates])
         return
-    table = _certificate_table("erasure certificates", certificates)
+    lines = _certificate_lines("erasure certificates", certificates)
     pending = sum(1 for c in certificates if c.phase2_status != CONFIRMED)
-    table.caption = f"{plural(len(certificates), 'certificate')}, {pending:,} awaiting phase 2"
-    base.stdout().print(table)
+    lines.append(f"{plural(len(certificates), 'certificate')}, {pending:,} awaiting phase 2")
+    typer.echo("\n".join(lines))
 
 
 def _new_keks(values: list[str]) -> dict[str, str]:
@@ -333,17 +334,13 @@ def erasures_complete(
                 for s in (SCHEDULED, CONFIRMED, CANCELLED)
             )
         )
-        out.print(_certificate_table(title, done))
+        typer.echo("\n".join(_certificate_lines(title, done)))
         for c in done:
             for event in c.document["when"]["phase2"].get("events") or []:
                 out.print(f"  {escape(c.id)}: {escape(str(event))}", soft_wrap=True)
     if waiting:
-        out.print(
-            _certificate_table(
-                f"{plural(len(waiting), 'erasure')} still waiting for the KMS's waiting period",
-                waiting,
-            )
-        )
+        title = f"{plural(len(waiting), 'erasure')} still waiting for the KMS's waiting period"
+        typer.echo("\n".join(_certificate_lines(title, waiting)))
 
 
 @erasures_app.command("cancel")
@@ -368,7 +365,7 @@ def erasures_cancel(
             )
         done = vault.cancel_erasure(certificate_id, reason=reason)
     title = f"phase 2 cancelled for {plural(len(done), 'erasure')}"
-    base.stdout().print(_certificate_table(title, done))
+    typer.echo("\n".join(_certificate_lines(title, done)))
 
 
 # -- purge -------------------------------------------------------------------------------
