@@ -67,3 +67,14 @@ def test_shred_and_purge_of_a_tenant_with_many_scopes(wide: kc.Vault) -> None:
         wide.scope("wide/u39").get("b")
     assert wide.purge() == 1 + CHILDREN
     assert wide.scope("t33").get("a") == b"a"
+
+
+def test_reencrypt_of_a_batch_larger_than_a_statement_takes(wide: kc.Vault) -> None:
+    """A re-encryption batch deletes its old records by id and header: 2 x 40 values here,
+    more than the 30 parameters a statement takes."""
+    scope = wide.scope("t0")
+    data = {f"r{i:02d}": bytes([i]) * i for i in range(40)}
+    scope.put_many(data.items())
+    scope.mark_compromised(reason="test")
+    assert scope.reencrypt().records_done == 1 + len(data)
+    assert scope.get_many(list(data)) == data

@@ -446,12 +446,12 @@ class RecordStatements:
         if self._postgres:  # two arrays in binary, not an IN list of a parameter per value
             params = {"ids": list(record_ids), "headers": list(headers)}
             return int(conn.exec_driver_sql(self._delete_unchanged_sql, params).rowcount)
-        result = conn.execute(
-            delete(RecordRow).where(
-                RecordRow.record_id.in_(record_ids), RecordRow.header.in_(headers)
-            )
-        )
-        return int(result.rowcount)
+        deleted = 0
+        for pairs in in_chunks(zip(record_ids, headers, strict=True)):
+            ids, olds = zip(*pairs, strict=True)
+            where = RecordRow.record_id.in_(ids), RecordRow.header.in_(olds)
+            deleted += int(conn.execute(delete(RecordRow).where(*where)).rowcount)
+        return deleted
 
     def swap_headers(
         self, conn: Connection, version: int, changes: Sequence[tuple[bytes, bytes, bytes]]
