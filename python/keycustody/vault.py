@@ -12,7 +12,7 @@ import getpass
 import secrets
 import socket
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -663,7 +663,7 @@ class Vault:
         self,
         *,
         orphan_grace: timedelta | None = DEFAULT_ORPHAN_GRACE,
-        progress: Callable[[int, int], None] | None = None,
+        progress: rotation.Progress | None = None,
     ) -> int:
         """Deletes the record rows of shredded scopes (already unreadable) and of derived
         records whose source is gone, with their blob store objects; then, with a blob store,

@@ -51,10 +51,14 @@ def _echo_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=1, ensure_ascii=False))
 
 
+def _phase2_colour(status: str) -> str:
+    """Confirmed green, cancelled red, anything still open yellow."""
+    return {CONFIRMED: "green", CANCELLED: "red"}.get(status, "yellow")
+
+
 def _phase2(status: str) -> str:
-    if status == CONFIRMED:
-        return f"[green]{status}[/green]"
-    return f"[red]{status}[/red]" if status == CANCELLED else f"[yellow]{status}[/yellow]"
+    colour = _phase2_colour(status)
+    return f"[{colour}]{status}[/{colour}]"
 
 
 # -- shred -------------------------------------------------------------------------------
@@ -228,7 +232,6 @@ erasures_app = typer.Typer(
 def _certificate_lines(title: str, certificates: list[ErasureCertificate]) -> list[str]:
     """A title, then a line per certificate in plain columns, scope last (a rich Table took
     2.8 ms a row: 28 s for the 10,000 certificates of a year of erasure requests)."""
-    colour = {CONFIRMED: "green", CANCELLED: "red"}
     rows: list[list[Cell]] = []
     for c in certificates:
         row = c.summary()
@@ -238,7 +241,7 @@ def _certificate_lines(title: str, certificates: list[ErasureCertificate]) -> li
                 c.id,
                 str(row["requested"]),
                 f"{c.records_unreadable:,}",
-                (status, typer.style(status, fg=colour.get(status, "yellow"))),
+                (status, typer.style(status, fg=_phase2_colour(status))),
                 str(row["phase2_not_before_purge"] or "-"),
                 str(row["phase2_confirmed_at"] or "-"),
                 base.terminal_safe(str(row["scope"])),

@@ -36,7 +36,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1376,7 +1376,7 @@ def _ancestors(s: Session, ref: ScopeRef) -> list[ScopeRef]:
 
 
 def purge(
-    vault: Vault, *, batch_size: int = 5000, progress: Callable[[int, int], None] | None = None
+    vault: Vault, *, batch_size: int = 5000, progress: rotation.Progress | None = None
 ) -> int:
     """Deletes the records (and segments, and blob store objects) of shredded scopes, and
     derived records whose source is gone; returns how many. ``progress(done, total)`` is
