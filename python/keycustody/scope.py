@@ -35,13 +35,14 @@ from keycustody.errors import (
 from keycustody.keys import lineage, rotation
 from keycustody.keys.hierarchy import ScopeRef, peek_scope, read_scope, records_failovers
 from keycustody.keys.states import ACTIVE, SUSPENDED
+from keycustody.storage import repository
 from keycustody.storage.engine import (
     bulk_write_cache,
     db_message,
     public_methods_raise_storage_errors,
 )
 from keycustody.storage.models import RecordRow, ScopeKeyRow
-from keycustody.storage.repository import IN_LIST_CHUNK, FoundRecord
+from keycustody.storage.repository import FoundRecord
 from keycustody.streams import SUITE_SEGMENTED, Readable, StreamReader, read_segments
 from keycustody.types import KeyVersionInfo, RecordInfo, utc
 from keycustody.validation import Data, check_items, encode_name, encode_names, size_of
@@ -411,12 +412,13 @@ class Scope:
         out: dict[str, bytes] = {}
         # The vault's background threads (None for an in-memory database): a call of one
         # group opens it inline, as does the last group of any call.
-        pool = self._vault._prefetch if len(wanted) > IN_LIST_CHUNK else None
+        group = repository.IN_LIST_CHUNK  # read now, as in_chunks reads it
+        pool = self._vault._prefetch if len(wanted) > group else None
         opening: tuple[Future[dict[str, bytes]], Callable[[], dict[str, bytes]]] | None = None
         with self._vault._read() as s:
             _, key = self._active_key(s)
-            for start in range(0, len(wanted), IN_LIST_CHUNK):
-                stop = start + IN_LIST_CHUNK
+            for start in range(0, len(wanted), group):
+                stop = start + group
                 open_group = self._read_group(s, key, wanted[start:stop], raw[start:stop], out)
                 if opening is not None:
                     # Still queued behind other work (stream fetches): opened here instead.
